@@ -1,0 +1,95 @@
+# mobileformer -- build, test, run, bench.
+#
+#   make              build the engine library, the CLI and the server (build/)
+#   make test         install missing Debian packages, build, run every test
+#   make run          install missing packages, build, serve the bundled model on :8080
+#   make bench        engine benchmarks (bench/engine.sh), not part of the tests
+#   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
+#
+# One FINAL_CFLAGS is assembled here; -MMD keeps header dependencies.
+
+CC       ?= cc
+OPT      ?= -O2
+SANITIZE ?=
+PKGS      = jansson libmicrohttpd libpng libjpeg openblas
+WARN      = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
+FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP $(OPT) $(WARN) \
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Iserver $(CFLAGS)
+FINAL_LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
+AVX512_FLAGS  = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2
+
+ifeq ($(SANITIZE),)
+BUILD    ?= build
+else
+BUILD    ?= build/san-$(SANITIZE)
+FINAL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+FINAL_LDLIBS += -fsanitize=$(SANITIZE)
+endif
+
+ENGINE_SRC  := $(wildcard engine/*.c)
+SERVER_SRC  := $(filter-out server/main.c,$(wildcard server/*.c))
+CLI_SRC     := $(wildcard cli/*.c)
+TEST_SRC    := $(wildcard tests/test_*.c)
+
+ENGINE_OBJ  := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
+SERVER_OBJ  := $(SERVER_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_BIN    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+ENGINE_LIB  := $(BUILD)/libmfengine.a
+SERVER_LIB  := $(BUILD)/libmfserver.a
+CLI_BIN     := $(BUILD)/mobileformer
+SERVER_BIN  := $(BUILD)/mobileformer-server
+
+.PHONY: all test test-unit test-py test-bins deps run bench bench-engine loadtest clean eval-default
+all: $(CLI_BIN) $(SERVER_BIN)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) -c $< -o $@
+
+# Kernels with AVX-512 are compiled for it and only called after a CPU check.
+$(BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) $(AVX512_FLAGS) -O3 -c $< -o $@
+
+$(ENGINE_LIB): $(ENGINE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SERVER_LIB): $(SERVER_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(CLI_BIN): $(CLI_OBJ) $(SERVER_LIB) $(ENGINE_LIB)
+	$(CC) $(FINAL_CFLAGS) -o $@ $^ $(FINAL_LDLIBS)
+
+$(SERVER_BIN): $(BUILD)/obj/server/main.o $(SERVER_LIB) $(ENGINE_LIB)
+	$(CC) $(FINAL_CFLAGS) -o $@ $^ $(FINAL_LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(SERVER_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) -Itests -o $@ $< $(SERVER_LIB) $(ENGINE_LIB) $(FINAL_LDLIBS) $(shell pkg-config --libs check)
+
+deps:
+	@sh scripts/install-deps.sh test
+
+test-bins: all $(TEST_BIN)
+
+# Every test: C suites (Check), then the Python/black-box suites.
+test: deps
+	@$(MAKE) --no-print-directory test-bins
+	@MF_BUILD=$(BUILD) sh tests/run.sh
+
+run: 
+	@sh scripts/install-deps.sh build
+	@$(MAKE) --no-print-directory all
+	$(SERVER_BIN) --config config/server.json
+
+bench bench-engine: all
+	@sh bench/engine.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj $(BUILD)/tests -name '*.d' 2>/dev/null)

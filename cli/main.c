@@ -1,0 +1,325 @@
+/* main.c -- build/mobileformer, the engine's command line:
+ *   run      raw float32 tensors in and out (acceptance against the reference)
+ *   predict  images -> JSON top-k, through the same decode/preprocess as the server
+ *   bench    latency and throughput of the engine
+ *   info     architecture, classes, parameters, MAdds
+ * Every error is one line on stderr and a non-zero exit. */
+#include "image.h"
+#include "mf.h"
+#include "preprocess.h"
+#include "topk.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void openblas_set_num_threads(int);
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "mobileformer: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: mobileformer <command> [options]\n"
+            "  run     --model M --input X.f32 --shape B,3,H,W --output Y.f32 [--threads N]\n"
+            "  predict --model M [--top-k K] IMAGE...\n"
+            "  bench   (--model M | --arch A) [--batch N] [--threads N] [--size S] [--iters N] [--warmup N]\n"
+            "  info    (--model M | --arch A)\n"
+            "Kernels: %s (MF_KERNELS=portable forces the portable BLAS ones)\n",
+            mf_kernels_name());
+}
+
+typedef struct opts {
+    const char *model, *arch, *input, *output, *shape, *trace;
+    int top_k, batch, threads, size, iters, warmup;
+    int nfiles;
+    char **files;
+} opts;
+
+static int parse_int(const char *flag, const char *v, int lo, int hi)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) die("%s: expected an integer in %d..%d, got '%s'", flag, lo, hi, v);
+    return (int)x;
+}
+
+static void parse_opts(int argc, char **argv, opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->top_k = 5;
+    o->batch = 1;
+    o->threads = 1;
+    o->iters = 20;
+    o->warmup = 3;
+    o->files = calloc((size_t)argc, sizeof *o->files);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-' || a[1] != '-') { o->files[o->nfiles++] = argv[i]; continue; }
+        if (i + 1 >= argc) die("%s needs a value", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--model")) o->model = v;
+        else if (!strcmp(a, "--arch")) o->arch = v;
+        else if (!strcmp(a, "--input")) o->input = v;
+        else if (!strcmp(a, "--output")) o->output = v;
+        else if (!strcmp(a, "--shape")) o->shape = v;
+        else if (!strcmp(a, "--trace")) o->trace = v;
+        else if (!strcmp(a, "--top-k")) o->top_k = parse_int(a, v, 1, 1000000);
+        else if (!strcmp(a, "--batch")) o->batch = parse_int(a, v, 1, 4096);
+        else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 256);
+        else if (!strcmp(a, "--size")) o->size = parse_int(a, v, 32, 4096);
+        else if (!strcmp(a, "--iters")) o->iters = parse_int(a, v, 1, 1000000);
+        else if (!strcmp(a, "--warmup")) o->warmup = parse_int(a, v, 0, 1000000);
+        else die("unknown option %s (see mobileformer --help)", a);
+    }
+}
+
+static mf_model *load_model(const opts *o)
+{
+    char err[512];
+    mf_model *m = NULL;
+    mf_status st;
+    if (o->model) {
+        st = mf_model_load(o->model, &m, err, sizeof err);
+    } else if (o->arch) {
+        mf_arch a;
+        if ((st = mf_arch_parse(o->arch, &a, err, sizeof err)) == MF_OK)
+            st = mf_model_synthetic(&a, 1000, 1, &m, err, sizeof err);
+    } else {
+        die("--model FILE (or --arch NAME for synthetic weights) is required");
+    }
+    if (st != MF_OK) die("%s", err);
+    return m;
+}
+
+static void *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) die("cannot open '%s': %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) die("cannot read '%s'", path);
+    long n = ftell(f);
+    if (n < 0) die("cannot read '%s'", path);
+    rewind(f);
+    void *buf = malloc((size_t)n + 1);
+    if (!buf) die("out of memory reading '%s'", path);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) die("cannot read '%s'", path);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+/* --trace DIR: every intermediate as DIR/<name>.f32 (all images concatenated) */
+typedef struct trace_out {
+    const char *dir;
+} trace_out;
+
+static void on_trace(void *user, const char *name, int image, const float *data, const int *shape, int ndim)
+{
+    const trace_out *t = user;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.f32", t->dir, name);
+    FILE *f = fopen(path, image == 0 ? "wb" : "ab");
+    if (!f) die("cannot write '%s'", path);
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
+    if (fwrite(data, sizeof(float), n, f) != n) die("cannot write '%s'", path);
+    fclose(f);
+}
+
+static int cmd_run(const opts *o)
+{
+    int B, C, H, W;
+    char tail;
+    if (!o->input || !o->output || !o->shape) die("run needs --model, --input, --shape and --output");
+    if (sscanf(o->shape, "%d,%d,%d,%d%c", &B, &C, &H, &W, &tail) != 4 || B < 1 || B > 4096 || H < 1 || W < 1 ||
+        H > 16384 || W > 16384)
+        die("--shape must be B,3,H,W with positive sizes, got '%s'", o->shape);
+    if (C != 3) die("--shape: the network takes 3 input channels, got %d", C);
+    if (H < 32 || W < 32) die("--shape: height and width must be at least 32, got %dx%d", H, W);
+    size_t len;
+    float *in = read_file(o->input, &len);
+    size_t need = (size_t)B * 3 * H * W * sizeof(float);
+    if (len != need)
+        die("input '%s' has %zu bytes but shape %s needs %zu (B*3*H*W float32)", o->input, len, o->shape, need);
+    mf_model *m = load_model(o);
+    openblas_set_num_threads(1);
+    mf_workspace *ws;
+    if (mf_workspace_new(m, o->threads, &ws) != MF_OK) die("cannot create a workspace");
+    trace_out tr = {o->trace};
+    if (o->trace) mf_workspace_set_trace(ws, on_trace, &tr);
+    int K = mf_model_num_classes(m);
+    float *out = malloc((size_t)B * K * sizeof(float));
+    if (!out) die("out of memory");
+    mf_status st = mf_forward(m, ws, in, B, H, W, out);
+    if (st != MF_OK) die("inference failed: %s", mf_status_str(st));
+    FILE *f = fopen(o->output, "wb");
+    if (!f || fwrite(out, sizeof(float), (size_t)B * K, f) != (size_t)B * K || fclose(f) != 0)
+        die("cannot write '%s'", o->output);
+    fprintf(stderr, "wrote %d x %d logits to %s\n", B, K, o->output);
+    free(out);
+    free(in);
+    mf_workspace_free(ws);
+    mf_model_free(m);
+    return 0;
+}
+
+static int cmd_predict(const opts *o)
+{
+    if (o->nfiles == 0) die("predict needs at least one IMAGE");
+    mf_model *m = load_model(o);
+    openblas_set_num_threads(1);
+    const mf_preprocess *p = mf_model_preprocess(m);
+    mf_workspace *ws;
+    if (mf_workspace_new(m, 1, &ws) != MF_OK) die("cannot create a workspace");
+    int K = mf_model_num_classes(m), k = o->top_k < K ? o->top_k : K, failures = 0;
+    float *x = malloc((size_t)3 * p->input_h * p->input_w * sizeof(float));
+    float *logits = malloc((size_t)K * sizeof(float)), *prob = malloc((size_t)K * sizeof(float));
+    int *idx = malloc((size_t)k * sizeof(int));
+    if (!x || !logits || !prob || !idx) die("out of memory");
+    for (int i = 0; i < o->nfiles; i++) {
+        size_t len;
+        uint8_t *buf = read_file(o->files[i], &len);
+        mf_image img;
+        char err[256] = "";
+        json_t *r = json_object();
+        json_object_set_new(r, "image", json_string(o->files[i]));
+        mf_img_status is = mf_image_decode(buf, len, 0, &img, err, sizeof err);
+        free(buf);
+        if (is != MF_IMG_OK) {
+            json_object_set_new(r, "error", json_pack("{s:s,s:s}", "code", mf_img_status_code(is), "message", err));
+            failures++;
+        } else {
+            if (mf_preprocess_image(&img, p, x) != 0) die("out of memory");
+            mf_image_free(&img);
+            if (mf_forward(m, ws, x, 1, p->input_h, p->input_w, logits) != MF_OK) die("inference failed");
+            mf_softmax(logits, K, prob);
+            int n = mf_topk(prob, K, k, idx);
+            json_t *preds = json_array();
+            for (int j = 0; j < n; j++)
+                json_array_append_new(preds, json_pack("{s:i,s:s,s:f}", "index", idx[j], "label",
+                                                       mf_model_label(m, idx[j]), "probability", (double)prob[idx[j]]));
+            json_object_set_new(r, "predictions", preds);
+        }
+        char *s = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        printf("%s\n", s);
+        free(s);
+        json_decref(r);
+    }
+    free(x);
+    free(logits);
+    free(prob);
+    free(idx);
+    mf_workspace_free(ws);
+    mf_model_free(m);
+    return failures ? 1 : 0;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmd_bench(const opts *o)
+{
+    mf_model *m = load_model(o);
+    openblas_set_num_threads(1);
+    const mf_preprocess *p = mf_model_preprocess(m);
+    int H = o->size ? o->size : p->input_h, W = o->size ? o->size : p->input_w, B = o->batch;
+    mf_workspace *ws;
+    if (mf_workspace_new(m, o->threads, &ws) != MF_OK) die("cannot create a workspace");
+    if (mf_workspace_reserve(ws, B, H, W) != MF_OK) die("cannot allocate the workspace");
+    size_t n = (size_t)B * 3 * H * W;
+    float *x = malloc(n * sizeof(float)), *y = malloc((size_t)B * mf_model_num_classes(m) * sizeof(float));
+    double *t = malloc((size_t)o->iters * sizeof(double));
+    if (!x || !y || !t) die("out of memory");
+    mf_fill_uniform(x, n, 42, 0.0, 2.0);
+    for (int i = 0; i < o->warmup; i++) mf_forward(m, ws, x, B, H, W, y);
+    for (int i = 0; i < o->iters; i++) {
+        double t0 = now_ms();
+        mf_forward(m, ws, x, B, H, W, y);
+        t[i] = now_ms() - t0;
+    }
+    qsort(t, (size_t)o->iters, sizeof *t, cmp_double);
+    double med = t[o->iters / 2], p10 = t[o->iters / 10], p90 = t[(o->iters * 9) / 10];
+    const mf_arch *a = mf_model_arch(m);
+    printf("arch %s batch %d size %dx%d threads %d kernels %s\n", a->name, B, H, W, o->threads, mf_kernels_name());
+    printf("median %.3f ms  p10 %.3f  p90 %.3f  min %.3f  max %.3f  (%d iters)\n", med, p10, p90, t[0],
+           t[o->iters - 1], o->iters);
+    printf("images/s %.1f\n", B * 1000.0 / med);
+    printf("workspace %.1f MiB  model %.1f MiB\n", mf_workspace_bytes(ws) / 1048576.0, mf_model_bytes(m) / 1048576.0);
+    free(x);
+    free(y);
+    free(t);
+    mf_workspace_free(ws);
+    mf_model_free(m);
+    return 0;
+}
+
+static int cmd_info(const opts *o)
+{
+    mf_model *m = load_model(o);
+    const mf_arch *a = mf_model_arch(m);
+    const mf_preprocess *p = mf_model_preprocess(m);
+    int K = mf_model_num_classes(m);
+    char *desc = mf_arch_to_json(a);
+    printf("architecture: %s\n", a->name);
+    printf("description: %s\n", desc);
+    printf("classes: %d (", K);
+    for (int i = 0; i < K && i < 5; i++) printf("%s%s", i ? ", " : "", mf_model_label(m, i));
+    printf("%s)\n", K > 5 ? ", ..." : "");
+    printf("parameters: %zu\n", mf_arch_param_count(a, K));
+    printf("madds: %.1f M at %dx%d\n", mf_arch_madds(a, K, p->input_h, p->input_w) / 1e6, p->input_h, p->input_w);
+    printf("preprocess: resize %d, crop %dx%d, %s, mean %.4g %.4g %.4g, std %.4g %.4g %.4g, channels %d\n", p->resize,
+           p->input_h, p->input_w, p->interpolation, p->mean[0], p->mean[1], p->mean[2], p->std[0], p->std[1], p->std[2],
+           p->channels);
+    printf("weights in memory: %.2f MiB (BatchNorm folded)\n", mf_model_bytes(m) / 1048576.0);
+    printf("kernels: %s\n", mf_kernels_name());
+    free(desc);
+    mf_model_free(m);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage();
+        return argc < 2 ? 2 : 0;
+    }
+    opts o;
+    parse_opts(argc - 2, argv + 2, &o);
+    int rc;
+    if (!strcmp(argv[1], "run")) rc = cmd_run(&o);
+    else if (!strcmp(argv[1], "predict")) rc = cmd_predict(&o);
+    else if (!strcmp(argv[1], "bench")) rc = cmd_bench(&o);
+    else if (!strcmp(argv[1], "info")) rc = cmd_info(&o);
+    else {
+        usage();
+        die("unknown command '%s'", argv[1]);
+    }
+    free(o.files);
+    return rc;
+}

@@ -1,0 +1,162 @@
+/* internal.h -- engine-private types: folded weights, the kernel table,
+ * helpers shared by model.c, forward.c and the kernels.  Not installed. */
+#ifndef MF_INTERNAL_H
+#define MF_INTERNAL_H
+
+#include "mf.h"
+
+#include <stddef.h>
+
+void mf_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* 64-byte aligned allocation (NULL on failure); free with mf_free. */
+void *mf_alloc(size_t bytes);
+void mf_free(void *p);
+
+/* ---- folded weights ------------------------------------------------------ */
+
+/* Epilogue applied to a convolution's output, element by element:
+ *   t = acc + bias[o];  t = act(t);  t += res[o][p] (if res) */
+typedef enum mf_act { MF_ACT_NONE = 0, MF_ACT_RELU6, MF_ACT_DYRELU } mf_act;
+
+typedef struct mf_epi {
+    mf_act act;          /* activation after the bias */
+    const float *bias;   /* [M] folded BatchNorm shift */
+    const float *dya;    /* [M] dynamic-ReLU slope a (MF_ACT_DYRELU) */
+    const float *dyb;    /* [M] dynamic-ReLU slope b */
+    const float *res;    /* residual added last, same layout as the output, or NULL */
+    size_t ldr;          /* row stride of res (floats) */
+} mf_epi;
+
+/* 1x1 convolution with `groups` groups, BatchNorm folded.  Output rows of
+ * group g are written at rows j*G+g when shuffle_out (a following channel
+ * shuffle(G), folded into the output stride), else at g*(M/G)+j. */
+typedef struct mf_pw {
+    int cout, cin, groups; /* channels out / in, groups */
+    int shuffle_out;       /* 1: apply shuffle(groups) to the output */
+    float *w;              /* [cout][cin/groups] (portable kernels) or NULL */
+    float *wp;             /* packed per group for the vector kernels, or NULL */
+    size_t wp_group;       /* floats per group in wp */
+    float *bias;           /* [cout], in pre-shuffle order */
+} mf_pw;
+
+/* Depthwise 3x3 (pad 1) whose output channel q reads input channel src[q];
+ * a multiplier and a following shuffle are both folded into src. */
+typedef struct mf_dw {
+    int cout, cin, stride; /* channels out / in, stride */
+    float *w;              /* [cout][9] */
+    float *bias;           /* [cout] */
+    int *src;              /* [cout] input channel of each output channel */
+} mf_dw;
+
+/* Linear layer stored transposed for the token kernels: y = x W^T + b. */
+typedef struct mf_lin {
+    int out, in;  /* features out / in */
+    float *wt;    /* [in][out] (portable kernels) or NULL */
+    float *wp;    /* packed in column panels for the vector kernels, or NULL */
+    float *b;     /* [out] */
+} mf_lin;
+
+typedef struct mf_norm {
+    float *g, *b; /* LayerNorm gain and shift [D] */
+} mf_norm;
+
+typedef struct mf_m2f {  /* Mobile -> Former bridge ("local_global") */
+    mf_lin q, alpha, proj;
+    mf_norm ln;
+} mf_m2f;
+
+typedef struct mf_former { /* token self-attention + FFN ("global_block") */
+    mf_lin q, mlp, ffn1, ffn2;
+    mf_norm ln, ffn_ln;
+} mf_former;
+
+typedef struct mf_f2m {  /* Former -> Mobile bridge ("global_local") */
+    mf_lin k, v;
+} mf_f2m;
+
+typedef struct mf_hyper { /* dynamic-ReLU coefficients from token 0 */
+    mf_lin l1, l2;
+} mf_hyper;
+
+typedef struct mf_block {
+    mf_block_type type;
+    int cin, cout, stride, identity;
+    int hid1, hid2;          /* hidden widths */
+    /* A:  dw1 (relu6) -> pw1
+     * B3: dw1 (dyrelu hy1) -> pw1 = r -> dw2 (dyrelu hy2) -> pw2 (+r) -> f2m
+     * B:  pw1 (dyrelu hy1) -> dw1 (dyrelu hy2) -> pw2 (+x) -> f2m       */
+    mf_dw dw1, dw2;
+    mf_pw pw1, pw2;
+    mf_hyper hy1, hy2;
+    mf_m2f m2f;
+    mf_former former;
+    mf_f2m f2m;
+} mf_block;
+
+typedef struct mf_kernels mf_kernels;
+
+struct mf_model {
+    mf_arch arch;
+    int num_classes;
+    mf_preprocess pre;
+    char **labels;           /* [num_classes] */
+    const mf_kernels *k;     /* kernel set chosen at build time */
+    float *tokens;           /* [T][D] learned tokens */
+    float *stem_w;           /* [stem][27] BN folded */
+    float *stem_wp;          /* packed for the vector kernels or NULL */
+    float *stem_b;           /* [stem] */
+    mf_block blocks[MF_MAX_BLOCKS];
+    mf_m2f final_m2f;
+    mf_pw cls_pw;            /* classifier 1x1 (+BN), relu6 */
+    mf_lin fc;               /* fc.0 with BatchNorm1d folded, hswish */
+    mf_lin head;             /* classifier.1 */
+    size_t bytes;            /* weight memory */
+    void *arena;             /* one allocation holding all weights */
+};
+
+/* ---- kernels --------------------------------------------------------------
+ * Each optimized kernel has a plain reference twin (kernels_ref.c) and a test
+ * holding the two together.  Feature maps are CHW, one image at a time. */
+struct mf_kernels {
+    const char *name;
+    /* y[M][N] (row stride ldy) = W x[K][N] (row stride ldx) + epilogue; one group. */
+    void (*pw)(const mf_pw *p, int group, const float *x, size_t ldx, int n, float *y, size_t ldy,
+               const mf_epi *e);
+    /* 3x3 depthwise, output channels [c0, c1). */
+    void (*dw)(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
+               const mf_epi *e);
+    /* Mobile->Former attention of one head: o[T][ch] = softmax(q x / sqrt(ch)) x^T,
+     * x: [ch][hw]; q, o with row strides ldq, ldo; scratch >= T*hw floats. */
+    void (*m2f_attn)(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale,
+                     float *o, int ldo, float *scratch);
+    /* Former->Mobile attention of one head, in place: y[ch][hw] += v^T softmax(k y / sqrt(ch)),
+     * k, v: [T][ch] with row strides ldk. */
+    void (*f2m_attn)(float *y, int ch, int hw, const float *k, const float *v, int ldk, int t,
+                     float scale);
+    /* y[rows][out] = x[rows][in] W^T + b (token-side linears, the classifier head). */
+    void (*linear)(const mf_lin *l, const float *x, int rows, float *y);
+    int pw_pack;  /* 1: 1x1 weights are used packed (mf_pw_pack), else plain in w */
+    int lin_pack; /* 1: linear weights are used packed (mf_lin_pack), else plain in wt */
+};
+
+extern const mf_kernels mf_kernels_ref;  /* plain scalar twins */
+extern const mf_kernels mf_kernels_blas; /* portable: OpenBLAS GEMM + plain loops */
+extern const mf_kernels mf_kernels_avx512; /* only when mf_cpu_has_avx512() */
+int mf_cpu_has_avx512(void);
+const mf_kernels *mf_kernels_select(void);
+
+/* Pack a group's weights [m][k] for the vector pw kernel, and a linear's
+ * transposed weights [in][out] for the vector linear kernel (layouts private
+ * to kernels_avx512.c). */
+size_t mf_pw_packed_floats(int m, int k);
+void mf_pw_pack(const float *w, int m, int k, float *out);
+size_t mf_lin_packed_floats(int in, int out);
+void mf_lin_pack(const float *wt, int in, int out, float *packed);
+
+/* Token-side helpers (tiny tensors, T x D); mf_linear_ref is the plain twin. */
+void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y);  /* y[rows][out] */
+void mf_layernorm(float *x, int rows, int d, const mf_norm *n);
+float mf_hsig(float x);
+
+#endif

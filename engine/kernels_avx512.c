@@ -1,0 +1,444 @@
+/* kernels_avx512.c -- AVX-512 kernels: 1x1 convolution (GEMM on packed
+ * weights with the epilogue in registers), 3x3 depthwise (stride 1 and 2),
+ * and the two attention bridges.  Compiled with -mavx512f etc. and called
+ * only after mf_cpu_has_avx512(); each has a reference twin in kernels_ref.c
+ * and tests/test_kernels.c holds them together.
+ *
+ * Edges are handled with masked loads and stores (masked-off lanes never
+ * fault), so no kernel reads or writes outside its tensors. */
+#include "internal.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define MR 8   /* rows of W per micro-tile */
+#define KC 256 /* depth of one pass, keeps an x panel (KC x 48) in L2 */
+
+static inline __mmask16 mask_n(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+
+/* ---- 1x1 convolution ----------------------------------------------------
+ * Packed weights: for each block of MR rows, for each k, MR values (rows
+ * past M are zero).  y[M][n] = W x[K][n] in tiles of MR rows x 16*NV columns. */
+
+size_t mf_pw_packed_floats(int m, int k) { return (size_t)((m + MR - 1) / MR) * MR * (size_t)k; }
+
+void mf_pw_pack(const float *w, int m, int k, float *out)
+{
+    for (int mb = 0; mb < (m + MR - 1) / MR; mb++)
+        for (int kk = 0; kk < k; kk++)
+            for (int r = 0; r < MR; r++) {
+                int row = mb * MR + r;
+                out[((size_t)mb * k + kk) * MR + r] = row < m ? w[(size_t)row * k + kk] : 0.f;
+            }
+}
+
+static inline __m512 epi_apply(__m512 t, int row, const mf_epi *e)
+{
+    t = _mm512_add_ps(t, _mm512_set1_ps(e->bias[row]));
+    if (e->act == MF_ACT_RELU6) {
+        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
+    } else if (e->act == MF_ACT_DYRELU) {
+        t = _mm512_max_ps(_mm512_mul_ps(t, _mm512_set1_ps(e->dya[row])), _mm512_mul_ps(t, _mm512_set1_ps(e->dyb[row])));
+    }
+    return t;
+}
+
+/* One MR x (16*NV) tile over k in [0, kc): acc (+)= W x.  first: start from
+ * zero (or from the residual, which is how a residual is added when there is
+ * no activation: it may then alias y), else from y; last: apply the epilogue.
+ * rows: valid rows (<= MR); lastmask: columns valid in the last vector;
+ * res: the tile's residual (row stride ldr) or NULL. */
+static inline __attribute__((always_inline)) void pw_tile(int NV, const float *wp, const float *x, size_t ldx,
+                                                          int kc, float *y, size_t ldy, int rows, __mmask16 lastmask,
+                                                          int first, int last, int row0, const mf_epi *e,
+                                                          const float *res)
+{
+    const int res_first = res && e->act == MF_ACT_NONE;
+    __m512 acc[MR][3];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) {
+            __mmask16 mk = v == NV - 1 ? lastmask : (__mmask16)0xFFFF;
+            if (r >= rows) acc[r][v] = _mm512_setzero_ps();
+            else if (!first) acc[r][v] = _mm512_maskz_loadu_ps(mk, y + (size_t)r * ldy + 16 * v);
+            else if (res_first) acc[r][v] = _mm512_maskz_loadu_ps(mk, res + (size_t)r * e->ldr + 16 * v);
+            else acc[r][v] = _mm512_setzero_ps();
+        }
+    for (int k = 0; k < kc; k++) {
+        __m512 xv[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) {
+            __mmask16 mk = v == NV - 1 ? lastmask : (__mmask16)0xFFFF;
+            xv[v] = _mm512_maskz_loadu_ps(mk, x + (size_t)k * ldx + 16 * v);
+        }
+        const float *wk = wp + (size_t)k * MR;
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            __m512 wv = _mm512_set1_ps(wk[r]);
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        if (r >= rows) break;
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) {
+            __mmask16 mk = v == NV - 1 ? lastmask : (__mmask16)0xFFFF;
+            __m512 t = acc[r][v];
+            if (last) {
+                t = epi_apply(t, row0 + r, e);
+                if (res && !res_first) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(mk, res + (size_t)r * e->ldr + 16 * v));
+            }
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * v, mk, t);
+        }
+    }
+}
+
+static void pw_tile_dispatch(int nv, const float *wp, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
+                             __mmask16 lastmask, int first, int last, int row0, const mf_epi *e, const float *res)
+{
+    switch (nv) {
+    case 3: pw_tile(3, wp, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
+    case 2: pw_tile(2, wp, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
+    default: pw_tile(1, wp, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
+    }
+}
+
+static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                      const mf_epi *e)
+{
+    const int M = p->cout / p->groups, K = p->cin / p->groups;
+    const float *wp = p->wp + p->wp_group * (size_t)g;
+    const int mblocks = (M + MR - 1) / MR;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC;
+        int first = k0 == 0, last = k0 + kc == K;
+        for (int n0 = 0; n0 < n; n0 += 48) {
+            int cols = n - n0 < 48 ? n - n0 : 48;
+            int nv = (cols + 15) / 16;
+            __mmask16 lm = mask_n(cols - 16 * (nv - 1));
+            for (int mb = 0; mb < mblocks; mb++) {
+                int rows = M - mb * MR < MR ? M - mb * MR : MR;
+                const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
+                pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + n0, ldx, kc,
+                                 y + (size_t)mb * MR * ldy + n0, ldy, rows, lm, first, last, mb * MR, e, res);
+            }
+        }
+    }
+}
+
+/* ---- 3x3 depthwise ------------------------------------------------------ */
+
+/* Lanes j of a 16-wide load starting at column s that fall inside [0, w). */
+static inline __mmask16 mask_range(int s, int w)
+{
+    int lo = s < 0 ? -s : 0, hi = w - s;
+    if (hi > 16) hi = 16;
+    if (hi <= lo) return 0;
+    return (__mmask16)(mask_n(hi) & ~mask_n(lo));
+}
+
+static inline __m512 dw_epi(__m512 t, int q, const mf_epi *e)
+{
+    t = _mm512_add_ps(t, _mm512_set1_ps(e->bias[q]));
+    if (e->act == MF_ACT_RELU6)
+        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
+    else if (e->act == MF_ACT_DYRELU)
+        t = _mm512_max_ps(_mm512_mul_ps(t, _mm512_set1_ps(e->dya[q])), _mm512_mul_ps(t, _mm512_set1_ps(e->dyb[q])));
+    return t;
+}
+
+static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo, int q, const mf_epi *e)
+{
+    for (int oy = 0; oy < h; oy++) {
+        for (int ox = 0; ox < w; ox += 16) {
+            __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
+                      mr = mask_range(ox + 1, w);
+            __m512 acc = _mm512_setzero_ps();
+            for (int ky = 0; ky < 3; ky++) {
+                int iy = oy + ky - 1;
+                if (iy < 0 || iy >= h) continue;
+                const float *row = xi + (size_t)iy * w + ox;
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 0]), _mm512_maskz_loadu_ps(ml, row - 1), acc);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 1]), _mm512_maskz_loadu_ps(mc, row), acc);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 2]), _mm512_maskz_loadu_ps(mr, row + 1), acc);
+            }
+            _mm512_mask_storeu_ps(yo + (size_t)oy * w + ox, mo, dw_epi(acc, q, e));
+        }
+    }
+}
+
+static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo, int oh, int ow, int q,
+                        const mf_epi *e)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int oy = 0; oy < oh; oy++) {
+        for (int ox = 0; ox < ow; ox += 16) {
+            const int s = 2 * ox; /* first input column of the centre tap */
+            __mmask16 mo = mask_n(ow - ox);
+            __mmask16 ma = mask_range(s, w), mb = mask_range(s + 16, w);
+            __mmask16 mla = mask_range(s - 1, w), mlb = mask_range(s + 15, w);
+            __m512 acc = _mm512_setzero_ps();
+            for (int ky = 0; ky < 3; ky++) {
+                int iy = 2 * oy + ky - 1;
+                if (iy < 0 || iy >= h) continue;
+                const float *row = xi + (size_t)iy * w;
+                __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
+                __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
+                __m512 c = _mm512_permutex2var_ps(a, even, b);   /* x[s + 2j]     */
+                __m512 r = _mm512_permutex2var_ps(a, odd, b);    /* x[s + 2j + 1] */
+                __m512 l = _mm512_permutex2var_ps(la, even, lb); /* x[s + 2j - 1] */
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 0]), l, acc);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 1]), c, acc);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 2]), r, acc);
+            }
+            _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_epi(acc, q, e));
+        }
+    }
+}
+
+static void dw_avx512(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
+                      const mf_epi *e)
+{
+    for (int q = c0; q < c1; q++) {
+        const float *xi = x + (size_t)d->src[q] * h * w;
+        float *yo = y + (size_t)q * oh * ow;
+        if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
+        else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
+    }
+}
+
+/* ---- exp ----------------------------------------------------------------
+ * exp(x) = 2^n * p(r), x = n ln2 + r, |r| <= ln2/2; degree-6 polynomial,
+ * about 1 ulp; scalef handles the 2^n without integer tricks. */
+static inline __m512 exp512(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* ---- Mobile -> Former --------------------------------------------------- */
+
+#define TB 6 /* tokens per pass */
+
+static void m2f_attn_avx512(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale, float *o,
+                            int ldo, float *scratch)
+{
+    for (int t0 = 0; t0 < t; t0 += TB) {
+        const int tn = t - t0 < TB ? t - t0 : TB;
+        /* scores S[i][p] = scale * sum_c q[i][c] x[c][p] */
+        for (int p0 = 0; p0 < hw; p0 += 16) {
+            __mmask16 mk = mask_n(hw - p0);
+            __m512 acc[TB];
+            for (int i = 0; i < TB; i++) acc[i] = _mm512_setzero_ps();
+            for (int c = 0; c < ch; c++) {
+                __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)c * hw + p0);
+                for (int i = 0; i < tn; i++)
+                    acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)(t0 + i) * ldq + c]), xv, acc[i]);
+            }
+            for (int i = 0; i < tn; i++)
+                _mm512_mask_storeu_ps(scratch + (size_t)i * hw + p0, mk, _mm512_mul_ps(acc[i], _mm512_set1_ps(scale)));
+        }
+        /* softmax over pixels; 1/sum is applied to the outputs */
+        float inv[TB];
+        for (int i = 0; i < tn; i++) {
+            float *s = scratch + (size_t)i * hw;
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (int p0 = 0; p0 < hw; p0 += 16)
+                mx = _mm512_mask_max_ps(mx, mask_n(hw - p0), mx, _mm512_maskz_loadu_ps(mask_n(hw - p0), s + p0));
+            __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+            for (int p0 = 0; p0 < hw; p0 += 16) {
+                __mmask16 mk = mask_n(hw - p0);
+                __m512 ev = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + p0), m)));
+                sum = _mm512_add_ps(sum, ev);
+                _mm512_mask_storeu_ps(s + p0, mk, ev);
+            }
+            inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
+        }
+        /* o[i][c] = sum_p S[i][p] x[c][p], four channels at a time */
+        int c = 0;
+        for (; c + 4 <= ch; c += 4) {
+            __m512 acc[4][TB];
+            for (int j = 0; j < 4; j++)
+                for (int i = 0; i < TB; i++) acc[j][i] = _mm512_setzero_ps();
+            for (int p0 = 0; p0 < hw; p0 += 16) {
+                __mmask16 mk = mask_n(hw - p0);
+                __m512 xv[4];
+                for (int j = 0; j < 4; j++) xv[j] = _mm512_maskz_loadu_ps(mk, x + (size_t)(c + j) * hw + p0);
+                for (int i = 0; i < tn; i++) {
+                    __m512 sv = _mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0);
+                    for (int j = 0; j < 4; j++) acc[j][i] = _mm512_fmadd_ps(sv, xv[j], acc[j][i]);
+                }
+            }
+            for (int j = 0; j < 4; j++)
+                for (int i = 0; i < tn; i++) o[(size_t)(t0 + i) * ldo + c + j] = _mm512_reduce_add_ps(acc[j][i]) * inv[i];
+        }
+        for (; c < ch; c++) {
+            __m512 acc[TB];
+            for (int i = 0; i < TB; i++) acc[i] = _mm512_setzero_ps();
+            for (int p0 = 0; p0 < hw; p0 += 16) {
+                __mmask16 mk = mask_n(hw - p0);
+                __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)c * hw + p0);
+                for (int i = 0; i < tn; i++)
+                    acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0), xv, acc[i]);
+            }
+            for (int i = 0; i < tn; i++) o[(size_t)(t0 + i) * ldo + c] = _mm512_reduce_add_ps(acc[i]) * inv[i];
+        }
+    }
+}
+
+/* ---- Former -> Mobile --------------------------------------------------- */
+
+#define TMAX 16 /* tokens held in registers; more go to the reference kernel */
+
+static void f2m_attn_avx512(float *y, int ch, int hw, const float *k, const float *v, int ldk, int t, float scale)
+{
+    if (t > TMAX) {
+        mf_kernels_ref.f2m_attn(y, ch, hw, k, v, ldk, t, scale);
+        return;
+    }
+    for (int p0 = 0; p0 < hw; p0 += 16) {
+        __mmask16 mk = mask_n(hw - p0);
+        __m512 s[TMAX];
+        for (int i = 0; i < t; i++) s[i] = _mm512_setzero_ps();
+        for (int c = 0; c < ch; c++) {
+            __m512 yv = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
+            for (int i = 0; i < t; i++) s[i] = _mm512_fmadd_ps(_mm512_set1_ps(k[(size_t)i * ldk + c]), yv, s[i]);
+        }
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int i = 0; i < t; i++) {
+            s[i] = _mm512_mul_ps(s[i], _mm512_set1_ps(scale));
+            mx = _mm512_max_ps(mx, s[i]);
+        }
+        __m512 sum = _mm512_setzero_ps();
+        for (int i = 0; i < t; i++) {
+            s[i] = exp512(_mm512_sub_ps(s[i], mx));
+            sum = _mm512_add_ps(sum, s[i]);
+        }
+        __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), sum);
+        for (int i = 0; i < t; i++) s[i] = _mm512_mul_ps(s[i], inv);
+        int c = 0;
+        for (; c + 4 <= ch; c += 4) {
+            __m512 a0 = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
+            __m512 a1 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 1) * hw + p0);
+            __m512 a2 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 2) * hw + p0);
+            __m512 a3 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 3) * hw + p0);
+            for (int i = 0; i < t; i++) {
+                const float *vr = v + (size_t)i * ldk + c;
+                a0 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[0]), a0);
+                a1 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[1]), a1);
+                a2 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[2]), a2);
+                a3 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[3]), a3);
+            }
+            _mm512_mask_storeu_ps(y + (size_t)c * hw + p0, mk, a0);
+            _mm512_mask_storeu_ps(y + (size_t)(c + 1) * hw + p0, mk, a1);
+            _mm512_mask_storeu_ps(y + (size_t)(c + 2) * hw + p0, mk, a2);
+            _mm512_mask_storeu_ps(y + (size_t)(c + 3) * hw + p0, mk, a3);
+        }
+        for (; c < ch; c++) {
+            __m512 a = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
+            for (int i = 0; i < t; i++) a = _mm512_fmadd_ps(s[i], _mm512_set1_ps(v[(size_t)i * ldk + c]), a);
+            _mm512_mask_storeu_ps(y + (size_t)c * hw + p0, mk, a);
+        }
+    }
+}
+
+/* ---- token-side linear ---------------------------------------------------
+ * y[R][out] = x[R][in] W^T + b for R <= 8 rows at once, so every weight is
+ * read once per 8 rows.  Weights are packed in panels of 48 columns, each
+ * panel [in][48] contiguous, so a tile streams its weights sequentially. */
+#define LP 48
+
+size_t mf_lin_packed_floats(int in, int out) { return (size_t)((out + LP - 1) / LP) * LP * (size_t)in; }
+
+void mf_lin_pack(const float *wt, int in, int out, float *packed)
+{
+    for (int p = 0; p < (out + LP - 1) / LP; p++)
+        for (int i = 0; i < in; i++)
+            for (int c = 0; c < LP; c++) {
+                int o = p * LP + c;
+                packed[((size_t)p * in + i) * LP + c] = o < out ? wt[(size_t)i * out + o] : 0.f;
+            }
+}
+
+static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *l, const float *x, int o0,
+                                                           int nv, __mmask16 lastmask, float *y)
+{
+    __m512 acc[8][3] = {{_mm512_setzero_ps()}};
+    const float *panel = l->wp + (size_t)(o0 / LP) * l->in * LP;
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; v++) {
+        if (v >= nv) break;
+        __mmask16 mk = v == nv - 1 ? lastmask : (__mmask16)0xFFFF;
+        __m512 b = _mm512_maskz_loadu_ps(mk, l->b + o0 + 16 * v);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) acc[r][v] = b;
+    }
+    for (int i = 0; i < l->in; i++) {
+        const float *w = panel + (size_t)i * LP;
+        _mm_prefetch((const char *)(w + 8 * LP), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 8 * LP + 32), _MM_HINT_T0);
+        __m512 wv[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; v++) wv[v] = _mm512_load_ps(w + 16 * v);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 xv = _mm512_set1_ps(x[(size_t)r * l->in + i]);
+#pragma GCC unroll 3
+            for (int v = 0; v < 3; v++) {
+                if (v >= nv) break;
+                acc[r][v] = _mm512_fmadd_ps(xv, wv[v], acc[r][v]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; v++) {
+            if (v >= nv) break;
+            _mm512_mask_storeu_ps(y + (size_t)r * l->out + o0 + 16 * v, v == nv - 1 ? lastmask : (__mmask16)0xFFFF,
+                                  acc[r][v]);
+        }
+}
+
+static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y)
+{
+    for (int r0 = 0; r0 < rows; r0 += 8) {
+        int R = rows - r0 < 8 ? rows - r0 : 8;
+        const float *xr = x + (size_t)r0 * l->in;
+        float *yr = y + (size_t)r0 * l->out;
+        for (int o0 = 0; o0 < l->out; o0 += LP) {
+            int cols = l->out - o0 < LP ? l->out - o0 : LP, nv = (cols + 15) / 16;
+            __mmask16 lm = mask_n(cols - 16 * (nv - 1));
+            switch (R) {
+            case 1: lin_tile(1, l, xr, o0, nv, lm, yr); break;
+            case 2: lin_tile(2, l, xr, o0, nv, lm, yr); break;
+            case 3: lin_tile(3, l, xr, o0, nv, lm, yr); break;
+            case 4: lin_tile(4, l, xr, o0, nv, lm, yr); break;
+            case 5: lin_tile(5, l, xr, o0, nv, lm, yr); break;
+            case 6: lin_tile(6, l, xr, o0, nv, lm, yr); break;
+            case 7: lin_tile(7, l, xr, o0, nv, lm, yr); break;
+            default: lin_tile(8, l, xr, o0, nv, lm, yr); break;
+            }
+        }
+    }
+}
+
+const mf_kernels mf_kernels_avx512 = {"avx512", pw_avx512, dw_avx512, m2f_attn_avx512, f2m_attn_avx512, linear_avx512,
+                                      1, 1};

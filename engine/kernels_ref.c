@@ -1,0 +1,216 @@
+/* kernels_ref.c -- plain scalar reference kernels (the twins every optimized
+ * kernel is tested against), the portable BLAS kernel set, the token-side
+ * helpers, and the choice of kernel set. */
+#include "internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float relu6f(float x) { return x < 0.f ? 0.f : (x > 6.f ? 6.f : x); }
+float mf_hsig(float x) { return relu6f(x + 3.f) / 6.f; }
+
+/* Epilogue of one element of output row o: bias, activation, residual. */
+static inline float epilogue1(float acc, int o, const mf_epi *e, const float *res)
+{
+    float t = acc + (e->bias ? e->bias[o] : 0.f);
+    if (e->act == MF_ACT_RELU6) t = relu6f(t);
+    else if (e->act == MF_ACT_DYRELU) {
+        float ta = t * e->dya[o], tb = t * e->dyb[o];
+        t = ta > tb ? ta : tb;
+    }
+    return res ? t + *res : t;
+}
+
+/* The same over a row of n values in place; res may alias y. */
+static void epilogue_row(float *y, int n, int o, const mf_epi *e, const float *res)
+{
+    for (int p = 0; p < n; p++) y[p] = epilogue1(y[p], o, e, res ? res + p : NULL);
+}
+
+/* Output row j of group g lands at j*G+g (shuffled) or g*M+j. */
+static inline size_t pw_row(const mf_pw *p, int g, int j)
+{
+    int M = p->cout / p->groups;
+    return p->shuffle_out ? (size_t)j * p->groups + g : (size_t)g * M + j;
+}
+
+/* The caller passes y and res already offset to this group's first output
+ * row; rows then follow with stride ldy (shuffled: G*hw). e->bias and the
+ * dyrelu slopes are indexed by the group's local row j. */
+static void pw_ref(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                   const mf_epi *e)
+{
+    int M = p->cout / p->groups, K = p->cin / p->groups;
+    const float *w = p->w + (size_t)g * M * K;
+    (void)pw_row;
+    for (int j = 0; j < M; j++) {
+        float *yr = y + (size_t)j * ldy;
+        const float *rr = e->res ? e->res + (size_t)j * e->ldr : NULL;
+        for (int q = 0; q < n; q++) {
+            double acc = 0.0;
+            for (int k = 0; k < K; k++) acc += (double)w[(size_t)j * K + k] * x[(size_t)k * ldx + q];
+            yr[q] = epilogue1((float)acc, j, e, rr ? rr + q : NULL);
+        }
+    }
+}
+
+static void pw_blas(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                    const mf_epi *e)
+{
+    int M = p->cout / p->groups, K = p->cin / p->groups;
+    const float *w = p->w + (size_t)g * M * K;
+    /* A residual that is the output itself (y += W x + b) is GEMM's beta = 1. */
+    int inplace = e->res == y && e->ldr == ldy && e->act == MF_ACT_NONE;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, K, 1.0f, w, K, x, (int)ldx, inplace ? 1.0f : 0.0f,
+                y, (int)ldy);
+    for (int j = 0; j < M; j++)
+        epilogue_row(y + (size_t)j * ldy, n, j, e, e->res && !inplace ? e->res + (size_t)j * e->ldr : NULL);
+}
+
+static void dw_ref(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
+                   const mf_epi *e)
+{
+    const int s = d->stride;
+    for (int q = c0; q < c1; q++) {
+        const float *xi = x + (size_t)d->src[q] * h * w;
+        const float *k = d->w + (size_t)q * 9;
+        float *yo = y + (size_t)q * oh * ow;
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                float acc = 0.f;
+                for (int ky = 0; ky < 3; ky++) {
+                    int iy = oy * s + ky - 1;
+                    if (iy < 0 || iy >= h) continue;
+                    for (int kx = 0; kx < 3; kx++) {
+                        int ix = ox * s + kx - 1;
+                        if (ix < 0 || ix >= w) continue;
+                        acc += k[ky * 3 + kx] * xi[(size_t)iy * w + ix];
+                    }
+                }
+                yo[(size_t)oy * ow + ox] = acc;
+            }
+        epilogue_row(yo, oh * ow, q, e, NULL);
+    }
+}
+
+static void softmax_inplace(float *v, int n)
+{
+    float mx = v[0];
+    for (int i = 1; i < n; i++) mx = v[i] > mx ? v[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        v[i] = expf(v[i] - mx);
+        sum += v[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) v[i] *= inv;
+}
+
+static void m2f_attn_ref(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale,
+                         float *o, int ldo, float *scratch)
+{
+    for (int i = 0; i < t; i++) {
+        float *s = scratch + (size_t)i * hw;
+        for (int p = 0; p < hw; p++) {
+            double acc = 0.0;
+            for (int c = 0; c < ch; c++) acc += (double)q[(size_t)i * ldq + c] * x[(size_t)c * hw + p];
+            s[p] = (float)acc * scale;
+        }
+        softmax_inplace(s, hw);
+        for (int c = 0; c < ch; c++) {
+            double acc = 0.0;
+            for (int p = 0; p < hw; p++) acc += (double)s[p] * x[(size_t)c * hw + p];
+            o[(size_t)i * ldo + c] = (float)acc;
+        }
+    }
+}
+
+static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *v, int ldk, int t, float scale)
+{
+    float a[64];
+    for (int p = 0; p < hw; p++) {
+        for (int i = 0; i < t; i++) {
+            double acc = 0.0;
+            for (int c = 0; c < ch; c++) acc += (double)y[(size_t)c * hw + p] * k[(size_t)i * ldk + c];
+            a[i] = (float)acc * scale;
+        }
+        softmax_inplace(a, t);
+        for (int c = 0; c < ch; c++) {
+            double acc = 0.0;
+            for (int i = 0; i < t; i++) acc += (double)a[i] * v[(size_t)i * ldk + c];
+            y[(size_t)c * hw + p] += (float)acc;
+        }
+    }
+}
+
+/* ---- token-side helpers ------------------------------------------------- */
+
+void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y)
+{
+    for (int r = 0; r < rows; r++) {
+        float *yr = y + (size_t)r * l->out;
+        const float *xr = x + (size_t)r * l->in;
+        memcpy(yr, l->b, (size_t)l->out * sizeof(float));
+        for (int i = 0; i < l->in; i++) {
+            const float xv = xr[i];
+            const float *w = l->wt + (size_t)i * l->out;
+            for (int o = 0; o < l->out; o++) yr[o] += xv * w[o];
+        }
+    }
+}
+
+/* Many rows (the classifier head of a large batch): a GEMM. */
+static void linear_blas(const mf_lin *l, const float *x, int rows, float *y)
+{
+    if (rows <= 8) {
+        mf_linear_ref(l, x, rows, y);
+        return;
+    }
+    for (int r = 0; r < rows; r++) memcpy(y + (size_t)r * l->out, l->b, (size_t)l->out * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, l->out, l->in, 1.0f, x, l->in, l->wt, l->out, 1.0f, y,
+                l->out);
+}
+
+const mf_kernels mf_kernels_ref = {"reference", pw_ref, dw_ref, m2f_attn_ref, f2m_attn_ref, mf_linear_ref, 0, 0};
+const mf_kernels mf_kernels_blas = {"portable", pw_blas, dw_ref, m2f_attn_ref, f2m_attn_ref, linear_blas, 0, 0};
+
+void mf_layernorm(float *x, int rows, int d, const mf_norm *n)
+{
+    for (int r = 0; r < rows; r++) {
+        float *v = x + (size_t)r * d;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < d; i++) mean += v[i];
+        mean /= d;
+        for (int i = 0; i < d; i++) var += (v[i] - mean) * (v[i] - mean);
+        var /= d;
+        float inv = (float)(1.0 / sqrt(var + 1e-5));
+        for (int i = 0; i < d; i++) v[i] = (float)(v[i] - mean) * inv * n->g[i] + n->b[i];
+    }
+}
+
+/* ---- kernel choice ------------------------------------------------------ */
+
+int mf_cpu_has_avx512(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+const mf_kernels *mf_kernels_select(void)
+{
+    const char *env = getenv("MF_KERNELS");
+    if (env && strcmp(env, "reference") == 0) return &mf_kernels_ref;
+    if (env && strcmp(env, "portable") == 0) return &mf_kernels_blas;
+    if (mf_cpu_has_avx512()) return &mf_kernels_avx512;
+    return &mf_kernels_blas;
+}
+
+const char *mf_kernels_name(void) { return mf_kernels_select()->name; }

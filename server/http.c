@@ -1,0 +1,938 @@
+/* http.c -- libmicrohttpd front end; see http.h and the DESIGN note in batcher.c.
+ *
+ * Life of a predict request (all on one HTTP thread unless noted):
+ *   1. headers arrive: request_new(), route, auth, top_k, Content-Type and
+ *      Content-Length are checked; any error is answered at once, before the
+ *      body is read (libmicrohttpd then closes the connection unread);
+ *   2. body chunks are appended, up to max_body_bytes;
+ *   3. body complete: multipart split, decode (max_pixels checked from the
+ *      header), preprocess to the model's input size, submit to the batcher,
+ *      MHD_suspend_connection();
+ *   4. (worker thread) each job's done callback counts down; the last one
+ *      resumes the connection;
+ *   5. the handler runs again: softmax, top-k, JSON answer;
+ *   6. NOTIFY_COMPLETED: log line, in-flight count, free.
+ * The request's mutex orders 3 against 4: a job that finishes before the
+ * connection is suspended is simply answered without suspending.
+ */
+#include "http.h"
+
+#include "image.h"
+#include "log.h"
+#include "multipart.h"
+#include "preprocess.h"
+#include "topk.h"
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_IMAGES 32          /* parts of one multipart request */
+#define DEFAULT_TOP_K 5
+#define JSON_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9))
+#define JSON_TYPE "application/json"
+
+struct mf_http {
+    const mf_config *cfg;        /* borrowed settings */
+    const mf_model *model;       /* borrowed, read-only */
+    mf_batcher *batcher;         /* borrowed */
+    mf_metrics *metrics;         /* borrowed */
+    struct MHD_Daemon *daemon;   /* the libmicrohttpd daemon */
+    int port;                    /* bound port */
+    int in_h, in_w;              /* model input size */
+    int classes;                 /* model classes */
+    atomic_int draining;         /* set once by mf_http_begin_drain */
+    atomic_long inflight;        /* requests between request_new and completion */
+    char *metadata;              /* GET /v2/models/{name} body, built once */
+    size_t metadata_len;         /* its length */
+};
+
+typedef enum req_state {
+    REQ_NEW = 0, /* headers seen, not routed yet */
+    REQ_BODY,    /* predict: receiving the body */
+    REQ_WAITING, /* predict: jobs queued, connection suspended */
+    REQ_DONE,    /* answer queued */
+} req_state;
+
+struct request;
+
+typedef struct image_slot {
+    struct request *req;   /* owner */
+    mf_job job;            /* the image's place in the batcher */
+    float *input;          /* [3, H, W], preprocessed */
+    float *logits;         /* [classes]; probabilities after softmax */
+    double decode_s;       /* decode time */
+    double preprocess_s;   /* preprocess time */
+} image_slot;
+
+typedef struct route route;
+
+typedef struct request {
+    mf_http *srv;                 /* server */
+    struct MHD_Connection *conn;  /* its connection */
+    const route *route;           /* matched route, NULL if none */
+    mf_endpoint endpoint;         /* metrics label */
+    req_state state;              /* where it is in its life */
+    uint64_t start_ns;            /* headers received (CLOCK_MONOTONIC) */
+    char method[16];              /* HTTP method (truncated) */
+    char *path;                   /* URL path (owned) */
+    char remote[INET6_ADDRSTRLEN];/* client address */
+    const char *allow;            /* Allow header of a 405 */
+    int top_k;                    /* predictions per image */
+    char content_type[256];       /* request Content-Type (truncated) */
+    int multipart;                /* body is multipart/form-data */
+    uint8_t *body;                /* received body (owned) */
+    size_t body_len, body_cap;    /* bytes in body, capacity */
+    size_t bytes_in;              /* body bytes received, kept or not */
+    int body_too_large;           /* passed max_body_bytes: discarding */
+    int body_nomem;               /* could not grow the buffer: discarding */
+    int n_images;                 /* images in this request */
+    image_slot *slots;            /* [n_images] (owned) */
+    float *tensors;               /* inputs and logits of all slots (owned) */
+    pthread_mutex_t mu;           /* orders job completion against suspend */
+    int pending;                  /* jobs not finished (guarded by mu) */
+    int suspended;                /* connection suspended (guarded by mu) */
+    int status;                   /* answer status, 0 before */
+    size_t bytes_out;             /* answer body bytes */
+    const char *error_code;       /* answer's error code, NULL if none */
+    int batch_size;               /* largest batch of its images */
+    double latency_ms;            /* headers to answer */
+} request;
+
+struct route {
+    const char *pattern;               /* path; "{}" stands for the model name segment */
+    const char *method;                /* GET routes also answer HEAD */
+    mf_endpoint endpoint;              /* metrics label */
+    int auth;                          /* needs the API key when one is set */
+    enum MHD_Result (*handle)(request *r);
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double ms_since(uint64_t t0) { return (double)(now_ns() - t0) * 1e-6; }
+
+const char *mf_http_status_str(mf_http_status s)
+{
+    switch (s) {
+    case MF_HTTP_OK: return "ok";
+    case MF_HTTP_ARG: return "bad argument";
+    case MF_HTTP_LISTEN: return "cannot listen";
+    case MF_HTTP_NOMEM: return "out of memory";
+    }
+    return "unknown";
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void add_cors(request *r, struct MHD_Response *resp)
+{
+    const char *origin = r->srv->cfg->cors_origin;
+    if (!origin[0]) return;
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
+    MHD_add_response_header(resp, "Access-Control-Expose-Headers", "Retry-After");
+    if (strcmp(origin, "*") != 0) MHD_add_response_header(resp, "Vary", "Origin");
+}
+
+/* THE reply function: every answer goes through here and is counted.
+ * body (len bytes) is freed by libmicrohttpd when mode is MUST_FREE. */
+static enum MHD_Result reply(request *r, unsigned status, const char *ctype, char *body,
+                             size_t len, enum MHD_ResponseMemoryMode mode, const char *error_code)
+{
+    mf_http *s = r->srv;
+    r->state = REQ_DONE;
+    r->status = (int)status;
+    r->bytes_out = len;
+    r->error_code = error_code;
+    r->latency_ms = ms_since(r->start_ns);
+    mf_metrics_request(s->metrics, r->endpoint, (int)status, r->latency_ms * 1e-3);
+
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, mode);
+    if (!resp) {
+        if (mode == MHD_RESPMEM_MUST_FREE) free(body);
+        return MHD_NO;
+    }
+    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    add_cors(r, resp);
+    if (status == MHD_HTTP_SERVICE_UNAVAILABLE) MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"mobileformer\"");
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED && r->allow)
+        MHD_add_response_header(resp, "Allow", r->allow);
+    if (atomic_load(&s->draining)) MHD_add_response_header(resp, "Connection", "close");
+    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result reply_json(request *r, unsigned status, json_t *o)
+{
+    char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
+    json_decref(o);
+    if (!text) return MHD_NO; /* out of memory: libmicrohttpd closes the connection */
+    return reply(r, status, JSON_TYPE, text, strlen(text), MHD_RESPMEM_MUST_FREE, NULL);
+}
+
+/* THE error function: {"error": {"code", "message"}} with its status,
+ * counted by reply(). */
+static enum MHD_Result reply_error(request *r, unsigned status, const char *code,
+                                   const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* messages may quote client bytes: keep the JSON valid UTF-8 */
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20) *p = '?';
+    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+    char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
+    json_decref(o);
+    if (!text) return MHD_NO;
+    return reply(r, status, JSON_TYPE, text, strlen(text), MHD_RESPMEM_MUST_FREE, code);
+}
+
+/* ---- small parsers ------------------------------------------------------ */
+
+static const char *header(request *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+/* Constant time in the content of `given`: the loop runs over the key. */
+static int key_equal(const char *given, const char *key)
+{
+    size_t gl = strlen(given), kl = strlen(key);
+    volatile unsigned char diff = gl != kl;
+    for (size_t i = 0; i < kl; i++) diff |= (unsigned char)((i < gl ? given[i] : 0) ^ key[i]);
+    return diff == 0;
+}
+
+static int authorized(request *r)
+{
+    const char *key = r->srv->cfg->api_key;
+    if (!key[0]) return 1;
+    const char *h = header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    return key_equal(h, key);
+}
+
+/* top_k from the query: absent -> default; 1.. -> capped at the classes;
+ * empty, zero, signs, non-digits -> -1. */
+static int parse_top_k(request *r)
+{
+    int classes = r->srv->classes;
+    const char *v = NULL;
+    size_t len = 0;
+    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, "top_k", 5, &v, &len) != MHD_YES)
+        return DEFAULT_TOP_K < classes ? DEFAULT_TOP_K : classes;
+    if (!v || len == 0) return -1;
+    long long n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9') return -1;
+        if (n <= classes) n = n * 10 + (v[i] - '0'); /* stop growing once above the cap */
+    }
+    if (n < 1) return -1;
+    return n > classes ? classes : (int)n;
+}
+
+/* Media type of a Content-Type value, lower-cased, without parameters. */
+static void media_type(const char *ct, char *out, size_t cap)
+{
+    size_t n = 0;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    for (; *ct && *ct != ';' && *ct != ' ' && *ct != '\t' && n + 1 < cap; ct++)
+        out[n++] = (char)((*ct >= 'A' && *ct <= 'Z') ? *ct + 32 : *ct);
+    out[n] = '\0';
+}
+
+/* ---- predict ------------------------------------------------------------ */
+
+static enum MHD_Result predict_begin(request *r)
+{
+    mf_http *s = r->srv;
+    if (atomic_load(&s->draining))
+        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
+                           "the server is shutting down");
+    r->top_k = parse_top_k(r);
+    if (r->top_k < 0)
+        return reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_top_k",
+                           "top_k must be an integer from 1 to %d", s->classes);
+
+    const char *ct = header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    char mt[128];
+    media_type(ct ? ct : "", mt, sizeof mt);
+    if (strcmp(mt, "multipart/form-data") == 0) {
+        char boundary[MF_MULTIPART_MAX_BOUNDARY + 1];
+        if (mf_multipart_boundary(ct, boundary, sizeof boundary) != MF_MULTIPART_OK)
+            return reply_error(r, MHD_HTTP_BAD_REQUEST,
+                               mf_multipart_status_code(MF_MULTIPART_NO_BOUNDARY),
+                               "multipart/form-data needs a boundary parameter of 1 to 70 characters");
+        if (strlen(ct) >= sizeof r->content_type)
+            return reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_content_type",
+                               "Content-Type is too long");
+        strcpy(r->content_type, ct);
+        r->multipart = 1;
+    } else if (mt[0] && strcmp(mt, "image/jpeg") != 0 && strcmp(mt, "image/jpg") != 0 &&
+               strcmp(mt, "image/png") != 0 && strcmp(mt, "application/octet-stream") != 0) {
+        return reply_error(r, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+                           "Content-Type %s is not supported; send image/jpeg, image/png, "
+                           "application/octet-stream or multipart/form-data",
+                           mt);
+    }
+
+    long long limit = s->cfg->max_body_bytes;
+    const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        /* libmicrohttpd has already refused a malformed Content-Length */
+        unsigned long long n = strtoull(cl, NULL, 10);
+        if (n > (unsigned long long)limit)
+            return reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                               "request body of %llu bytes is over the limit of %lld bytes", n,
+                               limit);
+        if (n > 0) {
+            r->body = malloc(n);
+            if (!r->body)
+                return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                                   "cannot allocate the request body");
+            r->body_cap = n;
+        }
+    }
+    r->state = REQ_BODY;
+    return MHD_YES;
+}
+
+static void predict_append(request *r, const char *data, size_t n)
+{
+    size_t limit = (size_t)r->srv->cfg->max_body_bytes;
+    r->bytes_in += n;
+    if (r->body_too_large || r->body_nomem) return;
+    if (n > limit - r->body_len) {
+        /* no answer can be queued mid-body in libmicrohttpd: drop what we
+         * hold and discard the rest, then answer 413 (see on_request) */
+        r->body_too_large = 1;
+        free(r->body);
+        r->body = NULL;
+        r->body_len = r->body_cap = 0;
+        return;
+    }
+    if (r->body_len + n > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap * 2 : 65536;
+        if (cap < r->body_len + n) cap = r->body_len + n;
+        if (cap > limit) cap = limit;
+        uint8_t *b = realloc(r->body, cap);
+        if (!b) {
+            r->body_nomem = 1;
+            free(r->body);
+            r->body = NULL;
+            r->body_len = r->body_cap = 0;
+            return;
+        }
+        r->body = b;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, n);
+    r->body_len += n;
+}
+
+/* Worker thread: one image finished.  The last one resumes the connection. */
+static void on_job_done(mf_job *job, void *user)
+{
+    image_slot *slot = user;
+    request *r = slot->req;
+    (void)job;
+    pthread_mutex_lock(&r->mu);
+    if (--r->pending == 0 && r->suspended) {
+        r->suspended = 0;
+        MHD_resume_connection(r->conn);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static json_t *latency_json(request *r, const image_slot *sl, double total_ms)
+{
+    return json_pack("{s:f,s:f,s:f,s:f,s:f}", "decode", sl->decode_s * 1e3, "preprocess",
+                     sl->preprocess_s * 1e3, "queue", sl->job.queue_s * 1e3, "inference",
+                     sl->job.inference_s * 1e3, "total", total_ms);
+}
+
+static json_t *predictions_json(request *r, image_slot *sl, int *idx)
+{
+    const mf_model *m = r->srv->model;
+    int classes = r->srv->classes;
+    mf_softmax(sl->logits, classes, sl->logits);
+    int k = mf_topk(sl->logits, classes, r->top_k, idx);
+    json_t *a = json_array();
+    for (int i = 0; a && i < k; i++) {
+        float p = sl->logits[idx[i]];
+        if (!isfinite(p)) {
+            json_decref(a);
+            return NULL;
+        }
+        json_array_append_new(a, json_pack("{s:i,s:s,s:f}", "index", idx[i], "label",
+                                           mf_model_label(m, idx[i]), "probability", (double)p));
+    }
+    return a;
+}
+
+/* Resumed (or never suspended): every job is finished; answer. */
+static enum MHD_Result predict_answer(request *r)
+{
+    mf_http *s = r->srv;
+    pthread_mutex_lock(&r->mu); /* pairs with on_job_done: job results are visible */
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < r->n_images; i++) {
+        mf_job *j = &r->slots[i].job;
+        if (j->batch_size > r->batch_size) r->batch_size = j->batch_size;
+        char which[32] = "";
+        if (r->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+        switch (j->status) {
+        case MF_BATCHER_OK: break;
+        case MF_BATCHER_TIMEOUT:
+            return reply_error(r, MHD_HTTP_GATEWAY_TIMEOUT, "timeout",
+                               "%snot started within request_timeout_ms (%d ms)", which,
+                               s->cfg->request_timeout_ms);
+        case MF_BATCHER_DRAINING:
+            return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
+                               "the server shut down before the image was processed");
+        default:
+            return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "inference_failed",
+                               "the inference engine failed: %s", mf_batcher_status_str(j->status));
+        }
+    }
+    int *idx = malloc((size_t)s->classes * sizeof *idx);
+    json_t *o = json_object();
+    if (!idx || !o) {
+        free(idx);
+        json_decref(o);
+        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                           "cannot allocate the answer");
+    }
+    double total_ms = ms_since(r->start_ns);
+    json_object_set_new(o, "model", json_string(s->cfg->model_name));
+    json_t *results = r->n_images > 1 ? json_array() : NULL;
+    for (int i = 0; i < r->n_images; i++) {
+        image_slot *sl = &r->slots[i];
+        json_t *preds = predictions_json(r, sl, idx);
+        if (!preds) {
+            free(idx);
+            json_decref(o);
+            json_decref(results);
+            return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "inference_failed",
+                               "the model produced non-finite scores");
+        }
+        json_t *dst = o;
+        if (results) {
+            dst = json_object();
+            json_array_append_new(results, dst);
+        }
+        json_object_set_new(dst, "predictions", preds);
+        json_object_set_new(dst, "latency_ms", latency_json(r, sl, total_ms));
+        json_object_set_new(dst, "batch_size", json_integer(sl->job.batch_size));
+    }
+    if (results) json_object_set_new(o, "results", results);
+    free(idx);
+    return reply_json(r, MHD_HTTP_OK, o);
+}
+
+/* Map an image decode failure to its answer. */
+static enum MHD_Result image_error(request *r, int image, mf_img_status st, const char *detail)
+{
+    unsigned status = MHD_HTTP_BAD_REQUEST;
+    if (st == MF_IMG_TOO_LARGE) status = MHD_HTTP_CONTENT_TOO_LARGE;
+    if (st == MF_IMG_NOMEM) status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    if (r->n_images > 1)
+        return reply_error(r, status, mf_img_status_code(st), "image %d: %s", image + 1, detail);
+    return reply_error(r, status, mf_img_status_code(st), "%s", detail);
+}
+
+/* Body complete: split, decode, preprocess, queue, suspend. */
+static enum MHD_Result predict_run(request *r)
+{
+    mf_http *s = r->srv;
+    if (r->body_too_large)
+        return reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                           "request body is over the limit of %lld bytes", s->cfg->max_body_bytes);
+    if (r->body_nomem)
+        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                           "cannot allocate the request body");
+
+    mf_multipart_part parts[MAX_IMAGES];
+    int n = 1;
+    if (r->multipart) {
+        mf_multipart_status ms = mf_multipart_parse(r->content_type, r->body, r->body_len, "image",
+                                                    parts, MAX_IMAGES, &n);
+        if (ms == MF_MULTIPART_TOO_MANY_PARTS)
+            return reply_error(r, MHD_HTTP_BAD_REQUEST, mf_multipart_status_code(ms),
+                               "multipart body has more than %d parts", MAX_IMAGES);
+        if (ms != MF_MULTIPART_OK)
+            return reply_error(r, MHD_HTTP_BAD_REQUEST, mf_multipart_status_code(ms),
+                               "malformed multipart/form-data body");
+        if (n == 0)
+            return reply_error(r, MHD_HTTP_BAD_REQUEST, "multipart_no_image",
+                               "multipart body has no part named \"image\"");
+    } else {
+        parts[0].data = r->body;
+        parts[0].len = r->body_len;
+    }
+    r->n_images = n;
+
+    size_t in_floats = (size_t)3 * s->in_h * s->in_w;
+    size_t per_image = in_floats + (size_t)s->classes;
+    r->slots = calloc((size_t)n, sizeof *r->slots);
+    r->tensors = malloc((size_t)n * per_image * sizeof(float));
+    if (!r->slots || !r->tensors)
+        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                           "cannot allocate the image tensors");
+
+    const mf_preprocess *pre = mf_model_preprocess(s->model);
+    mf_job *jobs[MAX_IMAGES];
+    for (int i = 0; i < n; i++) {
+        image_slot *sl = &r->slots[i];
+        sl->req = r;
+        sl->input = r->tensors + (size_t)i * per_image;
+        sl->logits = sl->input + in_floats;
+        char err[256] = "";
+        mf_image img = {0, 0, NULL};
+        uint64_t t0 = now_ns();
+        mf_img_status st = mf_image_decode(parts[i].data, parts[i].len,
+                                           (size_t)s->cfg->max_pixels, &img, err, sizeof err);
+        uint64_t t1 = now_ns();
+        if (st != MF_IMG_OK) return image_error(r, i, st, err[0] ? err : mf_img_status_code(st));
+        int rc = mf_preprocess_image(&img, pre, sl->input);
+        uint64_t t2 = now_ns();
+        mf_image_free(&img);
+        if (rc != 0)
+            return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "preprocess_failed",
+                               "could not preprocess image %d", i + 1);
+        sl->decode_s = (double)(t1 - t0) * 1e-9;
+        sl->preprocess_s = (double)(t2 - t1) * 1e-9;
+        mf_metrics_observe(s->metrics, MF_HIST_DECODE, sl->decode_s);
+        mf_metrics_observe(s->metrics, MF_HIST_PREPROCESS, sl->preprocess_s);
+        sl->job.input = sl->input;
+        sl->job.logits = sl->logits;
+        sl->job.done = on_job_done;
+        sl->job.user = sl;
+        jobs[i] = &sl->job;
+    }
+    /* the pixels are in the tensors now; the upload can go */
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+
+    pthread_mutex_lock(&r->mu);
+    r->pending = n;
+    pthread_mutex_unlock(&r->mu);
+    mf_batcher_status bs = mf_batcher_submit(s->batcher, jobs, n);
+    if (bs != MF_BATCHER_OK) {
+        pthread_mutex_lock(&r->mu);
+        r->pending = 0;
+        pthread_mutex_unlock(&r->mu);
+        if (bs == MF_BATCHER_QUEUE_FULL)
+            return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "queue_full",
+                               "the inference queue is full (max_queue %d); retry later",
+                               s->cfg->max_queue);
+        if (bs == MF_BATCHER_DRAINING)
+            return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
+                               "the server is shutting down");
+        return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
+                           "could not queue the image: %s", mf_batcher_status_str(bs));
+    }
+    pthread_mutex_lock(&r->mu);
+    if (r->pending > 0) {
+        MHD_suspend_connection(r->conn);
+        r->suspended = 1;
+        r->state = REQ_WAITING;
+        pthread_mutex_unlock(&r->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return predict_answer(r);
+}
+
+/* ---- other endpoints ---------------------------------------------------- */
+
+static enum MHD_Result handle_live(request *r)
+{
+    return reply_json(r, MHD_HTTP_OK, json_pack("{s:s}", "status", "live"));
+}
+
+static enum MHD_Result handle_ready(request *r)
+{
+    if (atomic_load(&r->srv->draining))
+        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "not_ready", "the server is shutting down");
+    return reply_json(r, MHD_HTTP_OK,
+                      json_pack("{s:s,s:s}", "status", "ready", "model", r->srv->cfg->model_name));
+}
+
+static enum MHD_Result handle_model_ready(request *r)
+{
+    if (atomic_load(&r->srv->draining))
+        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "not_ready", "the server is shutting down");
+    return reply_json(r, MHD_HTTP_OK,
+                      json_pack("{s:s,s:b}", "name", r->srv->cfg->model_name, "ready", 1));
+}
+
+static enum MHD_Result handle_metadata(request *r)
+{
+    return reply(r, MHD_HTTP_OK, JSON_TYPE, r->srv->metadata, r->srv->metadata_len,
+                 MHD_RESPMEM_PERSISTENT, NULL);
+}
+
+static enum MHD_Result handle_metrics(request *r)
+{
+    size_t len = 0;
+    char *text = mf_metrics_render(r->srv->metrics, &len);
+    if (!text)
+        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                           "cannot render the metrics");
+    return reply(r, MHD_HTTP_OK, MF_METRICS_CONTENT_TYPE, text, len, MHD_RESPMEM_MUST_FREE, NULL);
+}
+
+static enum MHD_Result handle_options(request *r)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    r->state = REQ_DONE;
+    r->status = MHD_HTTP_NO_CONTENT;
+    r->latency_ms = ms_since(r->start_ns);
+    mf_metrics_request(r->srv->metrics, r->endpoint, r->status, r->latency_ms * 1e-3);
+    MHD_add_response_header(resp, "Allow", "GET, HEAD, POST, OPTIONS");
+    add_cors(r, resp);
+    if (r->srv->cfg->cors_origin[0]) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+    }
+    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static const route routes[] = {
+    {"/v1/predict", "POST", MF_ENDPOINT_PREDICT, 1, predict_begin},
+    {"/v1/models/{}/predict", "POST", MF_ENDPOINT_PREDICT, 1, predict_begin},
+    {"/v2/health/live", "GET", MF_ENDPOINT_HEALTH_LIVE, 0, handle_live},
+    {"/v2/health/ready", "GET", MF_ENDPOINT_HEALTH_READY, 0, handle_ready},
+    {"/v2/models/{}", "GET", MF_ENDPOINT_MODEL_METADATA, 1, handle_metadata},
+    {"/v2/models/{}/ready", "GET", MF_ENDPOINT_MODEL_READY, 1, handle_model_ready},
+    {"/metrics", "GET", MF_ENDPOINT_METRICS, 0, handle_metrics},
+};
+
+#define N_ROUTES (sizeof routes / sizeof routes[0])
+
+/* Does path match pattern?  "{}" matches one non-empty segment, returned
+ * in [*name, *name + *name_len). */
+static int path_match(const char *pattern, const char *path, const char **name, size_t *name_len)
+{
+    *name = NULL;
+    *name_len = 0;
+    while (*pattern) {
+        if (pattern[0] == '{' && pattern[1] == '}') {
+            const char *e = path;
+            while (*e && *e != '/') e++;
+            if (e == path) return 0;
+            *name = path;
+            *name_len = (size_t)(e - path);
+            path = e;
+            pattern += 2;
+        } else {
+            if (*pattern != *path) return 0;
+            pattern++;
+            path++;
+        }
+    }
+    return *path == '\0';
+}
+
+static enum MHD_Result dispatch(request *r)
+{
+    mf_http *s = r->srv;
+    if (strcmp(r->method, "OPTIONS") == 0) {
+        r->endpoint = MF_ENDPOINT_OPTIONS;
+        return handle_options(r);
+    }
+    int is_get = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
+    const route *path_hit = NULL;
+    const char *name = NULL;
+    size_t name_len = 0;
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        if (!path_match(routes[i].pattern, r->path, &name, &name_len)) continue;
+        path_hit = &routes[i];
+        if (strcmp(routes[i].method, r->method) == 0 || (is_get && strcmp(routes[i].method, "GET") == 0)) {
+            r->route = &routes[i];
+            break;
+        }
+    }
+    if (!path_hit)
+        return reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no endpoint at %s", r->path);
+    r->endpoint = path_hit->endpoint;
+    if (!r->route) {
+        r->allow = strcmp(path_hit->method, "GET") == 0 ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
+        return reply_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
+                           "%s is not allowed on %s (allowed: %s)", r->method, r->path, r->allow);
+    }
+    if (r->route->auth && !authorized(r))
+        return reply_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized",
+                           "this endpoint needs the header 'Authorization: Bearer <api key>'");
+    if (name && (strlen(s->cfg->model_name) != name_len ||
+                 memcmp(name, s->cfg->model_name, name_len) != 0))
+        return reply_error(r, MHD_HTTP_NOT_FOUND, "model_not_found",
+                           "no model named '%.*s' (this server has '%s')",
+                           (int)(name_len > 128 ? 128 : name_len), name, s->cfg->model_name);
+    return r->route->handle(r);
+}
+
+/* ---- libmicrohttpd callbacks -------------------------------------------- */
+
+static request *request_new(mf_http *s, struct MHD_Connection *conn, const char *url,
+                            const char *method)
+{
+    request *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->path = strdup(url ? url : "");
+    if (!r->path || pthread_mutex_init(&r->mu, NULL) != 0) {
+        free(r->path);
+        free(r);
+        return NULL;
+    }
+    r->srv = s;
+    r->conn = conn;
+    r->start_ns = now_ns();
+    r->endpoint = MF_ENDPOINT_OTHER;
+    snprintf(r->method, sizeof r->method, "%s", method ? method : "");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->remote, sizeof r->remote);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, r->remote,
+                      sizeof r->remote);
+    }
+    atomic_fetch_add(&s->inflight, 1);
+    mf_metrics_gauge_add(s->metrics, MF_GAUGE_INFLIGHT, 1);
+    return r;
+}
+
+static void request_free(request *r)
+{
+    /* a worker may still be inside on_job_done's critical section right
+     * after resuming us: wait for it to leave before destroying the lock */
+    pthread_mutex_lock(&r->mu);
+    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_destroy(&r->mu);
+    free(r->body);
+    free(r->slots);
+    free(r->tensors);
+    free(r->path);
+    free(r);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    mf_http *s = cls;
+    request *r = *con_cls;
+    if (!r) {
+        r = request_new(s, conn, url, method);
+        if (!r) return MHD_NO;
+        *con_cls = r;
+        return dispatch(r);
+    }
+    switch (r->state) {
+    case REQ_BODY:
+        if (*upload_data_size) {
+            predict_append(r, upload_data, *upload_data_size);
+            *upload_data_size = 0;
+            /* an endless body over the limit: stop reading (connection closed) */
+            if (r->body_too_large && r->bytes_in > 2 * (size_t)s->cfg->max_body_bytes) return MHD_NO;
+            return MHD_YES;
+        }
+        return predict_run(r);
+    case REQ_WAITING: return predict_answer(r);
+    case REQ_NEW:
+    case REQ_DONE: break;
+    }
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    mf_http *s = cls;
+    request *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&r->mu);
+    int pending = r->pending;
+    pthread_mutex_unlock(&r->mu);
+    if (pending > 0) {
+        /* cannot happen (a suspended connection is only closed after it is
+         * resumed); if it did, a worker still holds pointers into r */
+        mf_log_event("error", "request completed with images still queued; leaking it", NULL);
+        return;
+    }
+    if (s->cfg->log_requests) {
+        mf_log_request_entry e = {
+            .method = r->method,
+            .path = r->path,
+            .status = r->status,
+            .bytes_in = r->bytes_in,
+            .bytes_out = r->bytes_out,
+            .latency_ms = r->status ? r->latency_ms : ms_since(r->start_ns),
+            .batch_size = r->batch_size,
+            .remote = r->remote,
+            .error = r->error_code ? r->error_code
+                                   : (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK ? "connection_closed"
+                                                                                 : NULL),
+        };
+        mf_log_request(&e);
+    }
+    atomic_fetch_sub(&s->inflight, 1);
+    mf_metrics_gauge_add(s->metrics, MF_GAUGE_INFLIGHT, -1);
+    request_free(r);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    mf_log_event("warn", msg, json_pack("{s:s}", "source", "libmicrohttpd"));
+}
+
+/* ---- start / stop ------------------------------------------------------- */
+
+static char *build_metadata(const mf_config *cfg, const mf_model *m, size_t *len)
+{
+    const mf_arch *a = mf_model_arch(m);
+    const mf_preprocess *p = mf_model_preprocess(m);
+    int classes = mf_model_num_classes(m);
+    char *arch_text = mf_arch_to_json(a);
+    json_t *arch = arch_text ? json_loads(arch_text, 0, NULL) : NULL;
+    free(arch_text);
+    json_t *labels = json_array();
+    for (int i = 0; labels && i < classes; i++)
+        json_array_append_new(labels, json_string(mf_model_label(m, i)));
+    json_t *o = json_pack(
+        "{s:s,s:s,s:s,s:o*,s:i,s:[i,i],s:{s:[i,i],s:i,s:s,s:[f,f,f],s:[f,f,f],s:i},s:I,s:i,"
+        "s:o*,s:[{s:s,s:s,s:[i],s:[s,s,s,s]}],s:[{s:s,s:s,s:[i,i]}]}",
+        "name", cfg->model_name, "platform", "mobileformer_c", "arch_name", a->name,
+        "architecture", arch, "num_classes", classes, "input_size", p->input_h, p->input_w,
+        "preprocess", "input_size", p->input_h, p->input_w, "resize", p->resize, "interpolation",
+        p->interpolation, "mean", (double)p->mean[0], (double)p->mean[1], (double)p->mean[2],
+        "std", (double)p->std[0], (double)p->std[1], (double)p->std[2], "channels", p->channels,
+        "parameters", (json_int_t)mf_arch_param_count(a, classes), "labels_count", classes,
+        "labels", labels, "inputs", "name", "image", "datatype", "BYTES", "shape", -1,
+        "content_types", "image/jpeg", "image/png", "application/octet-stream",
+        "multipart/form-data", "outputs", "name", "probabilities", "datatype", "FP32", "shape", -1,
+        classes);
+    char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
+    json_decref(o);
+    if (text) *len = strlen(text);
+    return text;
+}
+
+mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_batcher *batcher,
+                             mf_metrics *metrics, mf_http **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } addr;
+    memset(&addr, 0, sizeof addr);
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                         MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (inet_pton(AF_INET, cfg->bind, &addr.in4.sin_addr) == 1) {
+        addr.in4.sin_family = AF_INET;
+        addr.in4.sin_port = htons((uint16_t)cfg->port);
+    } else if (inet_pton(AF_INET6, cfg->bind, &addr.in6.sin6_addr) == 1) {
+        addr.in6.sin6_family = AF_INET6;
+        addr.in6.sin6_port = htons((uint16_t)cfg->port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, errlen, "bind: '%s' is not a numeric IPv4 or IPv6 address", cfg->bind);
+        return MF_HTTP_ARG;
+    }
+    mf_http *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return MF_HTTP_NOMEM;
+    }
+    s->cfg = cfg;
+    s->model = model;
+    s->batcher = batcher;
+    s->metrics = metrics;
+    const mf_preprocess *p = mf_model_preprocess(model);
+    s->in_h = p->input_h;
+    s->in_w = p->input_w;
+    s->classes = mf_model_num_classes(model);
+    s->metadata = build_metadata(cfg, model, &s->metadata_len);
+    if (!s->metadata) {
+        snprintf(err, errlen, "cannot build the model metadata (out of memory)");
+        free(s);
+        return MF_HTTP_NOMEM;
+    }
+    s->daemon = MHD_start_daemon(
+        flags, (uint16_t)cfg->port, NULL, NULL, &on_request, s, MHD_OPTION_SOCK_ADDR, &addr.sa,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, &on_completed, s,
+        MHD_OPTION_EXTERNAL_LOGGER, &on_mhd_log, s, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+        (unsigned int)1, MHD_OPTION_END);
+    if (!s->daemon) {
+        snprintf(err, errlen, "cannot listen on %s port %d (bind, port, http_threads or "
+                 "max_connections; see the libmicrohttpd message above)", cfg->bind, cfg->port);
+        free(s->metadata);
+        free(s);
+        return MF_HTTP_LISTEN;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : cfg->port;
+    *out = s;
+    return MF_HTTP_OK;
+}
+
+int mf_http_port(const mf_http *h) { return h->port; }
+
+void mf_http_begin_drain(mf_http *h)
+{
+    if (!h || atomic_exchange(&h->draining, 1)) return;
+    MHD_socket fd = MHD_quiesce_daemon(h->daemon);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+long mf_http_inflight(const mf_http *h) { return h ? atomic_load(&h->inflight) : 0; }
+
+void mf_http_stop(mf_http *h)
+{
+    if (!h) return;
+    MHD_stop_daemon(h->daemon);
+    free(h->metadata);
+    free(h);
+}

@@ -1,0 +1,171 @@
+/* main.c -- mobileformer-server: settings, model, batcher, HTTP, signals.
+ *
+ * Start-up order: settings (exit 2 on a bad one), model (exit 1 with one
+ * log line if it is missing or corrupt), metrics, batcher, HTTP; only then is
+ * the service ready.  SIGTERM/SIGINT are blocked in every thread and read
+ * here from a signalfd, so no work happens in a signal handler.  Shutdown:
+ * readiness turns 503 and the listening socket closes, requests in flight get
+ * up to drain_timeout_ms to finish, what is still queued then is answered
+ * 503, and the process exits 0.  A second signal skips the rest of the wait.
+ */
+#include "batcher.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "mf.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Every connection is a file descriptor: take the hard limit. */
+static void raise_fd_limit(const mf_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)cfg->max_connections + 64 > rl.rlim_cur)
+        mf_log_event("warn", "max_connections is close to the open-file limit",
+                     json_pack("{s:i,s:I}", "max_connections", cfg->max_connections,
+                               "nofile", (json_int_t)rl.rlim_cur));
+}
+
+/* Wait for a signal on fd for up to timeout_ms (-1: forever).  Returns the
+ * signal number, 0 on timeout. */
+static int wait_signal(int fd, int timeout_ms)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    int r = poll(&p, 1, timeout_ms);
+    if (r <= 0) return 0;
+    struct signalfd_siginfo si;
+    ssize_t n = read(fd, &si, sizeof si);
+    return n == (ssize_t)sizeof si ? (int)si.ssi_signo : 0;
+}
+
+int main(int argc, char **argv)
+{
+    mf_config cfg;
+    char err[1024];
+    switch (mf_config_init(&cfg, argc, argv, environ, stdout, err, sizeof err)) {
+    case MF_CONFIG_OK: break;
+    case MF_CONFIG_EXIT: return 0;
+    case MF_CONFIG_ERROR:
+        fprintf(stderr, "mobileformer-server: %s (see --help)\n", err);
+        return 2;
+    }
+
+    /* before any thread exists, so every thread inherits the mask */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    if (sfd < 0) {
+        mf_log_event("error", "signalfd failed", json_pack("{s:s}", "reason", strerror(errno)));
+        return 1;
+    }
+    raise_fd_limit(&cfg);
+
+    int rc = 1;
+    mf_model *model = NULL;
+    mf_metrics *metrics = NULL;
+    mf_batcher *batcher = NULL;
+    mf_http *http = NULL;
+
+    mf_status ms = mf_model_load(cfg.model, &model, err, sizeof err);
+    if (ms != MF_OK) {
+        char msg[MF_CONFIG_PATH + 1200];
+        snprintf(msg, sizeof msg, "cannot load model %s: %s", cfg.model, err[0] ? err : mf_status_str(ms));
+        mf_log_event("error", msg, json_pack("{s:s,s:s}", "model", cfg.model, "status", mf_status_str(ms)));
+        goto out;
+    }
+    const mf_arch *arch = mf_model_arch(model);
+    const mf_preprocess *pre = mf_model_preprocess(model);
+    metrics = mf_metrics_new(cfg.model_name, arch->name, mf_model_num_classes(model), pre->input_h,
+                             pre->input_w);
+    if (!metrics) {
+        mf_log_event("error", "out of memory", NULL);
+        goto out;
+    }
+    mf_batcher_config bc = {
+        .workers = cfg.workers,
+        .engine_threads = cfg.engine_threads,
+        .max_batch = cfg.max_batch,
+        .max_queue = cfg.max_queue,
+        .max_delay_us = cfg.max_delay_us,
+        .request_timeout_ms = cfg.request_timeout_ms,
+    };
+    if (mf_batcher_new(model, &bc, metrics, &batcher, err, sizeof err) != MF_BATCHER_OK) {
+        mf_log_event("error", err, NULL);
+        goto out;
+    }
+    if (mf_http_start(&cfg, model, batcher, metrics, &http, err, sizeof err) != MF_HTTP_OK) {
+        mf_log_event("error", err, NULL);
+        goto out;
+    }
+    /* the line tests and scripts wait for; port is the bound one (--port 0) */
+    mf_log_event("info", "listening",
+                 json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:s}", "bind", cfg.bind, "port",
+                           mf_http_port(http), "model", cfg.model_name, "arch", arch->name,
+                           "num_classes", mf_model_num_classes(model), "workers", cfg.workers,
+                           "engine_threads", cfg.engine_threads, "http_threads", cfg.http_threads,
+                           "max_batch", cfg.max_batch, "kernels", mf_kernels_name()));
+
+    int sig = 0;
+    while (!sig) sig = wait_signal(sfd, -1);
+    mf_log_event("info", "draining",
+                 json_pack("{s:s,s:I,s:i}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                           "inflight", (json_int_t)mf_http_inflight(http), "drain_timeout_ms",
+                           cfg.drain_timeout_ms));
+    mf_http_begin_drain(http);
+    uint64_t deadline = now_ms() + (uint64_t)cfg.drain_timeout_ms;
+    int forced = 0;
+    while (mf_http_inflight(http) > 0 && now_ms() < deadline) {
+        if (wait_signal(sfd, 10)) {
+            forced = 1;
+            break;
+        }
+    }
+    uint64_t now = now_ms();
+    int cancelled = mf_batcher_drain(batcher, forced || now >= deadline ? 0 : (long)(deadline - now));
+    /* answers of requests the drain cancelled (503) still need to go out */
+    uint64_t flush = now_ms() + 1000;
+    while (mf_http_inflight(http) > 0 && now_ms() < flush) wait_signal(sfd, 10);
+    long left = mf_http_inflight(http);
+    mf_http_stop(http);
+    http = NULL;
+    mf_log_event("info", "stopped",
+                 json_pack("{s:i,s:I,s:b}", "cancelled", cancelled, "unfinished", (json_int_t)left,
+                           "forced", forced));
+    rc = 0;
+out:
+    mf_http_stop(http);
+    mf_batcher_free(batcher);
+    mf_metrics_free(metrics);
+    mf_model_free(model);
+    close(sfd);
+    return rc;
+}

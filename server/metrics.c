@@ -1,0 +1,279 @@
+/* metrics.c -- counters, gauges and histograms, rendered as Prometheus text;
+ * see metrics.h. */
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define STATUS_MIN 100
+#define STATUS_SLOTS 500 /* 100..599 */
+#define MAX_BOUNDS 16
+
+static const double seconds_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                        0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64};
+
+#define N_SECONDS (int)(sizeof seconds_bounds / sizeof seconds_bounds[0])
+#define N_BATCH (int)(sizeof batch_bounds / sizeof batch_bounds[0])
+
+typedef struct histogram {
+    pthread_mutex_t mu;                     /* guards the fields below */
+    const double *bounds;                   /* upper bounds, ascending (+Inf implied) */
+    int n_bounds;                           /* entries in bounds */
+    unsigned long long buckets[MAX_BOUNDS]; /* non-cumulative counts per bound */
+    unsigned long long count;               /* observations, = the +Inf bucket */
+    double sum;                             /* sum of observations */
+} histogram;
+
+struct mf_metrics {
+    _Atomic unsigned long long requests[MF_ENDPOINT_COUNT][STATUS_SLOTS]; /* by endpoint, status */
+    histogram duration[MF_ENDPOINT_COUNT]; /* request duration by endpoint */
+    histogram hist[MF_HIST_COUNT];         /* stage histograms */
+    _Atomic long gauges[MF_GAUGE_COUNT];   /* current gauge values */
+    char *model, *arch;                    /* model_info labels (owned) */
+    int num_classes;                       /* model_info label */
+    int input_h, input_w;                  /* model_info label input_size="HxW" */
+    double start_time;                     /* process_start_time_seconds */
+};
+
+static const char *const endpoint_names[MF_ENDPOINT_COUNT] = {
+    "predict", "health_live", "health_ready", "model_metadata",
+    "model_ready", "metrics", "options", "other",
+};
+
+static const struct {
+    const char *name; /* metric family name */
+    const char *help; /* HELP text */
+} hist_info[MF_HIST_COUNT] = {
+    {"mobileformer_decode_seconds", "Time to decode one uploaded image."},
+    {"mobileformer_preprocess_seconds", "Time to resize, crop and normalize one image."},
+    {"mobileformer_queue_seconds", "Time one image waited in the queue for a worker."},
+    {"mobileformer_inference_seconds", "Time of one forward pass of a batch."},
+    {"mobileformer_batch_size", "Images per forward pass."},
+};
+
+const char *mf_endpoint_name(mf_endpoint e)
+{
+    return (unsigned)e < MF_ENDPOINT_COUNT ? endpoint_names[e] : "other";
+}
+
+static void hist_init(histogram *h, const double *bounds, int n)
+{
+    memset(h, 0, sizeof *h);
+    pthread_mutex_init(&h->mu, NULL);
+    h->bounds = bounds;
+    h->n_bounds = n;
+}
+
+static void hist_observe(histogram *h, double v)
+{
+    int i = 0;
+    while (i < h->n_bounds && v > h->bounds[i]) i++;
+    pthread_mutex_lock(&h->mu);
+    if (i < h->n_bounds) h->buckets[i]++;
+    h->count++;
+    h->sum += v;
+    pthread_mutex_unlock(&h->mu);
+}
+
+static char *dup_str(const char *s)
+{
+    s = s ? s : "";
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+mf_metrics *mf_metrics_new(const char *model, const char *arch, int num_classes, int input_h,
+                           int input_w)
+{
+    mf_metrics *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->model = dup_str(model);
+    m->arch = dup_str(arch);
+    if (!m->model || !m->arch) goto err;
+    m->num_classes = num_classes;
+    m->input_h = input_h;
+    m->input_w = input_w;
+    for (int e = 0; e < MF_ENDPOINT_COUNT; e++) hist_init(&m->duration[e], seconds_bounds, N_SECONDS);
+    for (int h = 0; h < MF_HIST_COUNT; h++) {
+        if (h == MF_HIST_BATCH_SIZE)
+            hist_init(&m->hist[h], batch_bounds, N_BATCH);
+        else
+            hist_init(&m->hist[h], seconds_bounds, N_SECONDS);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    m->start_time = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    return m;
+err:
+    free(m->model);
+    free(m->arch);
+    free(m);
+    return NULL;
+}
+
+void mf_metrics_free(mf_metrics *m)
+{
+    if (!m) return;
+    for (int e = 0; e < MF_ENDPOINT_COUNT; e++) pthread_mutex_destroy(&m->duration[e].mu);
+    for (int h = 0; h < MF_HIST_COUNT; h++) pthread_mutex_destroy(&m->hist[h].mu);
+    free(m->model);
+    free(m->arch);
+    free(m);
+}
+
+void mf_metrics_request(mf_metrics *m, mf_endpoint e, int status, double seconds)
+{
+    if (!m) return;
+    if ((unsigned)e >= MF_ENDPOINT_COUNT) e = MF_ENDPOINT_OTHER;
+    if (status >= STATUS_MIN && status < STATUS_MIN + STATUS_SLOTS)
+        atomic_fetch_add_explicit(&m->requests[e][status - STATUS_MIN], 1, memory_order_relaxed);
+    hist_observe(&m->duration[e], seconds);
+}
+
+unsigned long long mf_metrics_request_count(mf_metrics *m, mf_endpoint e, int status)
+{
+    if (!m || (unsigned)e >= MF_ENDPOINT_COUNT || status < STATUS_MIN ||
+        status >= STATUS_MIN + STATUS_SLOTS)
+        return 0;
+    return atomic_load_explicit(&m->requests[e][status - STATUS_MIN], memory_order_relaxed);
+}
+
+void mf_metrics_observe(mf_metrics *m, mf_histogram h, double value)
+{
+    if (m && (unsigned)h < MF_HIST_COUNT) hist_observe(&m->hist[h], value);
+}
+
+void mf_metrics_gauge_add(mf_metrics *m, mf_gauge g, long delta)
+{
+    if (m && (unsigned)g < MF_GAUGE_COUNT)
+        atomic_fetch_add_explicit(&m->gauges[g], delta, memory_order_relaxed);
+}
+
+void mf_metrics_gauge_set(mf_metrics *m, mf_gauge g, long value)
+{
+    if (m && (unsigned)g < MF_GAUGE_COUNT)
+        atomic_store_explicit(&m->gauges[g], value, memory_order_relaxed);
+}
+
+long mf_metrics_gauge_get(mf_metrics *m, mf_gauge g)
+{
+    if (!m || (unsigned)g >= MF_GAUGE_COUNT) return 0;
+    return atomic_load_explicit(&m->gauges[g], memory_order_relaxed);
+}
+
+/* A label value with \, " and newline escaped as the format requires. */
+static void put_label(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            fprintf(f, "\\%c", *s);
+        else if (*s == '\n')
+            fputs("\\n", f);
+        else
+            fputc(*s, f);
+    }
+}
+
+/* Buckets, sum and count of one histogram series; `labels` is "" or
+ * `key="value",` (with the trailing comma). */
+static void put_histogram(FILE *f, const char *name, const char *labels, histogram *h)
+{
+    unsigned long long buckets[MAX_BOUNDS], count;
+    double sum;
+    pthread_mutex_lock(&h->mu);
+    memcpy(buckets, h->buckets, sizeof buckets);
+    count = h->count;
+    sum = h->sum;
+    pthread_mutex_unlock(&h->mu);
+    unsigned long long cum = 0;
+    for (int i = 0; i < h->n_bounds; i++) {
+        cum += buckets[i];
+        fprintf(f, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, h->bounds[i], cum);
+    }
+    fprintf(f, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, count);
+    size_t ll = strlen(labels);
+    if (ll) {
+        /* drop the trailing comma for the plain series */
+        fprintf(f, "%s_sum{%.*s} %.9g\n", name, (int)ll - 1, labels, sum);
+        fprintf(f, "%s_count{%.*s} %llu\n", name, (int)ll - 1, labels, count);
+    } else {
+        fprintf(f, "%s_sum %.9g\n%s_count %llu\n", name, sum, name, count);
+    }
+}
+
+char *mf_metrics_render(mf_metrics *m, size_t *len)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (!f) return NULL;
+
+    fputs("# HELP mobileformer_requests_total HTTP requests answered, by endpoint and status.\n"
+          "# TYPE mobileformer_requests_total counter\n",
+          f);
+    for (int e = 0; e < MF_ENDPOINT_COUNT; e++)
+        for (int s = 0; s < STATUS_SLOTS; s++) {
+            unsigned long long v = atomic_load_explicit(&m->requests[e][s], memory_order_relaxed);
+            if (v)
+                fprintf(f, "mobileformer_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n",
+                        endpoint_names[e], s + STATUS_MIN, v);
+        }
+
+    fputs("# HELP mobileformer_request_duration_seconds Time from request headers to answer.\n"
+          "# TYPE mobileformer_request_duration_seconds histogram\n",
+          f);
+    for (int e = 0; e < MF_ENDPOINT_COUNT; e++) {
+        pthread_mutex_lock(&m->duration[e].mu);
+        unsigned long long c = m->duration[e].count;
+        pthread_mutex_unlock(&m->duration[e].mu);
+        if (!c && e != MF_ENDPOINT_PREDICT) continue;
+        char labels[64];
+        snprintf(labels, sizeof labels, "endpoint=\"%s\",", endpoint_names[e]);
+        put_histogram(f, "mobileformer_request_duration_seconds", labels, &m->duration[e]);
+    }
+
+    for (int h = 0; h < MF_HIST_COUNT; h++) {
+        fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", hist_info[h].name, hist_info[h].help,
+                hist_info[h].name);
+        put_histogram(f, hist_info[h].name, "", &m->hist[h]);
+    }
+
+    fprintf(f,
+            "# HELP mobileformer_queue_depth Images waiting for an inference worker.\n"
+            "# TYPE mobileformer_queue_depth gauge\n"
+            "mobileformer_queue_depth %ld\n"
+            "# HELP mobileformer_inflight_requests Requests received and not yet answered.\n"
+            "# TYPE mobileformer_inflight_requests gauge\n"
+            "mobileformer_inflight_requests %ld\n",
+            mf_metrics_gauge_get(m, MF_GAUGE_QUEUE_DEPTH), mf_metrics_gauge_get(m, MF_GAUGE_INFLIGHT));
+
+    fputs("# HELP mobileformer_model_info The model being served (always 1).\n"
+          "# TYPE mobileformer_model_info gauge\n"
+          "mobileformer_model_info{model=\"",
+          f);
+    put_label(f, m->model);
+    fputs("\",arch=\"", f);
+    put_label(f, m->arch);
+    fprintf(f, "\",num_classes=\"%d\",input_size=\"%dx%d\"} 1\n", m->num_classes, m->input_h,
+            m->input_w);
+
+    fprintf(f,
+            "# HELP process_start_time_seconds Start time of the process since the Unix epoch.\n"
+            "# TYPE process_start_time_seconds gauge\n"
+            "process_start_time_seconds %.3f\n",
+            m->start_time);
+
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    if (len) *len = n;
+    return buf;
+}

@@ -1,0 +1,70 @@
+/* metrics.h -- Prometheus metrics of the service (text exposition 0.0.4).
+ *
+ * One mf_metrics object per process, created before any thread that records
+ * into it and freed after they have stopped.  Every recording function is
+ * thread-safe (counters and gauges are atomics, each histogram has its own
+ * mutex) and allocation-free; mf_metrics_render() allocates the text.
+ */
+#ifndef MF_METRICS_H
+#define MF_METRICS_H
+
+#include <stddef.h>
+
+/* The endpoint label of mobileformer_requests_total and of the request
+ * duration histogram. */
+typedef enum mf_endpoint {
+    MF_ENDPOINT_PREDICT = 0,     /* POST /v1/predict, /v1/models/{name}/predict */
+    MF_ENDPOINT_HEALTH_LIVE,     /* GET /v2/health/live */
+    MF_ENDPOINT_HEALTH_READY,    /* GET /v2/health/ready */
+    MF_ENDPOINT_MODEL_METADATA,  /* GET /v2/models/{name} */
+    MF_ENDPOINT_MODEL_READY,     /* GET /v2/models/{name}/ready */
+    MF_ENDPOINT_METRICS,         /* GET /metrics */
+    MF_ENDPOINT_OPTIONS,         /* OPTIONS (CORS preflight) */
+    MF_ENDPOINT_OTHER,           /* no route matched */
+    MF_ENDPOINT_COUNT
+} mf_endpoint;
+
+const char *mf_endpoint_name(mf_endpoint e);
+
+typedef enum mf_histogram {
+    MF_HIST_DECODE = 0,   /* mobileformer_decode_seconds, per image */
+    MF_HIST_PREPROCESS,   /* mobileformer_preprocess_seconds, per image */
+    MF_HIST_QUEUE,        /* mobileformer_queue_seconds, per image */
+    MF_HIST_INFERENCE,    /* mobileformer_inference_seconds, per batch */
+    MF_HIST_BATCH_SIZE,   /* mobileformer_batch_size, per batch */
+    MF_HIST_COUNT
+} mf_histogram;
+
+typedef enum mf_gauge {
+    MF_GAUGE_QUEUE_DEPTH = 0, /* mobileformer_queue_depth: images waiting */
+    MF_GAUGE_INFLIGHT,        /* mobileformer_inflight_requests */
+    MF_GAUGE_COUNT
+} mf_gauge;
+
+typedef struct mf_metrics mf_metrics; /* opaque */
+
+/* Model labels of mobileformer_model_info (copied). NULL on out of memory. */
+mf_metrics *mf_metrics_new(const char *model, const char *arch, int num_classes, int input_h,
+                           int input_w);
+void mf_metrics_free(mf_metrics *m);
+
+/* One finished request: counts it by endpoint and status and observes its
+ * total duration. */
+void mf_metrics_request(mf_metrics *m, mf_endpoint e, int status, double seconds);
+
+void mf_metrics_observe(mf_metrics *m, mf_histogram h, double value);
+void mf_metrics_gauge_add(mf_metrics *m, mf_gauge g, long delta);
+void mf_metrics_gauge_set(mf_metrics *m, mf_gauge g, long value);
+long mf_metrics_gauge_get(mf_metrics *m, mf_gauge g);
+
+/* Number of requests counted for an endpoint and status (tests). */
+unsigned long long mf_metrics_request_count(mf_metrics *m, mf_endpoint e, int status);
+
+/* The exposition text (malloc'd, caller frees), *len its length.
+ * NULL on out of memory. */
+char *mf_metrics_render(mf_metrics *m, size_t *len);
+
+/* Content-Type of the exposition text. */
+#define MF_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+#endif

@@ -1,0 +1,50 @@
+#!/bin/sh
+# Runs every test suite: the Check binaries (build/tests/test_*), then the
+# Python and black-box suites (tests/py/test_*.py, run by Debian's python3).
+# Prints one line per suite and a summary; exits non-zero if any failed.
+set -u
+BUILD=${MF_BUILD:-build}
+export MF_BUILD="$BUILD"
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+export OPENBLAS_NUM_THREADS=1
+export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-600}
+PY=/usr/bin/python3
+failed=""
+total=0
+only=${MF_TEST_ONLY:-}
+
+run_one() {
+  name=$1; shift
+  case "$name" in *"$only"*) ;; *) return ;; esac
+  total=$((total + 1))
+  start=$(date +%s)
+  if "$@" > "$BUILD/tests/$name.log" 2>&1; then
+    echo "PASS  $name ($(( $(date +%s) - start ))s)"
+    grep -h "^SKIP" "$BUILD/tests/$name.log" | sed 's/^/      /'
+  else
+    echo "FAIL  $name ($(( $(date +%s) - start ))s) -- log: $BUILD/tests/$name.log"
+    tail -n 40 "$BUILD/tests/$name.log" | sed 's/^/      /'
+    failed="$failed $name"
+  fi
+}
+
+mkdir -p "$BUILD/tests"
+for t in "$BUILD"/tests/test_*; do
+  case "$t" in *.log|*.d) continue ;; esac
+  [ -x "$t" ] || continue
+  run_one "$(basename "$t")" "$t"
+done
+for t in tests/py/test_*.py; do
+  [ -f "$t" ] || continue
+  run_one "$(basename "$t" .py)" "$PY" "$t"
+done
+for t in tests/sh/test_*.sh; do
+  [ -f "$t" ] || continue
+  run_one "$(basename "$t" .sh)" sh "$t"
+done
+
+if [ -n "$failed" ]; then
+  echo "FAILED:$failed (of $total suites)"
+  exit 1
+fi
+echo "all $total suites passed"

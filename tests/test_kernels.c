@@ -1,0 +1,239 @@
+/* test_kernels.c -- every optimized kernel against its plain scalar twin on
+ * random shapes, odd sizes included: 1x1 convolutions (dense, grouped,
+ * shuffled output, every epilogue, in-place residual, K beyond one depth
+ * block), 3x3 depthwise (strides 1 and 2, multipliers, folded shuffles, odd
+ * sizes), both attention bridges, token-side linears.  Also the folding of
+ * multiplier + shuffle into the depthwise index map against an explicit
+ * shuffle of the reference convolution's output. */
+#include "testutil.h"
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static uint64_t rng_state = 12345;
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((rng_state >> 40) * (1.0 / 16777216.0)) * 2.f - 1.f;
+}
+static int irand(int lo, int hi) { return lo + (int)((frand() * 0.5f + 0.5f) * (float)(hi - lo + 1)) % (hi - lo + 1); }
+
+static float *rvec(size_t n)
+{
+    float *v = mf_alloc(n * sizeof(float) + 64);
+    for (size_t i = 0; i < n; i++) v[i] = frand();
+    return v;
+}
+
+static const mf_kernels *kernel_sets[3];
+static int n_sets;
+
+static void setup(void)
+{
+    n_sets = 0;
+    kernel_sets[n_sets++] = &mf_kernels_blas;
+    if (mf_cpu_has_avx512()) kernel_sets[n_sets++] = &mf_kernels_avx512;
+    else printf("SKIP avx512 kernels: this CPU lacks AVX-512\n");
+}
+
+static void assert_close(const float *got, const float *want, size_t n, double tol, const char *what)
+{
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - want[i]);
+        ck_assert_msg(err <= tol * (1.0 + fabs(want[i])), "%s: index %zu: %.7g vs reference %.7g", what, i, got[i], want[i]);
+    }
+}
+
+START_TEST(pw_random)
+{
+    for (int trial = 0; trial < 60; trial++) {
+        int G = (trial % 3 == 0) ? irand(2, 4) : 1;
+        int M = G * irand(1, 40), K = G * irand(1, trial % 7 == 0 ? 300 : 50), n = irand(1, 200);
+        int shuffle = G > 1 && (trial & 1);
+        mf_act act = (mf_act)(trial % 3);
+        int resmode = trial % 4; /* 0 none, 1 separate, 2 in place (act none) */
+        if (resmode == 2 && act != MF_ACT_NONE) resmode = 1;
+        if (resmode == 3) resmode = 0;
+        float *w = rvec((size_t)M * (K / G)), *b = rvec((size_t)M), *x = rvec((size_t)K * n);
+        float *dya = rvec((size_t)M), *dyb = rvec((size_t)M), *res = rvec((size_t)M * n);
+        float *want = mf_alloc((size_t)M * n * sizeof(float)), *got = mf_alloc((size_t)M * n * sizeof(float));
+        for (int s = 0; s < n_sets; s++) {
+            const mf_kernels *k = kernel_sets[s];
+            mf_pw pr = {.cout = M, .cin = K, .groups = G, .shuffle_out = shuffle, .w = w, .bias = b};
+            mf_pw pk = pr;
+            if (k == &mf_kernels_avx512) {
+                int Mg = M / G, Kg = K / G;
+                pk.wp_group = mf_pw_packed_floats(Mg, Kg);
+                pk.wp = mf_alloc(pk.wp_group * (size_t)G * sizeof(float));
+                for (int g = 0; g < G; g++) mf_pw_pack(w + (size_t)g * Mg * Kg, Mg, Kg, pk.wp + pk.wp_group * g);
+                pk.w = NULL;
+            }
+            const mf_pw *ps[2] = {&pr, &pk};
+            const mf_kernels *ks[2] = {&mf_kernels_ref, k};
+            float *outs[2] = {want, got};
+            for (int v = 0; v < 2; v++) {
+                const int Mg = M / G, Kg = K / G;
+                if (resmode == 2) memcpy(outs[v], res, (size_t)M * n * sizeof(float));
+                for (int g = 0; g < G; g++) {
+                    size_t off = shuffle ? (size_t)g * n : (size_t)g * Mg * n;
+                    size_t ld = shuffle ? (size_t)G * n : (size_t)n;
+                    float ga[64 * 4], gb[64 * 4];
+                    mf_epi e = {.act = act, .bias = b + (size_t)g * Mg};
+                    if (act == MF_ACT_DYRELU) {
+                        for (int j = 0; j < Mg; j++) {
+                            size_t o = shuffle ? (size_t)j * G + g : (size_t)g * Mg + j;
+                            ga[j] = dya[o];
+                            gb[j] = dyb[o];
+                        }
+                        e.dya = ga;
+                        e.dyb = gb;
+                    }
+                    if (resmode == 1) { e.res = res + off; e.ldr = ld; }
+                    if (resmode == 2) { e.res = outs[v] + off; e.ldr = ld; }
+                    ks[v]->pw(ps[v], g, x + (size_t)g * Kg * n, (size_t)n, n, outs[v] + off, ld, &e);
+                }
+            }
+            char what[128];
+            snprintf(what, sizeof what, "pw[%s] M=%d K=%d n=%d G=%d shuffle=%d act=%d res=%d", k->name, M, K, n, G,
+                     shuffle, act, resmode);
+            assert_close(got, want, (size_t)M * n, 2e-5, what);
+            if (pk.wp) mf_free(pk.wp);
+        }
+        mf_free(w); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(res); mf_free(want); mf_free(got);
+    }
+}
+END_TEST
+
+START_TEST(dw_random)
+{
+    for (int trial = 0; trial < 80; trial++) {
+        int cin = irand(1, 9), e = irand(1, 4), cout = cin * e, s = 1 + (trial & 1);
+        int h = irand(1, 40), w = irand(1, 70);
+        if (trial % 5 == 0) { h = irand(1, 3); w = irand(1, 3); }
+        int oh = (h - 1) / s + 1, ow = (w - 1) / s + 1;
+        mf_act act = (mf_act)(trial % 3);
+        float *k = rvec((size_t)cout * 9), *b = rvec((size_t)cout), *x = rvec((size_t)cin * h * w);
+        float *dya = rvec((size_t)cout), *dyb = rvec((size_t)cout);
+        int *src = malloc((size_t)cout * sizeof(int));
+        for (int q = 0; q < cout; q++) src[q] = (trial % 3 == 0) ? q % cin : q / e; /* shuffled or plain */
+        mf_dw d = {.cout = cout, .cin = cin, .stride = s, .w = k, .bias = b, .src = src};
+        mf_epi ep = {.act = act, .bias = b, .dya = dya, .dyb = dyb};
+        size_t n = (size_t)cout * oh * ow;
+        float *want = mf_alloc(n * sizeof(float)), *got = mf_alloc(n * sizeof(float));
+        mf_kernels_ref.dw(&d, 0, cout, x, h, w, want, oh, ow, &ep);
+        for (int si = 0; si < n_sets; si++) {
+            memset(got, 0, n * sizeof(float));
+            /* in two channel ranges, as a split between threads would */
+            kernel_sets[si]->dw(&d, 0, cout / 2, x, h, w, got, oh, ow, &ep);
+            kernel_sets[si]->dw(&d, cout / 2, cout, x, h, w, got, oh, ow, &ep);
+            char what[128];
+            snprintf(what, sizeof what, "dw[%s] c=%d e=%d s=%d %dx%d act=%d", kernel_sets[si]->name, cin, e, s, h, w, act);
+            assert_close(got, want, n, 1e-5, what);
+        }
+        free(src);
+        mf_free(k); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(want); mf_free(got);
+    }
+}
+END_TEST
+
+/* Depthwise with multiplier e followed by shuffle(cin), computed plainly,
+ * equals the folded index map of model.c: out q = j*cin + i reads input i
+ * with the weights of pre-shuffle channel i*e + j. */
+START_TEST(dw_shuffle_fold)
+{
+    int cin = 6, e = 3, h = 9, w = 11, cout = cin * e;
+    float *k = rvec((size_t)cout * 9), *b = rvec((size_t)cout), *x = rvec((size_t)cin * h * w);
+    int *plain = malloc((size_t)cout * sizeof(int)), *fold = malloc((size_t)cout * sizeof(int));
+    float *kf = malloc((size_t)cout * 9 * sizeof(float)), *bf = malloc((size_t)cout * sizeof(float));
+    for (int q = 0; q < cout; q++) {
+        plain[q] = q / e;
+        int pre = (q % cin) * e + q / cin;
+        fold[q] = pre / e;
+        memcpy(kf + q * 9, k + pre * 9, 9 * sizeof(float));
+        bf[q] = b[pre];
+    }
+    mf_dw dp = {.cout = cout, .cin = cin, .stride = 1, .w = k, .bias = b, .src = plain};
+    mf_dw df = {.cout = cout, .cin = cin, .stride = 1, .w = kf, .bias = bf, .src = fold};
+    mf_epi ep = {.act = MF_ACT_NONE, .bias = b}, ef = {.act = MF_ACT_NONE, .bias = bf};
+    size_t plane = (size_t)h * w;
+    float *y = malloc((size_t)cout * plane * sizeof(float)), *yf = malloc((size_t)cout * plane * sizeof(float));
+    mf_kernels_ref.dw(&dp, 0, cout, x, h, w, y, h, w, &ep);
+    mf_kernels_ref.dw(&df, 0, cout, x, h, w, yf, h, w, &ef);
+    /* explicit shuffle(g = cin): output channel j*g + i takes input i*(C/g) + j */
+    for (int i = 0; i < cin; i++)
+        for (int j = 0; j < e; j++)
+            for (size_t p = 0; p < plane; p++)
+                ck_assert_float_eq(yf[(size_t)(j * cin + i) * plane + p], y[(size_t)(i * e + j) * plane + p]);
+    free(plain); free(fold); free(kf); free(bf); free(y); free(yf);
+    mf_free(k); mf_free(b); mf_free(x);
+}
+END_TEST
+
+START_TEST(attention_random)
+{
+    for (int trial = 0; trial < 40; trial++) {
+        int t = irand(1, trial % 5 == 0 ? 20 : 7), ch = irand(1, 70), hw = irand(1, 300);
+        int ld = ch + irand(0, 5);
+        float scale = 1.0f / sqrtf((float)ch);
+        float *x = rvec((size_t)ch * hw), *q = rvec((size_t)t * ld), *v = rvec((size_t)t * ld);
+        float *sc = mf_alloc((size_t)t * hw * sizeof(float));
+        float *want = mf_alloc((size_t)t * ld * sizeof(float)), *got = mf_alloc((size_t)t * ld * sizeof(float));
+        float *y0 = mf_alloc((size_t)ch * hw * sizeof(float)), *y1 = mf_alloc((size_t)ch * hw * sizeof(float));
+        for (int s = 0; s < n_sets; s++) {
+            char what[128];
+            snprintf(what, sizeof what, "m2f[%s] t=%d ch=%d hw=%d", kernel_sets[s]->name, t, ch, hw);
+            mf_kernels_ref.m2f_attn(x, ch, hw, q, ld, t, scale, want, ld, sc);
+            kernel_sets[s]->m2f_attn(x, ch, hw, q, ld, t, scale, got, ld, sc);
+            for (int i = 0; i < t; i++) assert_close(got + (size_t)i * ld, want + (size_t)i * ld, (size_t)ch, 2e-5, what);
+            memcpy(y0, x, (size_t)ch * hw * sizeof(float));
+            memcpy(y1, x, (size_t)ch * hw * sizeof(float));
+            mf_kernels_ref.f2m_attn(y0, ch, hw, q, v, ld, t, scale);
+            kernel_sets[s]->f2m_attn(y1, ch, hw, q, v, ld, t, scale);
+            snprintf(what, sizeof what, "f2m[%s] t=%d ch=%d hw=%d", kernel_sets[s]->name, t, ch, hw);
+            assert_close(y1, y0, (size_t)ch * hw, 2e-5, what);
+        }
+        mf_free(x); mf_free(q); mf_free(v); mf_free(sc); mf_free(want); mf_free(got); mf_free(y0); mf_free(y1);
+    }
+}
+END_TEST
+
+START_TEST(linear_random)
+{
+    for (int trial = 0; trial < 40; trial++) {
+        int rows = irand(1, 20), in = irand(1, 300), out = irand(1, 200);
+        mf_lin l = {.out = out, .in = in, .wt = rvec((size_t)in * out), .b = rvec((size_t)out)};
+        float *x = rvec((size_t)rows * in);
+        float *want = mf_alloc((size_t)rows * out * sizeof(float)), *got = mf_alloc((size_t)rows * out * sizeof(float));
+        mf_linear_ref(&l, x, rows, want);
+        for (int s = 0; s < n_sets; s++) {
+            mf_lin lk = l;
+            if (kernel_sets[s]->lin_pack) {
+                lk.wp = mf_alloc(mf_lin_packed_floats(in, out) * sizeof(float));
+                mf_lin_pack(l.wt, in, out, lk.wp);
+            }
+            kernel_sets[s]->linear(&lk, x, rows, got);
+            char what[128];
+            snprintf(what, sizeof what, "linear[%s] rows=%d in=%d out=%d", kernel_sets[s]->name, rows, in, out);
+            assert_close(got, want, (size_t)rows * out, 2e-5, what);
+            if (lk.wp) mf_free(lk.wp);
+        }
+        mf_free(l.wt); mf_free(l.b); mf_free(x); mf_free(want); mf_free(got);
+    }
+}
+END_TEST
+
+int main(void)
+{
+    setup();
+    Suite *s = suite_create("kernels");
+    TCase *tc = tcase_create("kernels");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, pw_random);
+    tcase_add_test(tc, dw_random);
+    tcase_add_test(tc, dw_shuffle_fold);
+    tcase_add_test(tc, attention_random);
+    tcase_add_test(tc, linear_random);
+    suite_add_tcase(s, tc);
+    return tu_run_suite(s);
+}
