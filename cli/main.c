@@ -10,6 +10,7 @@
 #include "topk.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void openblas_set_num_threads(int);
 
@@ -124,7 +126,8 @@ static void *read_file(const char *path, size_t *len)
     return buf;
 }
 
-/* --trace DIR: every intermediate as DIR/<name>.f32 (all images concatenated) */
+/* --trace DIR: every intermediate as DIR/<name>.f32, images in batch order.
+ * Called from the workspace's threads, so each image writes its own region. */
 typedef struct trace_out {
     const char *dir;
 } trace_out;
@@ -134,12 +137,13 @@ static void on_trace(void *user, const char *name, int image, const float *data,
     const trace_out *t = user;
     char path[1024];
     snprintf(path, sizeof path, "%s/%s.f32", t->dir, name);
-    FILE *f = fopen(path, image == 0 ? "wb" : "ab");
-    if (!f) die("cannot write '%s'", path);
     size_t n = 1;
     for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
-    if (fwrite(data, sizeof(float), n, f) != n) die("cannot write '%s'", path);
-    fclose(f);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) die("cannot write '%s': %s", path, strerror(errno));
+    ssize_t want = (ssize_t)(n * sizeof(float));
+    if (pwrite(fd, data, (size_t)want, (off_t)image * want) != want) die("cannot write '%s'", path);
+    close(fd);
 }
 
 static int cmd_run(const opts *o)

@@ -416,7 +416,7 @@ size_t mf_arch_param_count(const mf_arch *a, int num_classes)
     for (int i = 0; i < n; i++) {
         size_t len = strlen(s[i].name);
         if (len > 13 && (strcmp(s[i].name + len - 13, ".running_mean") == 0 ||
-                         strcmp(s[i].name + len - 12, "running_var") == 0))
+                         strcmp(s[i].name + len - 12, ".running_var") == 0))
             continue;
         total += s[i].numel;
     }

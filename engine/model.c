@@ -506,7 +506,7 @@ static const float *synth_lookup(void *ctx, const mf_tensor_spec *spec)
     uint64_t slot = (uint64_t)idx;
     for (int i = 0; i < idx; i++) {
         size_t len = strlen(c->specs[i].name);
-        if (len > 12 && strcmp(c->specs[i].name + len - 12, "running_var") == 0) slot++;
+        if (len > 12 && strcmp(c->specs[i].name + len - 12, ".running_var") == 0) slot++;
     }
     if (!c->bufs[idx]) {
         c->bufs[idx] = malloc(spec->numel * sizeof(float));

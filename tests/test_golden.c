@@ -202,6 +202,22 @@ static void run_case(const char *variant, const char *kernels)
         }
     }
 
+    /* mf_model_synthetic with the case's base seed follows the manifest rule */
+    mf_model *ms = NULL;
+    uint64_t base = (uint64_t)json_integer_value(json_object_get(cs, "weights_base_seed"));
+    ck_assert_int_eq(mf_model_synthetic(&arch, classes, base, &ms, err, sizeof err), MF_OK);
+    mf_workspace *ws2 = NULL;
+    ck_assert_int_eq(mf_workspace_new(ms, 1, &ws2), MF_OK);
+    float *l2 = calloc((size_t)B * classes, sizeof(float));
+    ck_assert_int_eq(mf_forward(ms, ws2, input, B, H, W, l2), MF_OK);
+    for (size_t i = 0; i < (size_t)B * classes; i++)
+        ck_assert_msg(fabs((double)l2[i] - logits_ex->data[i]) <= logits_ex->tol,
+                      "%s: mf_model_synthetic(seed %llu) logit %zu: %g vs %g", variant, (unsigned long long)base, i,
+                      l2[i], logits_ex->data[i]);
+    free(l2);
+    mf_workspace_free(ws2);
+    mf_model_free(ms);
+
     mf_workspace_free(ws);
     mf_model_free(m);
     free(logits);
