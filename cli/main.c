@@ -39,7 +39,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: mobileformer <command> [options]\n"
             "  run     --model M --input X.f32 --shape B,3,H,W --output Y.f32 [--threads N]\n"
-            "  predict --model M [--top-k K] IMAGE...\n"
+            "  predict --model M [--top-k K] [--logits] IMAGE...\n"
             "  bench   (--model M | --arch A) [--batch N] [--threads N] [--size S] [--iters N] [--warmup N]\n"
             "  info    (--model M | --arch A)\n"
             "Kernels: %s (MF_KERNELS=portable forces the portable BLAS ones)\n",
@@ -49,6 +49,7 @@ static void usage(void)
 typedef struct opts {
     const char *model, *arch, *input, *output, *shape, *trace;
     int top_k, batch, threads, size, iters, warmup;
+    int logits;      /* predict: also print the raw logits */
     int nfiles;
     char **files;
 } opts;
@@ -74,6 +75,7 @@ static void parse_opts(int argc, char **argv, opts *o)
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-' || a[1] != '-') { o->files[o->nfiles++] = argv[i]; continue; }
+        if (!strcmp(a, "--logits")) { o->logits = 1; continue; }
         if (i + 1 >= argc) die("%s needs a value", a);
         const char *v = argv[++i];
         if (!strcmp(a, "--model")) o->model = v;
@@ -219,6 +221,11 @@ static int cmd_predict(const opts *o)
                 json_array_append_new(preds, json_pack("{s:i,s:s,s:f}", "index", idx[j], "label",
                                                        mf_model_label(m, idx[j]), "probability", (double)prob[idx[j]]));
             json_object_set_new(r, "predictions", preds);
+            if (o->logits) {
+                json_t *lg = json_array();
+                for (int j = 0; j < K; j++) json_array_append_new(lg, json_real(logits[j]));
+                json_object_set_new(r, "logits", lg);
+            }
         }
         char *s = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
         printf("%s\n", s);

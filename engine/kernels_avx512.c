@@ -144,6 +144,7 @@ static inline __mmask16 mask_range(int s, int w)
 static inline __m512 dw_epi(__m512 t, int q, const mf_epi *e)
 {
     t = _mm512_add_ps(t, _mm512_set1_ps(e->bias[q]));
+    /* (e->act is the same for the whole plane: the branch predicts) */
     if (e->act == MF_ACT_RELU6)
         t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
     else if (e->act == MF_ACT_DYRELU)
@@ -151,22 +152,39 @@ static inline __m512 dw_epi(__m512 t, int q, const mf_epi *e)
     return t;
 }
 
+/* Stride 1: two output rows per step share their input rows (4 rows read
+ * for 2 written); weights live in registers for the whole plane. */
 static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo, int q, const mf_epi *e)
 {
-    for (int oy = 0; oy < h; oy++) {
+    __m512 kv[9];
+    for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
+    for (int oy = 0; oy < h; oy += 2) {
+        const int two = oy + 1 < h;
         for (int ox = 0; ox < w; ox += 16) {
             __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
                       mr = mask_range(ox + 1, w);
-            __m512 acc = _mm512_setzero_ps();
-            for (int ky = 0; ky < 3; ky++) {
-                int iy = oy + ky - 1;
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            for (int r = -1; r <= 2; r++) { /* input rows oy-1 .. oy+2 */
+                int iy = oy + r;
                 if (iy < 0 || iy >= h) continue;
                 const float *row = xi + (size_t)iy * w + ox;
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 0]), _mm512_maskz_loadu_ps(ml, row - 1), acc);
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 1]), _mm512_maskz_loadu_ps(mc, row), acc);
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 2]), _mm512_maskz_loadu_ps(mr, row + 1), acc);
+                __m512 l = _mm512_maskz_loadu_ps(ml, row - 1), c = _mm512_maskz_loadu_ps(mc, row),
+                       rt = _mm512_maskz_loadu_ps(mr, row + 1);
+                if (r <= 1) { /* tap row r+1 of output row oy */
+                    const int ky = r + 1;
+                    a0 = _mm512_fmadd_ps(kv[ky * 3 + 0], l, a0);
+                    a0 = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a0);
+                    a0 = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, a0);
+                }
+                if (r >= 0 && two) { /* tap row r of output row oy+1 */
+                    const int ky = r;
+                    a1 = _mm512_fmadd_ps(kv[ky * 3 + 0], l, a1);
+                    a1 = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a1);
+                    a1 = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, a1);
+                }
             }
-            _mm512_mask_storeu_ps(yo + (size_t)oy * w + ox, mo, dw_epi(acc, q, e));
+            _mm512_mask_storeu_ps(yo + (size_t)oy * w + ox, mo, dw_epi(a0, q, e));
+            if (two) _mm512_mask_storeu_ps(yo + (size_t)(oy + 1) * w + ox, mo, dw_epi(a1, q, e));
         }
     }
 }
@@ -176,6 +194,8 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
 {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 kv[9];
+    for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
     for (int oy = 0; oy < oh; oy++) {
         for (int ox = 0; ox < ow; ox += 16) {
             const int s = 2 * ox; /* first input column of the centre tap */
@@ -192,9 +212,9 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
                 __m512 c = _mm512_permutex2var_ps(a, even, b);   /* x[s + 2j]     */
                 __m512 r = _mm512_permutex2var_ps(a, odd, b);    /* x[s + 2j + 1] */
                 __m512 l = _mm512_permutex2var_ps(la, even, lb); /* x[s + 2j - 1] */
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 0]), l, acc);
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 1]), c, acc);
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(k[ky * 3 + 2]), r, acc);
+                acc = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc);
+                acc = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc);
+                acc = _mm512_fmadd_ps(kv[ky * 3 + 2], r, acc);
             }
             _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_epi(acc, q, e));
         }
@@ -392,8 +412,9 @@ static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *
     }
     for (int i = 0; i < l->in; i++) {
         const float *w = panel + (size_t)i * LP;
-        _mm_prefetch((const char *)(w + 8 * LP), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + 8 * LP + 32), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 48 * LP), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 48 * LP + 32), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 48 * LP + 16), _MM_HINT_T0);
         __m512 wv[3];
 #pragma GCC unroll 3
         for (int v = 0; v < 3; v++) wv[v] = _mm512_load_ps(w + 16 * v);

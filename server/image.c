@@ -88,10 +88,14 @@ static uint32_t rd32(const uint8_t *p, int le)
 }
 
 /* Orientation (1..8) from IFD0 of a TIFF structure t[0..n) -- the EXIF
- * payload -- or 1 when it is absent, malformed or out of range.  Like PIL,
- * a later tag entry wins, and only a single SHORT or LONG value counts. */
+ * payload -- or 1 when it is absent, malformed or out of range.  As PIL
+ * reads it: a later entry for the tag wins; SHORT, LONG, SBYTE, SSHORT and
+ * SLONG count (PIL turns BYTE into bytes, which match no orientation); of
+ * several values (inline, or at an offset when over 4 bytes) the first is
+ * used; an entry whose values lie past the end is skipped. */
 static int tiff_orientation(const uint8_t *t, size_t n)
 {
+    static const uint8_t type_size[10] = {0, 0, 0, 2, 4, 0, 1, 0, 2, 4}; /* by TIFF type */
     int le;
     if (n < 8)
         return 1;
@@ -114,16 +118,26 @@ static int tiff_orientation(const uint8_t *t, size_t n)
             break;
         if (rd16(t + e, le) != 0x0112)
             continue;
-        uint32_t type = rd16(t + e + 2, le), count = rd32(t + e + 4, le), v;
-        if (count != 1)
-            v = 0;
-        else if (type == 3) /* SHORT: left-justified in the value field */
-            v = rd16(t + e + 8, le);
-        else if (type == 4) /* LONG */
-            v = rd32(t + e + 8, le);
-        else
-            v = 0;
-        orient = v >= 1 && v <= 8 ? (int)v : 1;
+        uint32_t type = rd16(t + e + 2, le), count = rd32(t + e + 4, le);
+        size_t size = type < sizeof type_size ? type_size[type] : 0;
+        if (size == 0 || count == 0)
+            continue; /* no usable value: PIL's lookup finds no transpose */
+        uint64_t bytes = (uint64_t)size * count;
+        const uint8_t *v = t + e + 8;
+        if (bytes > 4) {
+            uint32_t off = rd32(v, le);
+            if (off > n || bytes > n - off)
+                continue;
+            v = t + off;
+        }
+        int64_t val = size == 1 ? v[0] : size == 2 ? rd16(v, le) : rd32(v, le);
+        if (type == 6) /* signed types */
+            val = (int8_t)val;
+        else if (type == 8)
+            val = (int16_t)val;
+        else if (type == 9)
+            val = (int32_t)val;
+        orient = val >= 1 && val <= 8 ? (int)val : 1;
     }
     return orient;
 }
@@ -431,6 +445,24 @@ static void png_on_read(png_structp png, png_bytep data, size_t n)
     job->pos += n;
 }
 
+/* libpng allocates some ancillary chunks (eXIf) at their declared length
+ * before reading them, so a 40-byte file could ask for gigabytes: refuse
+ * any chunk before the image data that claims more bytes than the input
+ * has.  The image data itself is streamed, never allocated by length. */
+static int png_chunks_fit(const uint8_t *buf, size_t len)
+{
+    size_t pos = 8;
+    while (len - pos >= 8) {
+        if (memcmp(buf + pos + 4, "IDAT", 4) == 0)
+            return 1;
+        uint32_t n = rd32(buf + pos, 0);
+        if ((uint64_t)n + 12 > len - pos)
+            return 0;
+        pos += 12 + (size_t)n;
+    }
+    return 1; /* a cut chunk header: libpng reports the truncation */
+}
+
 /* The part of the PNG decode that may longjmp; see jpeg_run(). */
 static mf_img_status png_run(png_job *job, size_t max_pixels, mf_image *out)
 {
@@ -541,7 +573,10 @@ static mf_img_status decode_png(const uint8_t *buf, size_t len, size_t max_pixel
     if (job.png)
         job.info = png_create_info_struct(job.png);
     mf_img_status st;
-    if (!job.png || !job.info) {
+    if (!png_chunks_fit(buf, len)) {
+        snprintf(job.msg, sizeof job.msg, "a chunk is longer than the data");
+        st = MF_IMG_CORRUPT;
+    } else if (!job.png || !job.info) {
         snprintf(job.msg, sizeof job.msg, "cannot allocate the decoder");
         st = MF_IMG_NOMEM;
     } else {

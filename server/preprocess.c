@@ -306,24 +306,46 @@ static int run_bilinear(const mf_image *img, const sink *s, const axis *ax, cons
         return -1;
     }
 
+    /* source columns the horizontal taps touch (luma is made for these only) */
+    int sx0 = img->w, sx1 = 0;
+    for (int i = 0; i < nx; i++) {
+        if (tx.count[i] == 0)
+            continue;
+        if (tx.first[i] < sx0)
+            sx0 = tx.first[i];
+        if (tx.first[i] + tx.count[i] > sx1)
+            sx1 = tx.first[i] + tx.count[i];
+    }
+
     /* horizontal pass: source rows sy0 .. sy1-1 -> tmp */
     for (int sy = sy0; sy < sy1; sy++) {
         const uint8_t *src = img->rgb + (size_t)sy * img->w * 3;
-        if (nch == 1) {
-            for (int x = 0; x < img->w; x++)
-                lrow[x] = luma(src + (size_t)x * 3);
-            src = lrow;
-        }
         uint8_t *dst = tmp + (size_t)(sy - sy0) * rowlen;
-        for (int i = 0; i < nx; i++) {
-            const int32_t *k = tx.k + (size_t)i * tx.ksize;
-            const uint8_t *in = src + (size_t)tx.first[i] * nch;
-            for (int c = 0; c < nch; c++) {
+        if (nch == 1) {
+            for (int x = sx0; x < sx1; x++)
+                lrow[x] = luma(src + (size_t)x * 3);
+            for (int i = 0; i < nx; i++) {
+                const int32_t *k = tx.k + (size_t)i * tx.ksize;
+                const uint8_t *in = lrow + tx.first[i];
                 int32_t ss = 1 << (PRECISION_BITS - 1);
                 for (int t = 0; t < tx.count[i]; t++)
-                    ss += in[t * nch + c] * k[t];
-                dst[i * nch + c] = clip8(ss);
+                    ss += in[t] * k[t];
+                dst[i] = clip8(ss);
             }
+            continue;
+        }
+        for (int i = 0; i < nx; i++) {
+            const int32_t *k = tx.k + (size_t)i * tx.ksize;
+            const uint8_t *in = src + (size_t)tx.first[i] * 3;
+            int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+            for (int t = 0; t < tx.count[i]; t++, in += 3) {
+                s0 += in[0] * k[t];
+                s1 += in[1] * k[t];
+                s2 += in[2] * k[t];
+            }
+            dst[i * 3 + 0] = clip8(s0);
+            dst[i * 3 + 1] = clip8(s1);
+            dst[i * 3 + 2] = clip8(s2);
         }
     }
 
@@ -362,6 +384,9 @@ int mf_preprocess_image(const mf_image *img, const mf_preprocess *p, float *out)
         nearest = 1;
     else
         return -1;
+    for (int c = 0; c < 3; c++)
+        if (p->std[c] == 0.0f || !isfinite(p->std[c]) || !isfinite(p->mean[c]))
+            return -1;
 
     sink s = {.out = out, .cw = p->input_w, .ch = p->input_h, .nch = p->channels};
     for (int c = 0; c < 3; c++)
