@@ -1,11 +1,14 @@
 /* forward.c -- the network's forward pass and the per-worker workspace.
  *
  * A batch is split into contiguous runs of images, one run per thread of the
- * workspace (the caller's thread is thread 0).  Each thread carries its images
- * one at a time through stem, blocks and the classifier's convolution into a
- * pooled feature vector, then runs the two fully connected layers once for
- * its whole run (a GEMM, so the large fc weights are read once per run, not
- * once per image).  Feature maps are CHW per image; tokens are T x D.
+ * workspace (the caller's thread is thread 0).  Each thread takes its run
+ * through the network block by block: all of the run's images pass block i
+ * before any enters block i+1.  The token side (bridges' linears, Former,
+ * hyper functions, classifier head) then works on the tokens of all the
+ * run's images at once, so each weight matrix is read once per run rather
+ * than once per image; the convolutions and the attention products go image
+ * by image through shared scratch maps.  Feature maps are CHW per image;
+ * tokens are T x D per image, the run's tokens contiguous ([n*T][D]).
  *
  * All scratch memory is sized by plan() for the largest (batch, h, w) seen
  * and reused: no allocation happens while inferring within that size. */
@@ -19,19 +22,24 @@
 
 static int conv_out(int n, int s) { return (n - 1) / s + 1; } /* 3x3, pad 1 */
 
-/* Per-thread scratch, carved out of one allocation. */
+/* Per-thread scratch for a run of up to nimg images, from one allocation. */
 typedef struct scratch {
-    float *X, *Y;     /* features in / out of a block           [maxfeat] */
-    float *U1, *U2;   /* hidden maps                             [maxhid] */
-    float *col;       /* stem im2col, classifier shuffle         [maxcol] */
-    float *attn;      /* attention weights                       [T * maxhw] */
-    float *tok;       /* token-side temporaries                  [maxtok] */
-    float *feat;      /* pooled features of the run's images     [b][fin] */
-    float *fc;        /* fc activations of the run's images      [b][W] */
+    int nimg;         /* images the scratch holds                     */
+    size_t feat;      /* floats per feature map                        */
+    float *X, *Y;     /* block in / out maps of every image [nimg][feat] */
+    float *U1, *U2;   /* hidden maps of the image being convolved [hid] */
+    float *col;       /* stem im2col, classifier shuffle           [col] */
+    float *attn;      /* attention weights                     [T * hw] */
+    float *z;         /* tokens of every image               [nimg][T*D] */
+    float *tok;       /* token-side temporaries            [nimg * work] */
+    float *dy;        /* slopes of both hypers     [nimg][4 * maxhid] */
+    float *gath;      /* hyper inputs / hidden, pw gathers               */
+    float *feat_out;  /* pooled features                   [nimg][fin] */
+    float *fc;        /* fc activations                      [nimg][W] */
 } scratch;
 
 typedef struct plan_sizes {
-    size_t feat, hid, col, hw, tok, fin;
+    size_t feat, hid, col, hw, work, maxhid, fin;
 } plan_sizes;
 
 typedef struct job {
@@ -61,8 +69,8 @@ struct mf_workspace {
 
 /* ---- planning --------------------------------------------------------- */
 
-/* Token scratch: z [T*D] | work area [work] | dya, dyb [maxhid each] |
- * gather [D/4 + 2*maxhid] (hyper's hidden layer, pw's shuffled slopes). */
+/* Token work area per image: the largest of M->F (q, alpha, o: 3*T*C, proj
+ * out: T*D), Former (q, o, t: 3*T*D, FFN hidden: 2*T*D) and F->M (k, v). */
 static void tok_layout(const mf_model *m, size_t *work, size_t *maxhid)
 {
     const mf_arch *a = &m->arch;
@@ -74,17 +82,10 @@ static void tok_layout(const mf_model *m, size_t *work, size_t *maxhid)
         if ((size_t)b->hid1 > hid) hid = (size_t)b->hid1;
         if ((size_t)b->hid2 > hid) hid = (size_t)b->hid2;
     }
-    size_t m2f = 3 * T * maxc + T * D, fo = 5 * T * D + T, f2m = 2 * T * maxc;
+    size_t m2f = 3 * T * maxc + T * D, fo = 5 * T * D, f2m = 2 * T * maxc;
     *work = m2f > fo ? m2f : fo;
     if (f2m > *work) *work = f2m;
     *maxhid = hid;
-}
-
-static size_t tok_floats(const mf_model *m)
-{
-    size_t work, hid;
-    tok_layout(m, &work, &hid);
-    return (size_t)m->arch.tokens * m->arch.token_dim + work + 4 * hid + (size_t)m->arch.token_dim / 4 + 16;
 }
 
 static plan_sizes plan(const mf_model *m, int h, int w)
@@ -113,18 +114,36 @@ static plan_sizes plan(const mf_model *m, int h, int w)
     const mf_pw *cls = &m->cls_pw;
     if ((size_t)cls->cout * hw > s.hid) s.hid = (size_t)cls->cout * hw;
     if ((size_t)cls->cin * hw > s.col) s.col = (size_t)cls->cin * hw;
-    s.tok = tok_floats(m);
+    tok_layout(m, &s.work, &s.maxhid);
     s.fin = (size_t)cls->cout + (size_t)a->token_dim;
     return s;
 }
 
 static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
 
-static size_t scratch_floats(const mf_model *m, const plan_sizes *s, int b)
+/* Carve one thread's scratch for n images out of p (or just count, p NULL). */
+static size_t carve(const mf_model *m, const plan_sizes *s, int n, float *p, scratch *sc)
 {
-    return 2 * pad16(s->feat) + 2 * pad16(s->hid) + pad16(s->col) +
-           pad16((size_t)m->arch.tokens * s->hw) + pad16(s->tok) + pad16((size_t)b * s->fin) +
-           pad16((size_t)b * m->arch.classifier_width);
+    const size_t T = (size_t)m->arch.tokens, D = (size_t)m->arch.token_dim, N = (size_t)n;
+    size_t sizes[12] = {
+        N * pad16(s->feat), N * pad16(s->feat), pad16(s->hid), pad16(s->hid), pad16(s->col),
+        pad16(T * s->hw), pad16(N * T * D), pad16(N * s->work), pad16(N * 4 * s->maxhid),
+        pad16(N * D + N * D / 4 + 2 * s->maxhid), pad16(N * s->fin), pad16(N * (size_t)m->arch.classifier_width),
+    };
+    float **dst[12];
+    scratch tmp;
+    if (!sc) sc = &tmp;
+    float **fields[12] = {&sc->X, &sc->Y, &sc->U1, &sc->U2, &sc->col, &sc->attn, &sc->z, &sc->tok,
+                          &sc->dy, &sc->gath, &sc->feat_out, &sc->fc};
+    memcpy(dst, fields, sizeof dst);
+    size_t total = 0;
+    for (int i = 0; i < 12; i++) {
+        if (p) *dst[i] = p + total;
+        total += sizes[i];
+    }
+    sc->nimg = n;
+    sc->feat = pad16(s->feat);
+    return total;
 }
 
 mf_status mf_workspace_reserve(mf_workspace *ws, int b, int h, int w)
@@ -139,25 +158,13 @@ mf_status mf_workspace_reserve(mf_workspace *ws, int b, int h, int w)
     }
     plan_sizes s = plan(ws->m, h, w);
     int per_thread_b = (b + ws->threads - 1) / ws->threads;
-    size_t per = scratch_floats(ws->m, &s, per_thread_b);
+    size_t per = carve(ws->m, &s, per_thread_b, NULL, NULL);
     float *mem = mf_alloc(per * (size_t)ws->threads * sizeof(float));
     if (!mem) return MF_ERR_NOMEM;
     mf_free(ws->mem);
     ws->mem = mem;
     ws->bytes = per * (size_t)ws->threads * sizeof(float);
-    for (int t = 0; t < ws->threads; t++) {
-        float *p = mem + per * (size_t)t;
-        scratch *sc = &ws->sc[t];
-        sc->X = p; p += pad16(s.feat);
-        sc->Y = p; p += pad16(s.feat);
-        sc->U1 = p; p += pad16(s.hid);
-        sc->U2 = p; p += pad16(s.hid);
-        sc->col = p; p += pad16(s.col);
-        sc->attn = p; p += pad16((size_t)ws->m->arch.tokens * s.hw);
-        sc->tok = p; p += pad16(s.tok);
-        sc->feat = p; p += pad16((size_t)per_thread_b * s.fin);
-        sc->fc = p;
-    }
+    for (int t = 0; t < ws->threads; t++) carve(ws->m, &s, per_thread_b, mem + per * (size_t)t, &ws->sc[t]);
     ws->cap_b = b;
     ws->cap_h = h;
     ws->cap_w = w;
@@ -211,84 +218,103 @@ static void pw_conv(const mf_model *m, const mf_pw *p, const float *x, int n, fl
     }
 }
 
-/* Dynamic-ReLU slopes for c channels from token 0: a = 2h - 1 + 1, b = 2h' - 1 */
-static void hyper(const mf_model *m, const mf_hyper *hy, const float *z, float *tmp, float *dya, float *dyb)
+/* Dynamic-ReLU slopes of n images from their token 0: image j's a[C] at
+ * out + ld*j, its b[C] bofs floats further; a = 2 hsig(h) - 1 + 1,
+ * b = 2 hsig(h') - 1.  tmp: [n][D] + [n][D/4] + [2C]. */
+static void hyper(const mf_model *m, const mf_hyper *hy, const float *z, int n, float *tmp, float *out,
+                  size_t ld, size_t bofs)
 {
-    int c = hy->l2.out / 2;
-    m->k->linear(&hy->l1, z, 1, tmp);
-    for (int i = 0; i < hy->l1.out; i++) tmp[i] = tmp[i] > 0.f ? tmp[i] : 0.f;
-    float *h = tmp + hy->l1.out;
-    m->k->linear(&hy->l2, tmp, 1, h);
-    for (int i = 0; i < c; i++) {
-        dya[i] = (mf_hsig(h[i]) - 0.5f) * 2.0f + 1.0f;
-        dyb[i] = (mf_hsig(h[c + i]) - 0.5f) * 2.0f;
+    const int T = m->arch.tokens, D = m->arch.token_dim, c = hy->l2.out / 2, q = hy->l1.out;
+    float *t0 = tmp, *hid = tmp + (size_t)n * D, *row = hid + (size_t)n * q;
+    for (int j = 0; j < n; j++) memcpy(t0 + (size_t)j * D, z + (size_t)j * T * D, (size_t)D * sizeof(float));
+    m->k->linear(&hy->l1, t0, n, hid);
+    for (int i = 0; i < n * q; i++) hid[i] = hid[i] > 0.f ? hid[i] : 0.f;
+    for (int j = 0; j < n; j++) {
+        float *o = out + ld * j;
+        m->k->linear(&hy->l2, hid + (size_t)j * q, 1, row);
+        for (int i = 0; i < c; i++) {
+            o[i] = (mf_hsig(row[i]) - 0.5f) * 2.0f + 1.0f;
+            o[bofs + i] = (mf_hsig(row[c + i]) - 0.5f) * 2.0f;
+        }
     }
 }
 
-/* z = LayerNorm(z + proj(alpha * attention(q(z), x))): tokens read the map. */
-static void mobile_to_former(const mf_model *m, const mf_m2f *b, const float *x, int C, int hw, float *z,
-                             scratch *sc)
+/* z = LayerNorm(z + proj(alpha * attention(q(z), x))) for the run's images:
+ * tokens read their own image's map (maps at x, stride fs floats). */
+static void mobile_to_former(const mf_model *m, const mf_m2f *b, const float *x, size_t fs, int n, int C, int hw,
+                             float *z, scratch *sc)
 {
-    const int T = m->arch.tokens, D = m->arch.token_dim, ch = C / 2;
-    float *q = sc->tok + (size_t)T * D, *al = q + (size_t)T * C, *o = al + (size_t)T * C;
-    float *t = o + (size_t)T * C;
-    m->k->linear(&b->q, z, T, q);
-    m->k->linear(&b->alpha, z, T, al);
+    const int T = m->arch.tokens, D = m->arch.token_dim, ch = C / 2, R = n * T;
+    float *q = sc->tok, *al = q + (size_t)R * C, *o = al + (size_t)R * C, *t = o + (size_t)R * C;
+    m->k->linear(&b->q, z, R, q);
+    m->k->linear(&b->alpha, z, R, al);
     const float scale = 1.0f / sqrtf((float)ch);
-    for (int hd = 0; hd < 2; hd++)
-        m->k->m2f_attn(x + (size_t)hd * ch * hw, ch, hw, q + hd * ch, C, T, scale, o + hd * ch, C, sc->attn);
-    for (int i = 0; i < T * C; i++) o[i] *= 2.0f * mf_hsig(al[i]);
-    m->k->linear(&b->proj, o, T, t);
-    for (int i = 0; i < T * D; i++) z[i] += t[i];
-    mf_layernorm(z, T, D, &b->ln);
+    for (int j = 0; j < n; j++)
+        for (int hd = 0; hd < 2; hd++)
+            m->k->m2f_attn(x + fs * j + (size_t)hd * ch * hw, ch, hw, q + (size_t)j * T * C + hd * ch, C, T, scale,
+                           o + (size_t)j * T * C + hd * ch, C, sc->attn);
+    for (size_t i = 0; i < (size_t)R * C; i++) o[i] *= 2.0f * mf_hsig(al[i]);
+    m->k->linear(&b->proj, o, R, t);
+    for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
+    mf_layernorm(z, R, D, &b->ln);
 }
 
 static float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
-/* Token self-attention (4 heads, keys = values = tokens) and FFN. */
-static void former(const mf_model *m, const mf_former *f, float *z, scratch *sc)
+/* Token self-attention (4 heads, keys = values = each image's tokens) and FFN. */
+static void former(const mf_model *m, const mf_former *f, float *z, int n, scratch *sc)
 {
-    const int T = m->arch.tokens, D = m->arch.token_dim, dh = D / 4;
-    float *q = sc->tok + (size_t)T * D, *o = q + (size_t)T * D, *t = o + (size_t)T * D;
-    float *hbuf = t + (size_t)T * D, *s = hbuf + (size_t)T * 2 * D;
-    m->k->linear(&f->q, z, T, q);
+    const int T = m->arch.tokens, D = m->arch.token_dim, dh = D / 4, R = n * T;
+    float *q = sc->tok, *o = q + (size_t)R * D, *t = o + (size_t)R * D, *hbuf = t + (size_t)R * D;
+    float s[64];
+    m->k->linear(&f->q, z, R, q);
     const float scale = 1.0f / sqrtf((float)dh);
-    for (int hd = 0; hd < 4; hd++) {
-        for (int i = 0; i < T; i++) {
-            float mx = -INFINITY;
-            for (int j = 0; j < T; j++) {
-                float acc = 0.f;
-                for (int c = 0; c < dh; c++) acc += q[(size_t)i * D + hd * dh + c] * z[(size_t)j * D + hd * dh + c];
-                s[j] = acc * scale;
-                mx = s[j] > mx ? s[j] : mx;
+    for (int img = 0; img < n; img++) {
+        const float *zi = z + (size_t)img * T * D, *qi = q + (size_t)img * T * D;
+        float *oi = o + (size_t)img * T * D;
+        for (int hd = 0; hd < 4; hd++)
+            for (int i = 0; i < T; i++) {
+                float mx = -INFINITY;
+                for (int j = 0; j < T; j++) {
+                    float acc = 0.f;
+                    for (int c = 0; c < dh; c++) acc += qi[(size_t)i * D + hd * dh + c] * zi[(size_t)j * D + hd * dh + c];
+                    s[j] = acc * scale;
+                    mx = s[j] > mx ? s[j] : mx;
+                }
+                float sum = 0.f;
+                for (int j = 0; j < T; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+                for (int c = 0; c < dh; c++) {
+                    float acc = 0.f;
+                    for (int j = 0; j < T; j++) acc += s[j] * zi[(size_t)j * D + hd * dh + c];
+                    oi[(size_t)i * D + hd * dh + c] = acc / sum;
+                }
             }
-            float sum = 0.f;
-            for (int j = 0; j < T; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-            for (int c = 0; c < dh; c++) {
-                float acc = 0.f;
-                for (int j = 0; j < T; j++) acc += s[j] * z[(size_t)j * D + hd * dh + c];
-                o[(size_t)i * D + hd * dh + c] = acc / sum;
-            }
-        }
     }
-    m->k->linear(&f->mlp, o, T, t);
-    for (int i = 0; i < T * D; i++) z[i] += t[i];
-    mf_layernorm(z, T, D, &f->ln);
-    m->k->linear(&f->ffn1, z, T, hbuf);
-    for (int i = 0; i < T * 2 * D; i++) hbuf[i] = gelu(hbuf[i]);
-    m->k->linear(&f->ffn2, hbuf, T, t);
-    for (int i = 0; i < T * D; i++) z[i] += t[i];
-    mf_layernorm(z, T, D, &f->ffn_ln);
+    m->k->linear(&f->mlp, o, R, t);
+    for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
+    mf_layernorm(z, R, D, &f->ln);
+    m->k->linear(&f->ffn1, z, R, hbuf);
+    for (size_t i = 0; i < (size_t)R * 2 * D; i++) hbuf[i] = gelu(hbuf[i]);
+    m->k->linear(&f->ffn2, hbuf, R, t);
+    for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
+    mf_layernorm(z, R, D, &f->ffn_ln);
 }
 
-/* y += attention of every pixel over the tokens (keys k(z), values v(z)). */
-static void former_to_mobile(const mf_model *m, const mf_f2m *f, float *y, int C, int hw, const float *z,
-                             scratch *sc)
+/* Token-side half of Former -> Mobile for the run: keys and values of
+ * every image's tokens, [R][C] each at sc->tok. */
+static void f2m_keys(const mf_model *m, const mf_f2m *f, const float *z, int n, scratch *sc)
 {
-    const int T = m->arch.tokens, D = m->arch.token_dim, ch = C / 2;
-    float *k = sc->tok + (size_t)T * D, *v = k + (size_t)T * C;
-    m->k->linear(&f->k, z, T, k);
-    m->k->linear(&f->v, z, T, v);
+    const int R = n * m->arch.tokens;
+    m->k->linear(&f->k, z, R, sc->tok);
+    m->k->linear(&f->v, z, R, sc->tok + (size_t)R * f->k.out);
+}
+
+/* y += attention of every pixel of image j over its tokens (keys/values
+ * from f2m_keys). */
+static void former_to_mobile(const mf_model *m, float *y, int C, int hw, int j, int n, const scratch *sc)
+{
+    const int T = m->arch.tokens, ch = C / 2;
+    const float *k = sc->tok + (size_t)j * T * C, *v = sc->tok + (size_t)n * T * C + (size_t)j * T * C;
     const float scale = 1.0f / sqrtf((float)ch);
     for (int hd = 0; hd < 2; hd++)
         m->k->f2m_attn(y + (size_t)hd * ch * hw, ch, hw, k + hd * ch, v + hd * ch, C, T, scale);
@@ -300,15 +326,10 @@ static void trace_map(mf_workspace *ws, const char *name, int img, const float *
     ws->trace(ws->trace_user, name, img, d, shape, 3);
 }
 
-/* Stem, blocks, final bridge and classifier conv for one image; writes the
- * pooled features (fin floats) to feat. z lives at sc->tok[0 .. T*D). */
-static void image_features(mf_workspace *ws, scratch *sc, const float *in, int img, int H, int W, float *feat)
+/* The stem of one image: im2col [27][oh*ow], then a 1x1 conv with relu6. */
+static void stem(const mf_model *m, scratch *sc, const float *in, int H, int W, float *out)
 {
-    const mf_model *m = ws->m;
     const mf_arch *a = &m->arch;
-    const int T = a->tokens, D = a->token_dim;
-    char name[32];
-    /* stem: im2col [27][oh*ow], then a 1x1 conv with relu6 */
     int h = conv_out(H, 2), w = conv_out(W, 2);
     for (int c = 0; c < 3; c++)
         for (int ky = 0; ky < 3; ky++)
@@ -317,88 +338,66 @@ static void image_features(mf_workspace *ws, scratch *sc, const float *in, int i
                 const float *src = in + (size_t)c * H * W;
                 for (int oy = 0; oy < h; oy++) {
                     int iy = oy * 2 + ky - 1;
+                    float *r = row + (size_t)oy * w;
+                    if (iy < 0 || iy >= H) {
+                        memset(r, 0, (size_t)w * sizeof(float));
+                        continue;
+                    }
+                    const float *s = src + (size_t)iy * W;
                     for (int ox = 0; ox < w; ox++) {
                         int ix = ox * 2 + kx - 1;
-                        row[(size_t)oy * w + ox] =
-                            (iy >= 0 && iy < H && ix >= 0 && ix < W) ? src[(size_t)iy * W + ix] : 0.f;
+                        r[ox] = (ix >= 0 && ix < W) ? s[ix] : 0.f;
                     }
                 }
             }
-    mf_pw stem = {.cout = a->stem, .cin = 27, .groups = 1, .w = m->stem_w, .wp = m->stem_wp,
-                  .wp_group = mf_pw_packed_floats(a->stem, 27), .bias = m->stem_b};
-    pw_conv(m, &stem, sc->col, h * w, sc->X, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
-    if (ws->trace) trace_map(ws, "stem", img, sc->X, a->stem, h, w);
+    mf_pw st = {.cout = a->stem, .cin = 27, .groups = 1, .w = m->stem_w, .wp = m->stem_wp,
+                .wp_group = mf_pw_packed_floats(a->stem, 27), .bias = m->stem_b};
+    pw_conv(m, &st, sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
+}
 
-    float *z = sc->tok;
-    memcpy(z, m->tokens, (size_t)T * D * sizeof(float));
-    size_t work, maxhid;
-    tok_layout(m, &work, &maxhid);
-    float *dya = z + (size_t)T * D + work, *dyb = dya + maxhid, *gath = dyb + maxhid;
+/* The convolutions of block b for one image: x -> y (u1/u2 scratch), with
+ * this image's slopes dy (hyper 1 a, b, then hyper 2 a, b; maxhid each). */
+static void block_convs(const mf_model *m, const mf_block *b, const float *x, int h, int w, float *y, int oh,
+                        int ow, const float *dy, size_t maxhid, scratch *sc)
+{
+    const int hw = h * w, ohw = oh * ow;
+    const float *a1 = dy, *b1 = dy + maxhid, *a2 = dy + 2 * maxhid, *b2 = dy + 3 * maxhid;
+    float *gath = sc->gath + (size_t)sc->nimg * m->arch.token_dim * 5 / 4;
+    if (b->type == MF_BLOCK_A) {
+        mf_epi e = {.act = MF_ACT_RELU6, .bias = b->dw1.bias};
+        m->k->dw(&b->dw1, 0, b->dw1.cout, x, h, w, sc->U1, oh, ow, &e);
+        pw_conv(m, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
+    } else if (b->type == MF_BLOCK_B3) {
+        mf_epi e1 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = a1, .dyb = b1};
+        m->k->dw(&b->dw1, 0, b->dw1.cout, x, h, w, sc->U1, oh, ow, &e1);
+        pw_conv(m, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, NULL, gath);
+        mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw2.bias, .dya = a2, .dyb = b2};
+        m->k->dw(&b->dw2, 0, b->dw2.cout, y, oh, ow, sc->U2, oh, ow, &e2);
+        pw_conv(m, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, y, gath);
+    } else {
+        pw_conv(m, &b->pw1, x, hw, sc->U1, MF_ACT_DYRELU, a1, b1, NULL, gath);
+        mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = a2, .dyb = b2};
+        m->k->dw(&b->dw1, 0, b->dw1.cout, sc->U1, h, w, sc->U2, oh, ow, &e2);
+        pw_conv(m, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
+    }
+}
 
-    float *X = sc->X, *Y = sc->Y;
-    for (int i = 0; i < a->n_blocks; i++) {
-        const mf_block *b = &m->blocks[i];
-        int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
-        int hw = h * w, ohw = oh * ow;
-        if (b->type == MF_BLOCK_A) {
-            mf_epi e = {.act = MF_ACT_RELU6, .bias = b->dw1.bias};
-            m->k->dw(&b->dw1, 0, b->dw1.cout, X, h, w, sc->U1, oh, ow, &e);
-            pw_conv(m, &b->pw1, sc->U1, ohw, Y, MF_ACT_NONE, NULL, NULL, b->identity ? X : NULL, gath);
-        } else {
-            mobile_to_former(m, &b->m2f, X, b->cin, hw, z, sc);
-            former(m, &b->former, z, sc);
-            if (b->type == MF_BLOCK_B3) {
-                /* scratch for hyper's hidden layer: the gather area */
-                hyper(m, &b->hy1, z, gath, dya, dyb);
-                mf_epi e1 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = dya, .dyb = dyb};
-                m->k->dw(&b->dw1, 0, b->dw1.cout, X, h, w, sc->U1, oh, ow, &e1);
-                pw_conv(m, &b->pw1, sc->U1, ohw, Y, MF_ACT_NONE, NULL, NULL, NULL, gath);
-                hyper(m, &b->hy2, z, gath, dya, dyb);
-                mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw2.bias, .dya = dya, .dyb = dyb};
-                m->k->dw(&b->dw2, 0, b->dw2.cout, Y, oh, ow, sc->U2, oh, ow, &e2);
-                pw_conv(m, &b->pw2, sc->U2, ohw, Y, MF_ACT_NONE, NULL, NULL, Y, gath);
-                former_to_mobile(m, &b->f2m, Y, b->cout, ohw, z, sc);
-                if (b->identity)
-                    for (size_t p = 0; p < (size_t)b->cout * ohw; p++) Y[p] += X[p];
-            } else {
-                hyper(m, &b->hy1, z, gath, dya, dyb);
-                pw_conv(m, &b->pw1, X, hw, sc->U1, MF_ACT_DYRELU, dya, dyb, NULL, gath);
-                hyper(m, &b->hy2, z, gath, dya, dyb);
-                mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = dya, .dyb = dyb};
-                m->k->dw(&b->dw1, 0, b->dw1.cout, sc->U1, h, w, sc->U2, oh, ow, &e2);
-                pw_conv(m, &b->pw2, sc->U2, ohw, Y, MF_ACT_NONE, NULL, NULL, b->identity ? X : NULL, gath);
-                former_to_mobile(m, &b->f2m, Y, b->cout, ohw, z, sc);
-            }
-        }
-        float *t = X; X = Y; Y = t;
-        h = oh;
-        w = ow;
-        if (ws->trace) {
-            snprintf(name, sizeof name, "block%02d.features", i);
-            trace_map(ws, name, img, X, b->cout, h, w);
-            snprintf(name, sizeof name, "block%02d.tokens", i);
-            int shape[2] = {T, D};
-            ws->trace(ws->trace_user, name, img, z, shape, 2);
-        }
-    }
-    const int C = a->blocks[a->n_blocks - 1].c, hw = h * w;
-    mobile_to_former(m, &m->final_m2f, X, C, hw, z, sc);
-    if (ws->trace) {
-        int shape[2] = {T, D};
-        ws->trace(ws->trace_user, "final_tokens", img, z, shape, 2);
-    }
-    /* classifier: [shuffle(G)] -> 1x1 conv + BN + relu6 -> mean -> hswish */
-    const float *cin = X;
-    const int G = a->groups;
+/* Classifier conv of one image: [shuffle(G)] -> 1x1 + BN + relu6 -> mean ->
+ * hswish, then token 0 appended: feat[fin]. */
+static void classifier_features(const mf_model *m, scratch *sc, const float *x, int hw, const float *z, float *feat)
+{
+    const mf_arch *a = &m->arch;
+    const int C = a->blocks[a->n_blocks - 1].c, G = a->groups;
+    const float *cin = x;
     if (G > 1) {
         const int cg = C / G;
         for (int j = 0; j < cg; j++)
             for (int gi = 0; gi < G; gi++)
-                memcpy(sc->col + (size_t)(j * G + gi) * hw, X + (size_t)(gi * cg + j) * hw, (size_t)hw * sizeof(float));
+                memcpy(sc->col + (size_t)(j * G + gi) * hw, x + (size_t)(gi * cg + j) * hw, (size_t)hw * sizeof(float));
         cin = sc->col;
     }
     const mf_pw *cp = &m->cls_pw;
-    pw_conv(m, cp, cin, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, NULL, gath);
+    pw_conv(m, cp, cin, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, NULL, sc->gath);
     for (int c = 0; c < cp->cout; c++) {
         const float *r = sc->U1 + (size_t)c * hw;
         float s = 0.f;
@@ -406,11 +405,10 @@ static void image_features(mf_workspace *ws, scratch *sc, const float *in, int i
         float v = s / (float)hw;
         feat[c] = v * mf_hsig(v);
     }
-    memcpy(feat + cp->cout, z, (size_t)D * sizeof(float));
+    memcpy(feat + cp->cout, z, (size_t)a->token_dim * sizeof(float));
 }
 
-/* fc (BN folded) + hswish, then the class layer, for n images at once (the
- * large head weights are read once per 8 images, or by a GEMM). */
+/* fc (BN folded) + hswish, then the class layer, for n images at once. */
 static void head(const mf_model *m, const float *feat, int n, float *fcbuf, float *logits)
 {
     m->k->linear(&m->fc, feat, n, fcbuf);
@@ -418,19 +416,78 @@ static void head(const mf_model *m, const float *feat, int n, float *fcbuf, floa
     m->k->linear(&m->head, fcbuf, n, logits);
 }
 
+/* Images [b0, b1) of the job, block by block, on thread t's scratch. */
+static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
+{
+    const job *jb = &ws->cur;
+    const mf_model *m = ws->m;
+    const mf_arch *a = &m->arch;
+    const int n = b1 - b0, T = a->tokens, D = a->token_dim, H = jb->h, W = jb->w;
+    const size_t fs = sc->feat, img = (size_t)3 * H * W, TD = (size_t)T * D;
+    size_t work, maxhid;
+    tok_layout(m, &work, &maxhid);
+    char name[32];
+    int h = conv_out(H, 2), w = conv_out(W, 2);
+    for (int j = 0; j < n; j++) {
+        stem(m, sc, jb->input + img * (b0 + j), H, W, sc->X + fs * j);
+        memcpy(sc->z + TD * j, m->tokens, TD * sizeof(float));
+        if (ws->trace) trace_map(ws, "stem", b0 + j, sc->X + fs * j, a->stem, h, w);
+    }
+    float *X = sc->X, *Y = sc->Y;
+    for (int i = 0; i < a->n_blocks; i++) {
+        const mf_block *b = &m->blocks[i];
+        int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
+        const size_t dyld = 4 * maxhid;
+        if (b->type != MF_BLOCK_A) {
+            mobile_to_former(m, &b->m2f, X, fs, n, b->cin, h * w, sc->z, sc);
+            former(m, &b->former, sc->z, n, sc);
+            hyper(m, &b->hy1, sc->z, n, sc->gath, sc->dy, dyld, maxhid);
+            hyper(m, &b->hy2, sc->z, n, sc->gath, sc->dy + 2 * maxhid, dyld, maxhid);
+        }
+        for (int j = 0; j < n; j++)
+            block_convs(m, b, X + fs * j, h, w, Y + fs * j, oh, ow, sc->dy + dyld * j, maxhid, sc);
+        if (b->type != MF_BLOCK_A) {
+            f2m_keys(m, &b->f2m, sc->z, n, sc);
+            for (int j = 0; j < n; j++) {
+                float *y = Y + fs * j;
+                former_to_mobile(m, y, b->cout, oh * ow, j, n, sc);
+                if (b->type == MF_BLOCK_B3 && b->identity) {
+                    const float *x = X + fs * j;
+                    for (size_t p = 0; p < (size_t)b->cout * oh * ow; p++) y[p] += x[p];
+                }
+            }
+        }
+        float *t = X; X = Y; Y = t;
+        h = oh;
+        w = ow;
+        if (ws->trace)
+            for (int j = 0; j < n; j++) {
+                snprintf(name, sizeof name, "block%02d.features", i);
+                trace_map(ws, name, b0 + j, X + fs * j, b->cout, h, w);
+                snprintf(name, sizeof name, "block%02d.tokens", i);
+                int shape[2] = {T, D};
+                ws->trace(ws->trace_user, name, b0 + j, sc->z + TD * j, shape, 2);
+            }
+    }
+    const int C = a->blocks[a->n_blocks - 1].c;
+    mobile_to_former(m, &m->final_m2f, X, fs, n, C, h * w, sc->z, sc);
+    const size_t fin = (size_t)m->cls_pw.cout + D;
+    for (int j = 0; j < n; j++) {
+        if (ws->trace) {
+            int shape[2] = {T, D};
+            ws->trace(ws->trace_user, "final_tokens", b0 + j, sc->z + TD * j, shape, 2);
+        }
+        classifier_features(m, sc, X + fs * j, h * w, sc->z + TD * j, sc->feat_out + fin * j);
+    }
+    head(m, sc->feat_out, n, sc->fc, jb->logits + (size_t)m->num_classes * b0);
+}
+
 static void run_share(mf_workspace *ws, int t)
 {
     const job *j = &ws->cur;
     int per = (j->b + ws->threads - 1) / ws->threads;
     int b0 = t * per, b1 = b0 + per < j->b ? b0 + per : j->b;
-    if (b0 >= b1) return;
-    scratch *sc = &ws->sc[t];
-    const mf_model *m = ws->m;
-    size_t fin = (size_t)m->cls_pw.cout + m->arch.token_dim;
-    size_t img = (size_t)3 * j->h * j->w;
-    for (int i = b0; i < b1; i++)
-        image_features(ws, sc, j->input + img * i, i, j->h, j->w, sc->feat + fin * (i - b0));
-    head(m, sc->feat, b1 - b0, sc->fc, j->logits + (size_t)m->num_classes * b0);
+    if (b0 < b1) run_images(ws, &ws->sc[t], b0, b1);
 }
 
 static void *helper_main(void *arg)
