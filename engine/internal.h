@@ -55,6 +55,7 @@ typedef struct mf_lin {
     float *wt;    /* [in][out] (portable kernels) or NULL */
     float *wp;    /* packed in column panels for the vector kernels, or NULL */
     float *b;     /* [out] */
+    int stream;   /* 1: large and read once per run, prefetched non-temporally */
 } mf_lin;
 
 typedef struct mf_norm {

@@ -412,9 +412,15 @@ static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *
     }
     for (int i = 0; i < l->in; i++) {
         const float *w = panel + (size_t)i * LP;
-        _mm_prefetch((const char *)(w + 48 * LP), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + 48 * LP + 32), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + 48 * LP + 16), _MM_HINT_T0);
+        if (l->stream) { /* read once per run: keep it out of the caches' way */
+            _mm_prefetch((const char *)(w + 32 * LP), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(w + 32 * LP + 16), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(w + 32 * LP + 32), _MM_HINT_NTA);
+        } else {
+            _mm_prefetch((const char *)(w + 32 * LP), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 32 * LP + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 32 * LP + 32), _MM_HINT_T0);
+        }
         __m512 wv[3];
 #pragma GCC unroll 3
         for (int v = 0; v < 3; v++) wv[v] = _mm512_load_ps(w + 16 * v);

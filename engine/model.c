@@ -337,6 +337,7 @@ static void build_head(build_ctx *c, int num_classes)
         set_lin_bn(c, &m->fc, "classifier.fc.0", W, hid + D, s, s + W);
     free(s);
     set_lin(c, &m->head, "classifier.classifier.1", num_classes, W);
+    m->fc.stream = m->head.stream = 1; /* read once per run: do not let them evict the rest */
 }
 
 static void build_stem(build_ctx *c)
