@@ -4,6 +4,8 @@
 #   make test         install missing Debian packages, build, run every test
 #   make run          install missing packages, build, serve the bundled model on :8080
 #   make bench        engine benchmarks (bench/engine.sh), not part of the tests
+#   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
+#   make eval-default accuracy of the bundled model: PyTorch, engine, service (tools/eval_default.py)
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
 #
 # One FINAL_CFLAGS is assembled here; -MMD keeps header dependencies.
@@ -88,6 +90,14 @@ run:
 
 bench bench-engine: all
 	@sh bench/engine.sh
+
+loadtest: deps
+	@$(MAKE) --no-print-directory all
+	@MF_BUILD=$(BUILD) sh bench/loadtest.sh $(LOADTEST_ARGS)
+
+eval-default: deps
+	@$(MAKE) --no-print-directory all
+	@MF_BUILD=$(BUILD) OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Haswell} /usr/bin/python3 tools/eval_default.py
 
 clean:
 	rm -rf build

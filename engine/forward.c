@@ -16,6 +16,8 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +67,14 @@ struct mf_workspace {
     int pending;
     int quit;
     job cur;
+    /* intra-op team, for batches smaller than the thread count: thread 0
+     * publishes one parallel task at a time; helpers spin for it */
+    int team;                          /* threads taking part (1: none) */
+    void (*task_fn)(void *arg, int t, int nt);
+    void *task_arg;
+    _Atomic unsigned task_gen;         /* bumped per task; task_fn NULL ends */
+    unsigned team_gen0;                /* task_gen when the team's forward began */
+    _Atomic int task_done;             /* helpers finished with the task */
 };
 
 /* ---- planning --------------------------------------------------------- */
@@ -157,7 +167,9 @@ mf_status mf_workspace_reserve(mf_workspace *ws, int b, int h, int w)
         if (ws->cap_w > w) w = ws->cap_w;
     }
     plan_sizes s = plan(ws->m, h, w);
+    /* a thread's run, or every image for a team (batches below the thread count) */
     int per_thread_b = (b + ws->threads - 1) / ws->threads;
+    if (per_thread_b < b && per_thread_b < ws->threads - 1) per_thread_b = b < ws->threads - 1 ? b : ws->threads - 1;
     size_t per = carve(ws->m, &s, per_thread_b, NULL, NULL);
     float *mem = mf_alloc(per * (size_t)ws->threads * sizeof(float));
     if (!mem) return MF_ERR_NOMEM;
@@ -179,82 +191,258 @@ void mf_workspace_set_trace(mf_workspace *ws, mf_trace_fn fn, void *user)
     ws->trace_user = user;
 }
 
+/* ---- the team ---------------------------------------------------------- */
+
+/* Waiting in the team: spin briefly (tasks follow each other within
+ * microseconds), then yield the core so an oversubscribed machine (other
+ * processes, other workers) still makes progress. */
+static inline void cpu_relax(unsigned *spins)
+{
+    if (++*spins < 2000) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    } else {
+        sched_yield();
+    }
+}
+
+/* Run fn(arg, t, nt) on every team thread t (the caller is t = 0) and wait. */
+static void par(mf_workspace *ws, void (*fn)(void *, int, int), void *arg)
+{
+    const int nt = ws->team;
+    if (nt <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    ws->task_fn = fn;
+    ws->task_arg = arg;
+    atomic_store_explicit(&ws->task_done, 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ws->task_gen, 1, memory_order_release);
+    fn(arg, 0, nt);
+    unsigned spins = 0;
+    while (atomic_load_explicit(&ws->task_done, memory_order_acquire) < nt - 1) cpu_relax(&spins);
+}
+
+/* Helper side: run tasks until thread 0 publishes the end (task_fn NULL). */
+static void team_loop(mf_workspace *ws, int t)
+{
+    unsigned seen = ws->team_gen0; /* tasks published before this thread woke still count */
+    for (;;) {
+        unsigned g, spins = 0;
+        while ((g = atomic_load_explicit(&ws->task_gen, memory_order_acquire)) == seen) cpu_relax(&spins);
+        seen = g;
+        void (*fn)(void *, int, int) = ws->task_fn;
+        if (!fn) return;
+        fn(ws->task_arg, t, ws->team);
+        atomic_fetch_add_explicit(&ws->task_done, 1, memory_order_release);
+    }
+}
+
+/* [*lo, *hi) of n items for thread t of nt, in whole units of `unit`. */
+static void split(int n, int unit, int t, int nt, int *lo, int *hi)
+{
+    int units = (n + unit - 1) / unit;
+    *lo = (int)((long)units * t / nt) * unit;
+    *hi = (int)((long)units * (t + 1) / nt) * unit;
+    if (*hi > n) *hi = n;
+    if (*lo > n) *lo = n;
+}
+
+/* What a layer needs: the model, the workspace (team, per-thread scratch)
+ * and the calling run's scratch. */
+typedef struct fctx {
+    const mf_model *m;
+    mf_workspace *ws;
+    scratch *sc;
+} fctx;
+
 /* ---- layers ----------------------------------------------------------- */
 
-/* A grouped 1x1 conv over a CHW map: y[cout][n] from x[cin][n]. dya/dyb
- * are indexed by output channel after any shuffle; res like y. */
-static void pw_conv(const mf_model *m, const mf_pw *p, const float *x, int n, float *y, mf_act act,
+typedef struct pw_task {
+    const mf_model *m;
+    const mf_pw *p;
+    const float *x;
+    int n;
+    float *y;
+    mf_epi e[64];   /* per group */
+    float *yg[64];  /* per group: first output row */
+    size_t ldy;
+} pw_task;
+
+static void pw_run(void *arg, int t, int nt)
+{
+    pw_task *k = arg;
+    const int G = k->p->groups, K = k->p->cin / G;
+    int c0, c1;
+    split(k->n, 16, t, nt, &c0, &c1);
+    if (c0 >= c1) return;
+    for (int g = 0; g < G; g++) {
+        mf_epi e = k->e[g];
+        if (e.res) e.res += c0;
+        k->m->k->pw(k->p, g, k->x + (size_t)g * K * k->n + c0, (size_t)k->n, c1 - c0, k->yg[g] + c0, k->ldy, &e);
+    }
+}
+
+/* A grouped 1x1 conv over a CHW map: y[cout][n] from x[cin][n], columns
+ * split over the team.  dya/dyb are indexed by output channel after any
+ * shuffle; res like y; gather: 2*cout floats for shuffled slopes. */
+static void pw_conv(const fctx *c, const mf_pw *p, const float *x, int n, float *y, mf_act act,
                     const float *dya, const float *dyb, const float *res, float *gather)
 {
-    const int G = p->groups, M = p->cout / G, K = p->cin / G;
+    const int G = p->groups, M = p->cout / G;
+    pw_task k = {.m = c->m, .p = p, .x = x, .n = n, .y = y, .ldy = p->shuffle_out ? (size_t)G * n : (size_t)n};
     for (int g = 0; g < G; g++) {
-        mf_epi e = {.act = act, .bias = p->bias + (size_t)g * M};
-        float *yg;
-        size_t ldy;
-        if (p->shuffle_out) {
-            yg = y + (size_t)g * n;
-            ldy = (size_t)G * n;
-            if (act == MF_ACT_DYRELU) {
+        mf_epi *e = &k.e[g];
+        *e = (mf_epi){.act = act, .bias = p->bias + (size_t)g * M};
+        k.yg[g] = p->shuffle_out ? y + (size_t)g * n : y + (size_t)g * M * n;
+        if (act == MF_ACT_DYRELU) {
+            if (p->shuffle_out) {
+                float *ga = gather + (size_t)2 * M * g;
                 for (int j = 0; j < M; j++) {
-                    gather[j] = dya[(size_t)j * G + g];
-                    gather[M + j] = dyb[(size_t)j * G + g];
+                    ga[j] = dya[(size_t)j * G + g];
+                    ga[M + j] = dyb[(size_t)j * G + g];
                 }
-                e.dya = gather;
-                e.dyb = gather + M;
-            }
-        } else {
-            yg = y + (size_t)g * M * n;
-            ldy = (size_t)n;
-            if (act == MF_ACT_DYRELU) {
-                e.dya = dya + (size_t)g * M;
-                e.dyb = dyb + (size_t)g * M;
+                e->dya = ga;
+                e->dyb = ga + M;
+            } else {
+                e->dya = dya + (size_t)g * M;
+                e->dyb = dyb + (size_t)g * M;
             }
         }
         if (res) {
-            e.res = res + (yg - y);
-            e.ldr = ldy;
+            e->res = res + (k.yg[g] - y);
+            e->ldr = k.ldy;
         }
-        m->k->pw(p, g, x + (size_t)g * K * n, (size_t)n, n, yg, ldy, &e);
     }
+    par(c->ws, pw_run, &k);
+}
+
+typedef struct dw_task {
+    const mf_model *m;
+    const mf_dw *d;
+    const float *x;
+    int h, w, oh, ow;
+    float *y;
+    const mf_epi *e;
+} dw_task;
+
+static void dw_run(void *arg, int t, int nt)
+{
+    dw_task *k = arg;
+    int c0, c1;
+    split(k->d->cout, 1, t, nt, &c0, &c1);
+    if (c0 < c1) k->m->k->dw(k->d, c0, c1, k->x, k->h, k->w, k->y, k->oh, k->ow, k->e);
+}
+
+static void dw_conv(const fctx *c, const mf_dw *d, const float *x, int h, int w, float *y, int oh, int ow,
+                    const mf_epi *e)
+{
+    dw_task k = {c->m, d, x, h, w, oh, ow, y, e};
+    par(c->ws, dw_run, &k);
+}
+
+typedef struct lin_task {
+    const mf_model *m;
+    const mf_lin *l;
+    const float *x;
+    int rows;
+    float *y;
+} lin_task;
+
+static void lin_run(void *arg, int t, int nt)
+{
+    lin_task *k = arg;
+    int o0, o1;
+    split(k->l->out, 48, t, nt, &o0, &o1);
+    if (o0 < o1) k->m->k->linear(k->l, k->x, k->rows, k->y, o0, o1);
+}
+
+/* y[rows][out] = x W^T + b; output columns split over the team when large. */
+static void linear(const fctx *c, const mf_lin *l, const float *x, int rows, float *y)
+{
+    lin_task k = {c->m, l, x, rows, y};
+    if ((size_t)l->in * l->out * rows < 32768 || l->out < 96) lin_run(&k, 0, 1);
+    else par(c->ws, lin_run, &k);
 }
 
 /* Dynamic-ReLU slopes of n images from their token 0: image j's a[C] at
  * out + ld*j, its b[C] bofs floats further; a = 2 hsig(h) - 1 + 1,
  * b = 2 hsig(h') - 1.  tmp: [n][D] + [n][D/4] + [2C]. */
-static void hyper(const mf_model *m, const mf_hyper *hy, const float *z, int n, float *tmp, float *out,
-                  size_t ld, size_t bofs)
+static void hyper(const fctx *c, const mf_hyper *hy, const float *z, int n, float *tmp, float *out, size_t ld,
+                  size_t bofs)
 {
-    const int T = m->arch.tokens, D = m->arch.token_dim, c = hy->l2.out / 2, q = hy->l1.out;
+    const int T = c->m->arch.tokens, D = c->m->arch.token_dim, ch = hy->l2.out / 2, q = hy->l1.out;
     float *t0 = tmp, *hid = tmp + (size_t)n * D, *row = hid + (size_t)n * q;
     for (int j = 0; j < n; j++) memcpy(t0 + (size_t)j * D, z + (size_t)j * T * D, (size_t)D * sizeof(float));
-    m->k->linear(&hy->l1, t0, n, hid);
+    linear(c, &hy->l1, t0, n, hid);
     for (int i = 0; i < n * q; i++) hid[i] = hid[i] > 0.f ? hid[i] : 0.f;
     for (int j = 0; j < n; j++) {
         float *o = out + ld * j;
-        m->k->linear(&hy->l2, hid + (size_t)j * q, 1, row);
-        for (int i = 0; i < c; i++) {
+        linear(c, &hy->l2, hid + (size_t)j * q, 1, row);
+        for (int i = 0; i < ch; i++) {
             o[i] = (mf_hsig(row[i]) - 0.5f) * 2.0f + 1.0f;
-            o[bofs + i] = (mf_hsig(row[c + i]) - 0.5f) * 2.0f;
+            o[bofs + i] = (mf_hsig(row[ch + i]) - 0.5f) * 2.0f;
         }
+    }
+}
+
+/* Attention of (image, head) items, split over the team; each thread uses
+ * its own attention scratch. */
+typedef struct attn_task {
+    const fctx *c;
+    const float *x;   /* maps, image stride fs */
+    float *y;         /* F->M: maps updated in place */
+    size_t fs;
+    int n, C, hw;
+    const float *q;   /* M->F queries / F->M keys [n*T][C] */
+    const float *v;   /* F->M values [n*T][C] */
+    float *o;         /* M->F output [n*T][C] */
+} attn_task;
+
+static void m2f_run(void *arg, int t, int nt)
+{
+    const attn_task *k = arg;
+    const int T = k->c->m->arch.tokens, ch = k->C / 2;
+    const float scale = 1.0f / sqrtf((float)ch);
+    int i0, i1;
+    split(2 * k->n, 1, t, nt, &i0, &i1);
+    for (int it = i0; it < i1; it++) {
+        int j = it / 2, hd = it % 2;
+        k->c->m->k->m2f_attn(k->x + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + (size_t)j * T * k->C + hd * ch,
+                             k->C, T, scale, k->o + (size_t)j * T * k->C + hd * ch, k->C,
+                             t == 0 ? k->c->sc->attn : k->c->ws->sc[t].attn);
+    }
+}
+
+static void f2m_run(void *arg, int t, int nt)
+{
+    const attn_task *k = arg;
+    const int T = k->c->m->arch.tokens, ch = k->C / 2;
+    const float scale = 1.0f / sqrtf((float)ch);
+    int i0, i1;
+    split(2 * k->n, 1, t, nt, &i0, &i1);
+    for (int it = i0; it < i1; it++) {
+        int j = it / 2, hd = it % 2;
+        size_t tok = (size_t)j * T * k->C + hd * ch;
+        k->c->m->k->f2m_attn(k->y + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + tok, k->v + tok, k->C, T,
+                             scale);
     }
 }
 
 /* z = LayerNorm(z + proj(alpha * attention(q(z), x))) for the run's images:
  * tokens read their own image's map (maps at x, stride fs floats). */
-static void mobile_to_former(const mf_model *m, const mf_m2f *b, const float *x, size_t fs, int n, int C, int hw,
-                             float *z, scratch *sc)
+static void mobile_to_former(const fctx *c, const mf_m2f *b, const float *x, size_t fs, int n, int C, int hw,
+                             float *z)
 {
-    const int T = m->arch.tokens, D = m->arch.token_dim, ch = C / 2, R = n * T;
-    float *q = sc->tok, *al = q + (size_t)R * C, *o = al + (size_t)R * C, *t = o + (size_t)R * C;
-    m->k->linear(&b->q, z, R, q);
-    m->k->linear(&b->alpha, z, R, al);
-    const float scale = 1.0f / sqrtf((float)ch);
-    for (int j = 0; j < n; j++)
-        for (int hd = 0; hd < 2; hd++)
-            m->k->m2f_attn(x + fs * j + (size_t)hd * ch * hw, ch, hw, q + (size_t)j * T * C + hd * ch, C, T, scale,
-                           o + (size_t)j * T * C + hd * ch, C, sc->attn);
+    const int T = c->m->arch.tokens, D = c->m->arch.token_dim, R = n * T;
+    float *q = c->sc->tok, *al = q + (size_t)R * C, *o = al + (size_t)R * C, *t = o + (size_t)R * C;
+    linear(c, &b->q, z, R, q);
+    linear(c, &b->alpha, z, R, al);
+    attn_task k = {.c = c, .x = x, .fs = fs, .n = n, .C = C, .hw = hw, .q = q, .o = o};
+    par(c->ws, m2f_run, &k);
     for (size_t i = 0; i < (size_t)R * C; i++) o[i] *= 2.0f * mf_hsig(al[i]);
-    m->k->linear(&b->proj, o, R, t);
+    linear(c, &b->proj, o, R, t);
     for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
     mf_layernorm(z, R, D, &b->ln);
 }
@@ -262,12 +450,12 @@ static void mobile_to_former(const mf_model *m, const mf_m2f *b, const float *x,
 static float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 /* Token self-attention (4 heads, keys = values = each image's tokens) and FFN. */
-static void former(const mf_model *m, const mf_former *f, float *z, int n, scratch *sc)
+static void former(const fctx *c, const mf_former *f, float *z, int n)
 {
-    const int T = m->arch.tokens, D = m->arch.token_dim, dh = D / 4, R = n * T;
-    float *q = sc->tok, *o = q + (size_t)R * D, *t = o + (size_t)R * D, *hbuf = t + (size_t)R * D;
+    const int T = c->m->arch.tokens, D = c->m->arch.token_dim, dh = D / 4, R = n * T;
+    float *q = c->sc->tok, *o = q + (size_t)R * D, *t = o + (size_t)R * D, *hbuf = t + (size_t)R * D;
     float s[64];
-    m->k->linear(&f->q, z, R, q);
+    linear(c, &f->q, z, R, q);
     const float scale = 1.0f / sqrtf((float)dh);
     for (int img = 0; img < n; img++) {
         const float *zi = z + (size_t)img * T * D, *qi = q + (size_t)img * T * D;
@@ -277,47 +465,40 @@ static void former(const mf_model *m, const mf_former *f, float *z, int n, scrat
                 float mx = -INFINITY;
                 for (int j = 0; j < T; j++) {
                     float acc = 0.f;
-                    for (int c = 0; c < dh; c++) acc += qi[(size_t)i * D + hd * dh + c] * zi[(size_t)j * D + hd * dh + c];
+                    for (int e = 0; e < dh; e++) acc += qi[(size_t)i * D + hd * dh + e] * zi[(size_t)j * D + hd * dh + e];
                     s[j] = acc * scale;
                     mx = s[j] > mx ? s[j] : mx;
                 }
                 float sum = 0.f;
                 for (int j = 0; j < T; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-                for (int c = 0; c < dh; c++) {
+                for (int e = 0; e < dh; e++) {
                     float acc = 0.f;
-                    for (int j = 0; j < T; j++) acc += s[j] * zi[(size_t)j * D + hd * dh + c];
-                    oi[(size_t)i * D + hd * dh + c] = acc / sum;
+                    for (int j = 0; j < T; j++) acc += s[j] * zi[(size_t)j * D + hd * dh + e];
+                    oi[(size_t)i * D + hd * dh + e] = acc / sum;
                 }
             }
     }
-    m->k->linear(&f->mlp, o, R, t);
+    linear(c, &f->mlp, o, R, t);
     for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
     mf_layernorm(z, R, D, &f->ln);
-    m->k->linear(&f->ffn1, z, R, hbuf);
+    linear(c, &f->ffn1, z, R, hbuf);
     for (size_t i = 0; i < (size_t)R * 2 * D; i++) hbuf[i] = gelu(hbuf[i]);
-    m->k->linear(&f->ffn2, hbuf, R, t);
+    linear(c, &f->ffn2, hbuf, R, t);
     for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
     mf_layernorm(z, R, D, &f->ffn_ln);
 }
 
-/* Token-side half of Former -> Mobile for the run: keys and values of
- * every image's tokens, [R][C] each at sc->tok. */
-static void f2m_keys(const mf_model *m, const mf_f2m *f, const float *z, int n, scratch *sc)
+/* Former -> Mobile for the run: keys and values of every image's tokens,
+ * then every pixel of image j attends to image j's tokens (y += ...). */
+static void former_to_mobile(const fctx *c, const mf_f2m *f, const float *z, float *y, size_t fs, int n, int C,
+                             int hw)
 {
-    const int R = n * m->arch.tokens;
-    m->k->linear(&f->k, z, R, sc->tok);
-    m->k->linear(&f->v, z, R, sc->tok + (size_t)R * f->k.out);
-}
-
-/* y += attention of every pixel of image j over its tokens (keys/values
- * from f2m_keys). */
-static void former_to_mobile(const mf_model *m, float *y, int C, int hw, int j, int n, const scratch *sc)
-{
-    const int T = m->arch.tokens, ch = C / 2;
-    const float *k = sc->tok + (size_t)j * T * C, *v = sc->tok + (size_t)n * T * C + (size_t)j * T * C;
-    const float scale = 1.0f / sqrtf((float)ch);
-    for (int hd = 0; hd < 2; hd++)
-        m->k->f2m_attn(y + (size_t)hd * ch * hw, ch, hw, k + hd * ch, v + hd * ch, C, T, scale);
+    const int R = n * c->m->arch.tokens;
+    float *k = c->sc->tok, *v = k + (size_t)R * C;
+    linear(c, &f->k, z, R, k);
+    linear(c, &f->v, z, R, v);
+    attn_task t = {.c = c, .y = y, .fs = fs, .n = n, .C = C, .hw = hw, .q = k, .v = v};
+    par(c->ws, f2m_run, &t);
 }
 
 static void trace_map(mf_workspace *ws, const char *name, int img, const float *d, int c, int h, int w)
@@ -327,15 +508,15 @@ static void trace_map(mf_workspace *ws, const char *name, int img, const float *
 }
 
 /* The stem of one image: im2col [27][oh*ow], then a 1x1 conv with relu6. */
-static void stem(const mf_model *m, scratch *sc, const float *in, int H, int W, float *out)
+static void stem(const fctx *c, const float *in, int H, int W, float *out)
 {
-    const mf_arch *a = &m->arch;
-    int h = conv_out(H, 2), w = conv_out(W, 2);
-    for (int c = 0; c < 3; c++)
+    const mf_model *m = c->m;
+    const int h = conv_out(H, 2), w = conv_out(W, 2);
+    for (int ch = 0; ch < 3; ch++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
-                float *row = sc->col + (size_t)(c * 9 + ky * 3 + kx) * h * w;
-                const float *src = in + (size_t)c * H * W;
+                float *row = c->sc->col + (size_t)(ch * 9 + ky * 3 + kx) * h * w;
+                const float *src = in + (size_t)ch * H * W;
                 for (int oy = 0; oy < h; oy++) {
                     int iy = oy * 2 + ky - 1;
                     float *r = row + (size_t)oy * w;
@@ -350,43 +531,45 @@ static void stem(const mf_model *m, scratch *sc, const float *in, int H, int W, 
                     }
                 }
             }
-    mf_pw st = {.cout = a->stem, .cin = 27, .groups = 1, .w = m->stem_w, .wp = m->stem_wp,
-                .wp_group = mf_pw_packed_floats(a->stem, 27), .bias = m->stem_b};
-    pw_conv(m, &st, sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
+    mf_pw st = {.cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .wp = m->stem_wp,
+                .wp_group = mf_pw_packed_floats(m->arch.stem, 27), .bias = m->stem_b};
+    pw_conv(c, &st, c->sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
 }
 
-/* The convolutions of block b for one image: x -> y (u1/u2 scratch), with
+/* The convolutions of block b for one image: x -> y (U1/U2 scratch), with
  * this image's slopes dy (hyper 1 a, b, then hyper 2 a, b; maxhid each). */
-static void block_convs(const mf_model *m, const mf_block *b, const float *x, int h, int w, float *y, int oh,
-                        int ow, const float *dy, size_t maxhid, scratch *sc)
+static void block_convs(const fctx *c, const mf_block *b, const float *x, int h, int w, float *y, int oh, int ow,
+                        const float *dy, size_t maxhid)
 {
+    scratch *sc = c->sc;
     const int hw = h * w, ohw = oh * ow;
     const float *a1 = dy, *b1 = dy + maxhid, *a2 = dy + 2 * maxhid, *b2 = dy + 3 * maxhid;
-    float *gath = sc->gath + (size_t)sc->nimg * m->arch.token_dim * 5 / 4;
+    float *gath = sc->gath + (size_t)sc->nimg * c->m->arch.token_dim * 5 / 4;
     if (b->type == MF_BLOCK_A) {
         mf_epi e = {.act = MF_ACT_RELU6, .bias = b->dw1.bias};
-        m->k->dw(&b->dw1, 0, b->dw1.cout, x, h, w, sc->U1, oh, ow, &e);
-        pw_conv(m, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
+        dw_conv(c, &b->dw1, x, h, w, sc->U1, oh, ow, &e);
+        pw_conv(c, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
     } else if (b->type == MF_BLOCK_B3) {
         mf_epi e1 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = a1, .dyb = b1};
-        m->k->dw(&b->dw1, 0, b->dw1.cout, x, h, w, sc->U1, oh, ow, &e1);
-        pw_conv(m, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, NULL, gath);
+        dw_conv(c, &b->dw1, x, h, w, sc->U1, oh, ow, &e1);
+        pw_conv(c, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, NULL, gath);
         mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw2.bias, .dya = a2, .dyb = b2};
-        m->k->dw(&b->dw2, 0, b->dw2.cout, y, oh, ow, sc->U2, oh, ow, &e2);
-        pw_conv(m, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, y, gath);
+        dw_conv(c, &b->dw2, y, oh, ow, sc->U2, oh, ow, &e2);
+        pw_conv(c, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, y, gath);
     } else {
-        pw_conv(m, &b->pw1, x, hw, sc->U1, MF_ACT_DYRELU, a1, b1, NULL, gath);
+        pw_conv(c, &b->pw1, x, hw, sc->U1, MF_ACT_DYRELU, a1, b1, NULL, gath);
         mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = a2, .dyb = b2};
-        m->k->dw(&b->dw1, 0, b->dw1.cout, sc->U1, h, w, sc->U2, oh, ow, &e2);
-        pw_conv(m, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
+        dw_conv(c, &b->dw1, sc->U1, h, w, sc->U2, oh, ow, &e2);
+        pw_conv(c, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
     }
 }
 
 /* Classifier conv of one image: [shuffle(G)] -> 1x1 + BN + relu6 -> mean ->
  * hswish, then token 0 appended: feat[fin]. */
-static void classifier_features(const mf_model *m, scratch *sc, const float *x, int hw, const float *z, float *feat)
+static void classifier_features(const fctx *c, const float *x, int hw, const float *z, float *feat)
 {
-    const mf_arch *a = &m->arch;
+    const mf_arch *a = &c->m->arch;
+    scratch *sc = c->sc;
     const int C = a->blocks[a->n_blocks - 1].c, G = a->groups;
     const float *cin = x;
     if (G > 1) {
@@ -396,32 +579,35 @@ static void classifier_features(const mf_model *m, scratch *sc, const float *x, 
                 memcpy(sc->col + (size_t)(j * G + gi) * hw, x + (size_t)(gi * cg + j) * hw, (size_t)hw * sizeof(float));
         cin = sc->col;
     }
-    const mf_pw *cp = &m->cls_pw;
-    pw_conv(m, cp, cin, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, NULL, sc->gath);
-    for (int c = 0; c < cp->cout; c++) {
-        const float *r = sc->U1 + (size_t)c * hw;
+    const mf_pw *cp = &c->m->cls_pw;
+    pw_conv(c, cp, cin, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, NULL, sc->gath);
+    for (int ch = 0; ch < cp->cout; ch++) {
+        const float *r = sc->U1 + (size_t)ch * hw;
         float s = 0.f;
         for (int p = 0; p < hw; p++) s += r[p];
         float v = s / (float)hw;
-        feat[c] = v * mf_hsig(v);
+        feat[ch] = v * mf_hsig(v);
     }
     memcpy(feat + cp->cout, z, (size_t)a->token_dim * sizeof(float));
 }
 
 /* fc (BN folded) + hswish, then the class layer, for n images at once. */
-static void head(const mf_model *m, const float *feat, int n, float *fcbuf, float *logits)
+static void head(const fctx *c, const float *feat, int n, float *fcbuf, float *logits)
 {
-    m->k->linear(&m->fc, feat, n, fcbuf);
+    const mf_model *m = c->m;
+    linear(c, &m->fc, feat, n, fcbuf);
     for (size_t i = 0; i < (size_t)n * m->fc.out; i++) fcbuf[i] = fcbuf[i] * mf_hsig(fcbuf[i]);
-    m->k->linear(&m->head, fcbuf, n, logits);
+    linear(c, &m->head, fcbuf, n, logits);
 }
 
-/* Images [b0, b1) of the job, block by block, on thread t's scratch. */
+/* Images [b0, b1) of the job, block by block, on scratch sc (with the team
+ * when ws->team > 1). */
 static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
 {
     const job *jb = &ws->cur;
     const mf_model *m = ws->m;
     const mf_arch *a = &m->arch;
+    const fctx cx = {m, ws, sc}, *c = &cx;
     const int n = b1 - b0, T = a->tokens, D = a->token_dim, H = jb->h, W = jb->w;
     const size_t fs = sc->feat, img = (size_t)3 * H * W, TD = (size_t)T * D;
     size_t work, maxhid;
@@ -429,7 +615,7 @@ static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
     char name[32];
     int h = conv_out(H, 2), w = conv_out(W, 2);
     for (int j = 0; j < n; j++) {
-        stem(m, sc, jb->input + img * (b0 + j), H, W, sc->X + fs * j);
+        stem(c, jb->input + img * (b0 + j), H, W, sc->X + fs * j);
         memcpy(sc->z + TD * j, m->tokens, TD * sizeof(float));
         if (ws->trace) trace_map(ws, "stem", b0 + j, sc->X + fs * j, a->stem, h, w);
     }
@@ -439,23 +625,21 @@ static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
         int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
         const size_t dyld = 4 * maxhid;
         if (b->type != MF_BLOCK_A) {
-            mobile_to_former(m, &b->m2f, X, fs, n, b->cin, h * w, sc->z, sc);
-            former(m, &b->former, sc->z, n, sc);
-            hyper(m, &b->hy1, sc->z, n, sc->gath, sc->dy, dyld, maxhid);
-            hyper(m, &b->hy2, sc->z, n, sc->gath, sc->dy + 2 * maxhid, dyld, maxhid);
+            mobile_to_former(c, &b->m2f, X, fs, n, b->cin, h * w, sc->z);
+            former(c, &b->former, sc->z, n);
+            hyper(c, &b->hy1, sc->z, n, sc->gath, sc->dy, dyld, maxhid);
+            hyper(c, &b->hy2, sc->z, n, sc->gath, sc->dy + 2 * maxhid, dyld, maxhid);
         }
         for (int j = 0; j < n; j++)
-            block_convs(m, b, X + fs * j, h, w, Y + fs * j, oh, ow, sc->dy + dyld * j, maxhid, sc);
+            block_convs(c, b, X + fs * j, h, w, Y + fs * j, oh, ow, sc->dy + dyld * j, maxhid);
         if (b->type != MF_BLOCK_A) {
-            f2m_keys(m, &b->f2m, sc->z, n, sc);
-            for (int j = 0; j < n; j++) {
-                float *y = Y + fs * j;
-                former_to_mobile(m, y, b->cout, oh * ow, j, n, sc);
-                if (b->type == MF_BLOCK_B3 && b->identity) {
+            former_to_mobile(c, &b->f2m, sc->z, Y, fs, n, b->cout, oh * ow);
+            if (b->type == MF_BLOCK_B3 && b->identity)
+                for (int j = 0; j < n; j++) {
+                    float *y = Y + fs * j;
                     const float *x = X + fs * j;
                     for (size_t p = 0; p < (size_t)b->cout * oh * ow; p++) y[p] += x[p];
                 }
-            }
         }
         float *t = X; X = Y; Y = t;
         h = oh;
@@ -470,16 +654,16 @@ static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
             }
     }
     const int C = a->blocks[a->n_blocks - 1].c;
-    mobile_to_former(m, &m->final_m2f, X, fs, n, C, h * w, sc->z, sc);
+    mobile_to_former(c, &m->final_m2f, X, fs, n, C, h * w, sc->z);
     const size_t fin = (size_t)m->cls_pw.cout + D;
     for (int j = 0; j < n; j++) {
         if (ws->trace) {
             int shape[2] = {T, D};
             ws->trace(ws->trace_user, "final_tokens", b0 + j, sc->z + TD * j, shape, 2);
         }
-        classifier_features(m, sc, X + fs * j, h * w, sc->z + TD * j, sc->feat_out + fin * j);
+        classifier_features(c, X + fs * j, h * w, sc->z + TD * j, sc->feat_out + fin * j);
     }
-    head(m, sc->feat_out, n, sc->fc, jb->logits + (size_t)m->num_classes * b0);
+    head(c, sc->feat_out, n, sc->fc, jb->logits + (size_t)m->num_classes * b0);
 }
 
 static void run_share(mf_workspace *ws, int t)
@@ -502,7 +686,8 @@ static void *helper_main(void *arg)
         if (ws->quit) break;
         seen = ws->generation;
         pthread_mutex_unlock(&ws->mu);
-        run_share(ws, t);
+        if (ws->team > 1) team_loop(ws, t);
+        else run_share(ws, t);
         pthread_mutex_lock(&ws->mu);
         if (--ws->pending == 0) pthread_cond_signal(&ws->cv_done);
     }
@@ -563,23 +748,29 @@ mf_status mf_forward(const mf_model *m, mf_workspace *ws, const float *input, in
     mf_status st = mf_workspace_reserve(ws, b, h, w);
     if (st != MF_OK) return st;
     ws->cur = (job){input, logits, b, h, w};
-    int active = ws->threads < b ? ws->threads : b;
-    if (active > 1) {
-        pthread_mutex_lock(&ws->mu);
-        ws->pending = ws->threads - 1;
-        ws->generation++;
-        pthread_cond_broadcast(&ws->cv_start);
-        pthread_mutex_unlock(&ws->mu);
+    if (ws->threads == 1) {
         run_share(ws, 0);
-        pthread_mutex_lock(&ws->mu);
-        while (ws->pending > 0) pthread_cond_wait(&ws->cv_done, &ws->mu);
-        pthread_mutex_unlock(&ws->mu);
-    } else {
-        /* one image per thread at most: the caller's thread does it all */
-        int saved = ws->threads;
-        ws->threads = 1;
-        run_share(ws, 0);
-        ws->threads = saved;
+        return MF_OK;
     }
+    /* As many images as threads or more: each thread takes a run of images.
+     * Fewer: all threads work on every layer together (a team). */
+    ws->team = b < ws->threads ? ws->threads : 1;
+    ws->team_gen0 = atomic_load_explicit(&ws->task_gen, memory_order_relaxed);
+    pthread_mutex_lock(&ws->mu);
+    ws->pending = ws->threads - 1;
+    ws->generation++;
+    pthread_cond_broadcast(&ws->cv_start);
+    pthread_mutex_unlock(&ws->mu);
+    if (ws->team > 1) {
+        run_images(ws, &ws->sc[0], 0, b);
+        ws->task_fn = NULL; /* the end of the team's work */
+        atomic_fetch_add_explicit(&ws->task_gen, 1, memory_order_release);
+    } else {
+        run_share(ws, 0);
+    }
+    pthread_mutex_lock(&ws->mu);
+    while (ws->pending > 0) pthread_cond_wait(&ws->cv_done, &ws->mu);
+    pthread_mutex_unlock(&ws->mu);
+    ws->team = 1;
     return MF_OK;
 }

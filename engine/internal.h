@@ -135,8 +135,9 @@ struct mf_kernels {
      * k, v: [T][ch] with row strides ldk. */
     void (*f2m_attn)(float *y, int ch, int hw, const float *k, const float *v, int ldk, int t,
                      float scale);
-    /* y[rows][out] = x[rows][in] W^T + b (token-side linears, the classifier head). */
-    void (*linear)(const mf_lin *l, const float *x, int rows, float *y);
+    /* Columns [o0, o1) of y[rows][out] = x[rows][in] W^T + b (token-side linears,
+     * the classifier head); o0 a multiple of 48. */
+    void (*linear)(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1);
     int pw_pack;  /* 1: 1x1 weights are used packed (mf_pw_pack), else plain in w */
     int lin_pack; /* 1: linear weights are used packed (mf_lin_pack), else plain in wt */
 };
@@ -156,7 +157,7 @@ size_t mf_lin_packed_floats(int in, int out);
 void mf_lin_pack(const float *wt, int in, int out, float *packed);
 
 /* Token-side helpers (tiny tensors, T x D); mf_linear_ref is the plain twin. */
-void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y);  /* y[rows][out] */
+void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1);
 void mf_layernorm(float *x, int rows, int d, const mf_norm *n);
 float mf_hsig(float x);
 

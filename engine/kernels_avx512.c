@@ -444,14 +444,14 @@ static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *
         }
 }
 
-static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y)
+static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, int ob, int oe)
 {
     for (int r0 = 0; r0 < rows; r0 += 8) {
         int R = rows - r0 < 8 ? rows - r0 : 8;
         const float *xr = x + (size_t)r0 * l->in;
         float *yr = y + (size_t)r0 * l->out;
-        for (int o0 = 0; o0 < l->out; o0 += LP) {
-            int cols = l->out - o0 < LP ? l->out - o0 : LP, nv = (cols + 15) / 16;
+        for (int o0 = ob; o0 < oe; o0 += LP) {
+            int cols = oe - o0 < LP ? oe - o0 : LP, nv = (cols + 15) / 16;
             __mmask16 lm = mask_n(cols - 16 * (nv - 1));
             switch (R) {
             case 1: lin_tile(1, l, xr, o0, nv, lm, yr); break;

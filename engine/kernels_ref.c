@@ -147,30 +147,30 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
 
 /* ---- token-side helpers ------------------------------------------------- */
 
-void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y)
+void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1)
 {
     for (int r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * l->out;
         const float *xr = x + (size_t)r * l->in;
-        memcpy(yr, l->b, (size_t)l->out * sizeof(float));
+        memcpy(yr + o0, l->b + o0, (size_t)(o1 - o0) * sizeof(float));
         for (int i = 0; i < l->in; i++) {
             const float xv = xr[i];
             const float *w = l->wt + (size_t)i * l->out;
-            for (int o = 0; o < l->out; o++) yr[o] += xv * w[o];
+            for (int o = o0; o < o1; o++) yr[o] += xv * w[o];
         }
     }
 }
 
 /* Many rows (the classifier head of a large batch): a GEMM. */
-static void linear_blas(const mf_lin *l, const float *x, int rows, float *y)
+static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1)
 {
     if (rows <= 8) {
-        mf_linear_ref(l, x, rows, y);
+        mf_linear_ref(l, x, rows, y, o0, o1);
         return;
     }
-    for (int r = 0; r < rows; r++) memcpy(y + (size_t)r * l->out, l->b, (size_t)l->out * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, l->out, l->in, 1.0f, x, l->in, l->wt, l->out, 1.0f, y,
-                l->out);
+    for (int r = 0; r < rows; r++) memcpy(y + (size_t)r * l->out + o0, l->b + o0, (size_t)(o1 - o0) * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, o1 - o0, l->in, 1.0f, x, l->in, l->wt + o0, l->out,
+                1.0f, y + o0, l->out);
 }
 
 const mf_kernels mf_kernels_ref = {"reference", pw_ref, dw_ref, m2f_attn_ref, f2m_attn_ref, mf_linear_ref, 0, 0};

@@ -8,8 +8,8 @@
  *     busy core while it runs a batch and sleeps on a condition variable
  *     otherwise.  The engine calls BLAS for its fully connected layers from
  *     the worker's own thread; OpenBLAS's private thread pool is switched off
- *     here (openblas_set_num_threads(1), and OPENBLAS_NUM_THREADS=1 in the
- *     tests and the container) so BLAS never starts a second set of N threads
+ *     here (openblas_set_num_threads(1); tests/run.sh also exports
+ *     OPENBLAS_NUM_THREADS=1) so BLAS never starts a second set of N threads
  *     that would fight the workers for the same cores.  Parallelism comes from
  *     several workers running batches side by side, not from threads inside
  *     one forward pass.  engine_threads > 1 trades throughput for latency with
@@ -21,14 +21,15 @@
  *     cores with the workers rather than getting cores of their own; the
  *     kernel's scheduler interleaves them.
  *   - one timeout reaper (below), asleep until the oldest job's deadline, and
- *     the main thread, blocked on signalfd until SIGTERM/SIGINT.
+ *     the main thread, asleep on the signal self-pipe until SIGTERM/SIGINT;
+ *     neither computes anything.
  *
  * Why suspend/resume.  A request waiting for its batch holds no thread: its
  * HTTP thread queues the job, suspends the connection (MHD_suspend_connection)
- * and returns to serve other sockets.  The job's `done` callback, run here by
- * the worker that finished the batch, stores the result in the request and
- * resumes the connection; libmicrohttpd then calls the request handler again
- * on an HTTP thread, which writes the answer.  Thousands of waiting clients
+ * and returns to serve other sockets.  The worker that ran the batch writes
+ * the logits into the job's own buffer and calls the job's `done` callback,
+ * which resumes the connection; libmicrohttpd then calls the request handler
+ * again on an HTTP thread, which writes the answer.  Thousands of waiting clients
  * cost memory (their connection and tensors), never threads.
  *
  * Every response stays with its own request.  A job is embedded in its
@@ -55,7 +56,10 @@
  * Drain.  mf_batcher_drain() stops accepting, lets the workers empty the queue
  * for up to its timeout (the leader stops waiting for fuller batches), then
  * completes what is left with DRAINING and joins every thread.  A forward pass
- * in progress is always allowed to finish.
+ * in progress is always allowed to finish.  The process shuts down in this
+ * order (main.c): HTTP stops accepting, in-flight requests finish, batcher
+ * drain, HTTP stop -- so no connection is still suspended when libmicrohttpd
+ * stops, and no callback can touch a freed connection.
  */
 #include "batcher.h"
 
@@ -249,11 +253,12 @@ static void *reaper_main(void *arg)
             pthread_cond_timedwait(&b->reap_cv, &b->mu, &ts);
             continue;
         }
-        /* FIFO with one timeout: the expired jobs are a prefix of the queue */
-        mf_job *expired = b->head, *last = NULL;
-        int k = 0;
-        for (mf_job *j = b->head; j && j->enqueued_ns + b->timeout_ns <= now; j = j->next) {
-            last = j;
+        /* FIFO with one timeout: the expired jobs are a prefix of the queue,
+         * starting with the head (just checked) */
+        mf_job *expired = b->head, *last = b->head;
+        int k = 1;
+        while (last->next && last->next->enqueued_ns + b->timeout_ns <= now) {
+            last = last->next;
             k++;
         }
         b->head = last->next;

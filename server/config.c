@@ -345,7 +345,7 @@ mf_config_status mf_config_load_args(mf_config *c, int argc, char *const *argv, 
         }
         if (strcmp(norm, "config") == 0) continue; /* read by mf_config_init */
         const setting *s = find_setting(norm, len);
-        if (!s) return fail(err, errlen, "unknown flag --%s (see --help)", norm);
+        if (!s) return fail(err, errlen, "unknown flag --%s", norm);
         char origin[128];
         snprintf(origin, sizeof origin, "flag --%s", s->name);
         if (set_from_text(c, s, value, origin, err, errlen) != MF_CONFIG_OK)

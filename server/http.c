@@ -91,7 +91,7 @@ typedef struct request {
     char remote[INET6_ADDRSTRLEN];/* client address */
     const char *allow;            /* Allow header of a 405 */
     int top_k;                    /* predictions per image */
-    char content_type[256];       /* request Content-Type (truncated) */
+    char content_type[256];       /* multipart Content-Type (longer ones are refused) */
     int multipart;                /* body is multipart/form-data */
     uint8_t *body;                /* received body (owned) */
     size_t body_len, body_cap;    /* bytes in body, capacity */
@@ -116,7 +116,7 @@ struct route {
     const char *method;                /* GET routes also answer HEAD */
     mf_endpoint endpoint;              /* metrics label */
     int auth;                          /* needs the API key when one is set */
-    enum MHD_Result (*handle)(request *r);
+    enum MHD_Result (*handle)(request *r); /* answers, or starts the body for predict */
 };
 
 static uint64_t now_ns(void)
@@ -310,6 +310,9 @@ static enum MHD_Result predict_begin(request *r)
                                "request body of %llu bytes is over the limit of %lld bytes", n,
                                limit);
         if (n > 0) {
+            /* reserve at most 1 MiB up front: a client announcing 16 MiB and
+             * sending nothing must not cost 16 MiB per connection */
+            if (n > (1u << 20)) n = 1u << 20;
             r->body = malloc(n);
             if (!r->body)
                 return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
@@ -368,7 +371,7 @@ static void on_job_done(mf_job *job, void *user)
     pthread_mutex_unlock(&r->mu);
 }
 
-static json_t *latency_json(request *r, const image_slot *sl, double total_ms)
+static json_t *latency_json(const image_slot *sl, double total_ms)
 {
     return json_pack("{s:f,s:f,s:f,s:f,s:f}", "decode", sl->decode_s * 1e3, "preprocess",
                      sl->preprocess_s * 1e3, "queue", sl->job.queue_s * 1e3, "inference",
@@ -446,7 +449,7 @@ static enum MHD_Result predict_answer(request *r)
             json_array_append_new(results, dst);
         }
         json_object_set_new(dst, "predictions", preds);
-        json_object_set_new(dst, "latency_ms", latency_json(r, sl, total_ms));
+        json_object_set_new(dst, "latency_ms", latency_json(sl, total_ms));
         json_object_set_new(dst, "batch_size", json_integer(sl->job.batch_size));
     }
     if (results) json_object_set_new(o, "results", results);
@@ -898,13 +901,20 @@ mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_bat
         free(s);
         return MF_HTTP_NOMEM;
     }
-    s->daemon = MHD_start_daemon(
-        flags, (uint16_t)cfg->port, NULL, NULL, &on_request, s, MHD_OPTION_SOCK_ADDR, &addr.sa,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)cfg->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, &on_completed, s,
-        MHD_OPTION_EXTERNAL_LOGGER, &on_mhd_log, s, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-        (unsigned int)1, MHD_OPTION_END);
+    /* the pool option only when there is a pool: libmicrohttpd warns about 1 */
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)&on_mhd_log, s},
+        {MHD_OPTION_SOCK_ADDR, 0, &addr.sa},
+        {MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)&on_completed, s},
+        {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
+        {cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->http_threads,
+         NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    s->daemon = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, &on_request, s,
+                                 MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s port %d (bind, port, http_threads or "
                  "max_connections; see the libmicrohttpd message above)", cfg->bind, cfg->port);

@@ -2,8 +2,11 @@
  *
  * Start-up order: settings (exit 2 on a bad one), model (exit 1 with one
  * log line if it is missing or corrupt), metrics, batcher, HTTP; only then is
- * the service ready.  SIGTERM/SIGINT are blocked in every thread and read
- * here from a signalfd, so no work happens in a signal handler.  Shutdown:
+ * the service ready.  SIGTERM/SIGINT only write their number to a pipe
+ * (self-pipe: async-signal-safe, and it works whichever thread the kernel
+ * picks -- OpenBLAS starts threads before main() runs, so blocking the
+ * signals here could not cover every thread and signalfd would miss them);
+ * this thread reads the pipe and does the work.  Shutdown:
  * readiness turns 503 and the listening socket closes, requests in flight get
  * up to drain_timeout_ms to finish, what is still queued then is answered
  * 503, and the process exits 0.  A second signal skips the rest of the wait.
@@ -16,13 +19,13 @@
 #include "mf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,16 +54,39 @@ static void raise_fd_limit(const mf_config *cfg)
                                "nofile", (json_int_t)rl.rlim_cur));
 }
 
-/* Wait for a signal on fd for up to timeout_ms (-1: forever).  Returns the
- * signal number, 0 on timeout. */
-static int wait_signal(int fd, int timeout_ms)
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
 {
-    struct pollfd p = {fd, POLLIN, 0};
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t w = write(signal_pipe[1], &b, 1); /* full pipe: a signal is already pending */
+    (void)w;
+    errno = saved;
+}
+
+static int install_signals(void)
+{
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0) return -1;
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+/* Wait for a signal for up to timeout_ms (-1: forever).  Returns the
+ * signal number, 0 on timeout. */
+static int wait_signal(int timeout_ms)
+{
+    struct pollfd p = {signal_pipe[0], POLLIN, 0};
     int r = poll(&p, 1, timeout_ms);
     if (r <= 0) return 0;
-    struct signalfd_siginfo si;
-    ssize_t n = read(fd, &si, sizeof si);
-    return n == (ssize_t)sizeof si ? (int)si.ssi_signo : 0;
+    unsigned char b;
+    return read(signal_pipe[0], &b, 1) == 1 ? b : 0;
 }
 
 int main(int argc, char **argv)
@@ -75,16 +101,9 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    /* before any thread exists, so every thread inherits the mask */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
-    if (sfd < 0) {
-        mf_log_event("error", "signalfd failed", json_pack("{s:s}", "reason", strerror(errno)));
+    if (install_signals() != 0) {
+        mf_log_event("error", "cannot install signal handlers",
+                     json_pack("{s:s}", "reason", strerror(errno)));
         return 1;
     }
     raise_fd_limit(&cfg);
@@ -135,7 +154,7 @@ int main(int argc, char **argv)
                            "max_batch", cfg.max_batch, "kernels", mf_kernels_name()));
 
     int sig = 0;
-    while (!sig) sig = wait_signal(sfd, -1);
+    while (!sig) sig = wait_signal(-1);
     mf_log_event("info", "draining",
                  json_pack("{s:s,s:I,s:i}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
                            "inflight", (json_int_t)mf_http_inflight(http), "drain_timeout_ms",
@@ -144,7 +163,7 @@ int main(int argc, char **argv)
     uint64_t deadline = now_ms() + (uint64_t)cfg.drain_timeout_ms;
     int forced = 0;
     while (mf_http_inflight(http) > 0 && now_ms() < deadline) {
-        if (wait_signal(sfd, 10)) {
+        if (wait_signal(10)) {
             forced = 1;
             break;
         }
@@ -153,7 +172,7 @@ int main(int argc, char **argv)
     int cancelled = mf_batcher_drain(batcher, forced || now >= deadline ? 0 : (long)(deadline - now));
     /* answers of requests the drain cancelled (503) still need to go out */
     uint64_t flush = now_ms() + 1000;
-    while (mf_http_inflight(http) > 0 && now_ms() < flush) wait_signal(sfd, 10);
+    while (mf_http_inflight(http) > 0 && now_ms() < flush) wait_signal(10);
     long left = mf_http_inflight(http);
     mf_http_stop(http);
     http = NULL;
@@ -166,6 +185,5 @@ out:
     mf_batcher_free(batcher);
     mf_metrics_free(metrics);
     mf_model_free(model);
-    close(sfd);
     return rc;
 }

@@ -20,7 +20,7 @@ run_one() {
   start=$(date +%s)
   if "$@" > "$BUILD/tests/$name.log" 2>&1; then
     echo "PASS  $name ($(( $(date +%s) - start ))s)"
-    grep -h "^SKIP" "$BUILD/tests/$name.log" | sed 's/^/      /'
+    grep -hE "^(SKIP|REPORT)" "$BUILD/tests/$name.log" | sed 's/^/      /'
   else
     echo "FAIL  $name ($(( $(date +%s) - start ))s) -- log: $BUILD/tests/$name.log"
     tail -n 40 "$BUILD/tests/$name.log" | sed 's/^/      /'

@@ -32,7 +32,7 @@ static void err_has(const char *a, const char *b)
     if (b) ck_assert_msg(strstr(err, b) != NULL, "error '%s' lacks '%s'", err, b);
 }
 
-START_TEST(defaults)
+START_TEST(built_in_defaults)
 {
     mf_config c;
     mf_config_defaults(&c);
@@ -296,7 +296,7 @@ static Suite *suite(void)
 {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("core");
-    tcase_add_test(tc, defaults);
+    tcase_add_test(tc, built_in_defaults);
     tcase_add_test(tc, model_name_derivation);
     tcase_add_test(tc, file_values);
     tcase_add_test(tc, file_refusals_name_the_setting);

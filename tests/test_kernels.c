@@ -205,14 +205,18 @@ START_TEST(linear_random)
         mf_lin l = {.out = out, .in = in, .wt = rvec((size_t)in * out), .b = rvec((size_t)out)};
         float *x = rvec((size_t)rows * in);
         float *want = mf_alloc((size_t)rows * out * sizeof(float)), *got = mf_alloc((size_t)rows * out * sizeof(float));
-        mf_linear_ref(&l, x, rows, want);
+        mf_linear_ref(&l, x, rows, want, 0, out);
         for (int s = 0; s < n_sets; s++) {
             mf_lin lk = l;
             if (kernel_sets[s]->lin_pack) {
                 lk.wp = mf_alloc(mf_lin_packed_floats(in, out) * sizeof(float));
                 mf_lin_pack(l.wt, in, out, lk.wp);
             }
-            kernel_sets[s]->linear(&lk, x, rows, got);
+            /* in two column ranges (split at a multiple of 48), as a team would */
+            int mid = out > 48 ? 48 * ((out / 48 + 1) / 2) : out;
+            if (mid > out) mid = out;
+            kernel_sets[s]->linear(&lk, x, rows, got, 0, mid);
+            if (mid < out) kernel_sets[s]->linear(&lk, x, rows, got, mid, out);
             char what[128];
             snprintf(what, sizeof what, "linear[%s] rows=%d in=%d out=%d", kernel_sets[s]->name, rows, in, out);
             assert_close(got, want, (size_t)rows * out, 2e-5, what);

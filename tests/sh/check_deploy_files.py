@@ -1,0 +1,780 @@
+"""Check the deployment files against the service they deploy.
+
+No Docker engine or Kubernetes cluster runs here, so tests/sh/test_deploy.sh
+checks what can be checked without one (run by it; Debian's python3 + PyYAML):
+
+  docker/Dockerfile     the build stage runs only scripts/install-deps.sh and make
+                        targets that `make test` builds; every COPY source exists
+                        and is not excluded by .dockerignore; binaries come from the
+                        Makefile's outputs; non-root USER; EXPOSE = the port; the
+                        HEALTHCHECK script asks a real endpoint.
+  .dockerignore         keeps build outputs, bench/node_modules, bench/out, .git out.
+  deploy/docker-compose.yml, deploy/nginx.conf, deploy/k8s/*.yaml
+                        valid YAML; every MF_* name is a setting of the server and
+                        the values pass the server's own validation (it is started
+                        with them); ports, probe paths, model paths, body limit,
+                        timeouts and grace periods agree with the settings.
+  with --url URL        every probe path answers 200 on that running server, and
+                        docker/healthcheck.sh exits 0 against it.
+
+The setting names and defaults come from `mobileformer-server --print-config-json`;
+values are validated by starting the server with them and a model path that does
+not exist: exit status 2 means a setting was refused, 1 that only the model failed.
+
+    /usr/bin/python3 tests/sh/check_deploy_files.py --server BUILD/mobileformer-server [--url URL]
+    /usr/bin/python3 tests/sh/check_deploy_files.py --server S --print-compose-env
+Prints one line per check ("ok", "FAIL", "SKIP"); exits 1 if any failed.
+"""
+import argparse
+import fnmatch
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import yaml
+
+# MF_DEPLOY_CHECK_REPO: check a copy of the files instead (to try the checks on broken ones)
+REPO = os.path.abspath(os.environ.get("MF_DEPLOY_CHECK_REPO") or
+                       os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+DEPLOY = os.path.join(REPO, "deploy")
+K8S = os.path.join(DEPLOY, "k8s")
+BUNDLED_MODEL = "models/fashion_mnist_mobileformer.safetensors"
+PROBES = {"/v2/health/live", "/v2/health/ready"}
+
+failures = []
+
+
+def check(cond, what, detail=""):
+    if cond:
+        print("ok    " + what)
+    else:
+        print("FAIL  %s%s" % (what, ": " + detail if detail else ""))
+        failures.append(what)
+    return cond
+
+
+def skip(what, why):
+    print("SKIP  %s: %s" % (what, why))
+
+
+def rel(path):
+    return os.path.relpath(path, REPO)
+
+
+# ---- the server's settings ----------------------------------------------------
+
+class Settings:
+    def __init__(self, server):
+        self.server = server
+        out = subprocess.run([server, "--print-config-json"], check=True, capture_output=True,
+                             text=True, timeout=30).stdout
+        self.defaults = json.loads(out)
+        self.env_names = {"MF_" + k.upper(): k for k in self.defaults}
+        with open(os.path.join(REPO, "config", "server.json")) as f:
+            self.file = json.load(f)
+
+    def effective(self, env, with_file=True):
+        """Defaults < config/server.json (the image's CMD) < env, as the server does."""
+        cfg = dict(self.defaults)
+        if with_file:
+            cfg.update(self.file)
+        for name, value in env.items():
+            key = self.env_names.get(name)
+            if key is None:
+                continue
+            d = self.defaults[key]
+            if isinstance(d, bool):
+                cfg[key] = str(value).lower() == "true"
+            elif isinstance(d, int):
+                cfg[key] = int(value)
+            else:
+                cfg[key] = str(value)
+        return cfg
+
+    def check_env(self, where, env, allowed_other=("OPENBLAS_NUM_THREADS",)):
+        """Every name is a setting; the server accepts every value."""
+        unknown = [n for n in env if n not in self.env_names and n not in allowed_other]
+        check(not unknown, "%s: environment names are server settings" % where,
+              "unknown: %s (the server ignores unknown MF_* names silently)" % ", ".join(unknown))
+        mf = {n: str(v) for n, v in env.items() if n in self.env_names}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MF_")}
+        clean.update(mf)
+        r = subprocess.run([self.server, "--config", os.path.join(REPO, "config", "server.json"),
+                            "--model", "/nonexistent/mf-deploy-check.safetensors"],
+                           env=clean, capture_output=True, text=True, timeout=60)
+        check(r.returncode == 1 and "cannot load model" in r.stderr,
+              "%s: the server accepts these %d settings" % (where, len(mf)),
+              "exit %d: %s" % (r.returncode, r.stderr.strip()[-300:]))
+
+
+# ---- small parsers ------------------------------------------------------------
+
+def interpolate(value):
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR}, with the defaults
+    (what a user gets who sets nothing); $$ is a literal $."""
+    if not isinstance(value, str):
+        return value
+
+    def sub(m):
+        name, _, default = m.group(1), m.group(2), m.group(3)
+        return os.environ.get("MF_CHECK_" + name, default or "")
+    value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}", sub, value)
+    return value.replace("$$", "$")
+
+
+def size_bytes(text):
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+    if not m:
+        raise ValueError("size %r" % text)
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def duration_ms(text):
+    """nginx / compose durations: 500ms, 30s, 1m, 1m30s, 20 (seconds)."""
+    text = str(text).strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text) * 1000
+    total, pos = 0, 0
+    for m in re.finditer(r"(\d+)(ms|s|m|h)", text):
+        if m.start() != pos:
+            raise ValueError("duration %r" % text)
+        total += int(m.group(1)) * {"ms": 1, "s": 1000, "m": 60000, "h": 3600000}[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError("duration %r" % text)
+    return total
+
+
+def cpus(text):
+    text = str(text)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def memory_bytes(text):
+    m = re.fullmatch(r"(\d+)([KMGT]i?|[kmgt]b?|[KMGT])?", str(text))
+    if not m:
+        raise ValueError("memory %r" % text)
+    unit = (m.group(2) or "").lower().rstrip("bi")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
+
+
+def dockerignore_patterns():
+    path = os.path.join(REPO, ".dockerignore")
+    if not os.path.exists(path):
+        return None
+    pats = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                pats.append(line.rstrip("/"))
+    return pats
+
+
+def ignored(path, pats):
+    """Docker's rule, simplified: a pattern excludes a path or any folder above it
+    (no "!" exceptions are used in this repository's .dockerignore)."""
+    parts = path.split("/")
+    for pat in pats:
+        if pat.startswith("!"):
+            raise ValueError(".dockerignore exceptions are not handled here")
+        for i in range(1, len(parts) + 1):
+            head = "/".join(parts[:i])
+            if fnmatch.fnmatchcase(head, pat):
+                return True
+            if pat.startswith("**/") and fnmatch.fnmatchcase(parts[i - 1], pat[3:]):
+                return True
+    return False
+
+
+# ---- Makefile ----------------------------------------------------------------
+
+def makefile_facts():
+    """(default goal, targets `make test` builds, {binary name: output path})."""
+    rules, default = {}, None
+    outputs = {}
+    with open(os.path.join(REPO, "Makefile")) as f:
+        text = f.read()
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\- ]+?)\s*:(?![=:])\s*(.*)$", line)
+        if m and not line.startswith("\t"):
+            for t in m.group(1).split():
+                rules.setdefault(t, []).extend(m.group(2).split())
+                if default is None and not t.startswith("."):
+                    default = t
+        m = re.match(r"^(\w+_BIN)\s*:=\s*\$\(BUILD\)/(\S+)$", line)
+        if m:
+            outputs[m.group(2)] = "build/" + m.group(2)
+    tested = {default, "test-bins"} | {p for p in rules.get("test-bins", []) if not p.startswith("$")}
+    check(re.search(r"^test:.*\n(\t.*\n)*\t.*\$\(MAKE\).*\btest-bins\b", text, re.M) is not None,
+          "Makefile: `make test` builds test-bins", "no $(MAKE) ... test-bins under test:")
+    return default, tested, outputs
+
+
+# ---- Dockerfile ---------------------------------------------------------------
+
+def dockerfile_instructions(path):
+    with open(path) as f:
+        lines = f.read().splitlines()
+    out, cur = [], ""
+    for line in lines:
+        s = line.strip()
+        if not cur and (not s or s.startswith("#")):
+            continue
+        if cur and s.startswith("#"):
+            continue
+        if s.endswith("\\"):
+            cur += s[:-1] + " "
+            continue
+        cur += s
+        word, _, rest = cur.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        cur = ""
+    return out
+
+
+def check_dockerfile(settings, make_default, make_tested, make_outputs):
+    path = os.path.join(REPO, "docker", "Dockerfile")
+    ins = dockerfile_instructions(path)
+    pats = dockerignore_patterns()
+    check(pats is not None, ".dockerignore exists")
+    pats = pats or []
+    for must in ("build", ".git", "bench/node_modules", "bench/out"):
+        check(ignored(must + "/x", pats), ".dockerignore keeps %s out of the context" % must)
+
+    stages, stage = [], None
+    for word, rest in ins:
+        if word == "FROM":
+            m = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.I)
+            stage = {"image": m.group(1), "name": m.group(2), "workdir": "/", "run": [],
+                     "copies": {}, "env": {}, "user": None, "expose": [], "health": None,
+                     "entrypoint": None, "cmd": None, "run_workdirs": {}, "ordered": []}
+            stages.append(stage)
+        elif word == "WORKDIR":
+            stage["workdir"] = os.path.join(stage["workdir"], rest)
+        elif word == "RUN":
+            stage["run"].append(rest)
+            stage["run_workdirs"][rest] = stage["workdir"]
+            stage["ordered"].append(("RUN", rest))
+        elif word == "COPY":
+            toks = shlex.split(rest)
+            src_stage = None
+            while toks and toks[0].startswith("--"):
+                if toks[0].startswith("--from="):
+                    src_stage = toks[0][7:]
+                toks.pop(0)
+            *srcs, dest = toks
+            dest_abs = os.path.join(stage["workdir"], dest)
+            for s in srcs:
+                target = dest_abs
+                if dest.endswith("/") or len(srcs) > 1:
+                    target = os.path.join(dest_abs, os.path.basename(s.rstrip("/")))
+                stage["copies"][os.path.normpath(target)] = (src_stage, s)
+                stage["ordered"].append(("COPY", (os.path.normpath(target), src_stage, s)))
+        elif word == "ENV":
+            for tok in shlex.split(rest):
+                k, _, v = tok.partition("=")
+                stage["env"][k] = v
+        elif word == "USER":
+            stage["user"] = rest
+        elif word == "EXPOSE":
+            stage["expose"] += [int(p.split("/")[0]) for p in rest.split()]
+        elif word == "HEALTHCHECK":
+            stage["health"] = rest
+        elif word == "ENTRYPOINT":
+            stage["entrypoint"] = json.loads(rest)
+        elif word == "CMD":
+            stage["cmd"] = json.loads(rest)
+
+    check(len(stages) == 2 and all(s["image"] == "debian:bookworm-slim" for s in stages),
+          "Dockerfile: two stages on debian:bookworm-slim",
+          ", ".join(s["image"] for s in stages))
+    if len(stages) != 2:
+        return None
+    build, runtime = stages
+    by_name = {s["name"]: s for s in stages if s["name"]}
+
+    def script_source(st, arg):
+        target = os.path.normpath(os.path.join(st["workdir"], arg))
+        src = st["copies"].get(target)
+        return src[1] if src and src[0] is None else None
+
+    def classify(st, cmd):
+        toks = shlex.split(cmd)
+        if len(toks) == 3 and toks[0] == "sh" and script_source(st, toks[1]) == "scripts/install-deps.sh":
+            return "install-deps " + toks[2]
+        if toks and toks[0] == "make":
+            targets = [t for t in toks[1:] if not t.startswith("-")]
+            if any("=" in t for t in targets):
+                return "make with variables " + " ".join(targets)
+            return "make " + " ".join(targets or [make_default])
+        return "other " + cmd
+
+    # build stage: the install script's build profile, then make targets the tests build
+    steps = [classify(build, c.strip()) for r in build["run"] for c in r.split("&&")]
+    check(steps and steps[0] == "install-deps build" and all(
+        s == "install-deps build" or (s.startswith("make ") and set(s.split()[1:]) <= make_tested)
+        for s in steps),
+        "Dockerfile build stage: only scripts/install-deps.sh build and make %s" % "/".join(sorted(make_tested)),
+        "; ".join(steps))
+    check(any(s.startswith("make ") for s in steps), "Dockerfile build stage runs make")
+
+    # runtime stage: the install script's runtime profile and housekeeping only
+    housekeeping = re.compile(r"^(rm -rf /var/lib/apt/lists/\*( \S+)*|groupadd .*|useradd .*)$")
+    rsteps = [c.strip() for r in runtime["run"] for c in r.split("&&")]
+    kinds = [classify(runtime, c) for c in rsteps]
+    check("install-deps runtime" in kinds and all(
+        k == "install-deps runtime" or housekeeping.match(c) for k, c in zip(kinds, rsteps)),
+        "Dockerfile runtime stage: scripts/install-deps.sh runtime (+ apt lists cleanup, user)",
+        "; ".join(rsteps))
+
+    # COPY sources: in the repository and in the context, or outputs of the build stage
+    for st in stages:
+        for dest, (src_stage, src) in sorted(st["copies"].items()):
+            if src_stage:
+                other = by_name.get(src_stage)
+                relsrc = os.path.relpath(src, other["workdir"]) if other else src
+                check(other is build and relsrc in make_outputs.values(),
+                      "Dockerfile COPY --from=%s %s is a Makefile output" % (src_stage, src),
+                      "outputs: %s" % ", ".join(sorted(make_outputs.values())))
+                continue
+            matches = glob.glob(os.path.join(REPO, src))
+            if not matches and src == BUNDLED_MODEL:
+                skip("Dockerfile COPY %s exists" % src, "the bundled model is not in the tree yet")
+            else:
+                check(bool(matches), "Dockerfile COPY %s exists" % src)
+            check(not ignored(src.rstrip("/"), pats), "Dockerfile COPY %s is not in .dockerignore" % src)
+
+    user = runtime["user"] or "root"
+    uid = user.split(":")[0]
+    check(uid not in ("root", "0"), "Dockerfile runtime USER is not root", user)
+    env = runtime["env"]
+    settings.check_env("Dockerfile ENV", env)
+    cfg = settings.effective(env)
+    check(runtime["expose"] == [cfg["port"]], "Dockerfile EXPOSE = the service's port %d" % cfg["port"],
+          str(runtime["expose"]))
+    check(cfg["bind"] in ("0.0.0.0", "::"), "Dockerfile: the service listens on all addresses", cfg["bind"])
+
+    copied = {d: s for d, (_, s) in runtime["copies"].items()}
+    ep = runtime["entrypoint"] or []
+    check(bool(ep) and copied.get(ep[0]) in (None, "/src/build/mobileformer-server")
+          and ep[0] in copied, "Dockerfile ENTRYPOINT is the copied mobileformer-server", str(ep))
+    cmd = runtime["cmd"] or []
+    if "--config" in cmd:
+        conf = cmd[cmd.index("--config") + 1]
+        check(copied.get(os.path.dirname(conf)) == "config" or copied.get(conf) == "config/server.json",
+              "Dockerfile CMD --config %s is the copied config/server.json" % conf)
+    check(copied.get(cfg["model"]) == BUNDLED_MODEL,
+          "Dockerfile: MF_MODEL %s is the copied bundled model" % cfg["model"])
+
+    health = runtime["health"] or ""
+    m = re.search(r"CMD\s+(\[.*\])", health)
+    hc = json.loads(m.group(1)) if m else []
+    hsrc = copied.get(hc[0]) if hc else None
+    check(hsrc == "docker/healthcheck.sh", "Dockerfile HEALTHCHECK runs the copied docker/healthcheck.sh",
+          health)
+    return {"uid": int(uid) if uid.isdigit() else None, "port": cfg["port"], "env": env,
+            "copies": copied, "health_cmd": hc, "workdir": runtime["workdir"], "build": build,
+            "runtime_from": [v for v in runtime["copies"].values() if v[0]], "ignore": pats}
+
+
+def run_build_stage(image, root):
+    """Run the build stage here, with root as its filesystem: COPY copies from the
+    repository (less .dockerignore), RUN runs as the Dockerfile has it (the
+    install step finds its packages installed, or installs them, as `make test`
+    does).  Then the runtime stage's COPY --from sources must be there."""
+    build, pats = image["build"], image["ignore"]
+
+    def in_root(p):
+        return os.path.join(root, p.lstrip("/"))
+    for kind, what in build["ordered"]:
+        if kind == "COPY":
+            target, _, src = what
+            srcpath = os.path.join(REPO, src)
+            if os.path.isdir(srcpath):
+                for d, dirs, files in os.walk(srcpath):
+                    dirs[:] = [x for x in dirs if not ignored(rel(os.path.join(d, x)), pats)]
+                    for f in files:
+                        path = os.path.join(d, f)
+                        if not ignored(rel(path), pats):
+                            t = in_root(os.path.join(target, os.path.relpath(path, srcpath)))
+                            os.makedirs(os.path.dirname(t), exist_ok=True)
+                            shutil.copy2(path, t)
+            else:
+                os.makedirs(os.path.dirname(in_root(target)), exist_ok=True)
+                shutil.copy2(srcpath, in_root(target))
+        else:
+            cwd = in_root(build["run_workdirs"][what])
+            os.makedirs(cwd, exist_ok=True)
+            r = subprocess.run(["sh", "-c", what], cwd=cwd, capture_output=True, text=True, timeout=900)
+            if not check(r.returncode == 0, "Dockerfile build stage, run here: RUN %s" % what,
+                         (r.stdout + r.stderr).strip()[-800:]):
+                return
+    for src_stage, src in image["runtime_from"]:
+        check(os.path.isfile(in_root(src)) and os.access(in_root(src), os.X_OK),
+              "Dockerfile build stage, run here: it made %s" % src)
+
+
+def healthcheck_paths():
+    with open(os.path.join(REPO, "docker", "healthcheck.sh")) as f:
+        text = f.read()
+    paths = set(re.findall(r"GET (/\S+) HTTP", text))
+    check(paths == {"/v2/health/ready"}, "docker/healthcheck.sh asks GET /v2/health/ready", str(paths))
+    return paths
+
+
+# ---- nginx.conf ---------------------------------------------------------------
+
+def nginx_directives():
+    with open(os.path.join(DEPLOY, "nginx.conf")) as f:
+        text = "\n".join(line.split("#", 1)[0] for line in f.read().splitlines())
+    upstreams = dict(re.findall(r"\bupstream\s+(\S+)\s*\{([^}]*)\}", text))
+    text_wo_up = re.sub(r"\bupstream\s+\S+\s*\{[^}]*\}", "", text)
+
+    def all_of(name, body):
+        return [v.strip() for v in re.findall(r"(?:^|[\s;{])%s\s+([^;]*);" % re.escape(name), body)]
+    return text, upstreams, text_wo_up, all_of
+
+
+def check_nginx(cfg, service, port, nginx_port):
+    text, upstreams, rest, all_of = nginx_directives()
+    passes = all_of("proxy_pass", rest)
+    check(len(passes) == 1 and passes[0].startswith("http://"), "nginx.conf: one proxy_pass", str(passes))
+    name = passes[0][len("http://"):].rstrip("/") if passes else ""
+    body = upstreams.get(name, "")
+    check(bool(body), "nginx.conf: proxy_pass goes to upstream %s" % name)
+    servers = [s.split() for s in all_of("server", body)]
+    check(len(servers) == 1 and servers[0][0] == "%s:%d" % (service, port),
+          "nginx.conf: upstream server is the compose service %s:%d" % (service, port),
+          str(servers))
+    check(re.search(r"(^|[\s;{])least_conn\s*;", body) is not None,
+          "nginx.conf: upstream uses least_conn")
+    ka = all_of("keepalive", body)
+    check(len(ka) == 1 and int(ka[0]) > 0, "nginx.conf: keepalive connections to the replicas", str(ka))
+    kat = all_of("keepalive_timeout", body)
+    check(len(kat) == 1 and duration_ms(kat[0]) < cfg["connection_timeout_s"] * 1000,
+          "nginx.conf: upstream keepalive_timeout < connection_timeout_s (%d s)" % cfg["connection_timeout_s"],
+          str(kat))
+    check(all_of("proxy_http_version", rest) == ["1.1"] and 'Connection ""' in all_of("proxy_set_header", rest),
+          "nginx.conf: HTTP/1.1 and no Connection header upstream (needed for keepalive)")
+    listens = all_of("listen", rest)
+    check(listens == [str(nginx_port)], "nginx.conf: listens on %d (compose's nginx port)" % nginx_port,
+          str(listens))
+    cmbs = all_of("client_max_body_size", rest)
+    check(len(cmbs) == 1 and size_bytes(cmbs[0]) == cfg["max_body_bytes"],
+          "nginx.conf: client_max_body_size = max_body_bytes (%d)" % cfg["max_body_bytes"], str(cmbs))
+    for d in ("proxy_read_timeout", "proxy_send_timeout"):
+        v = all_of(d, rest)
+        check(len(v) == 1 and duration_ms(v[0]) > cfg["request_timeout_ms"],
+              "nginx.conf: %s > request_timeout_ms (%d)" % (d, cfg["request_timeout_ms"]), str(v))
+    nu = all_of("proxy_next_upstream", rest)
+    toks = nu[0].split() if len(nu) == 1 else []
+    check("error" in toks and set(toks) <= {"error", "timeout"},
+          "nginx.conf: retries on the next replica on connection errors only "
+          "(no http_5xx, no non_idempotent)", str(nu))
+
+
+# ---- docker-compose.yml -------------------------------------------------------
+
+def as_env(env):
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return {k: interpolate(str(v)) for k, v in (env or {}).items()}
+
+
+def check_compose(settings, image):
+    path = os.path.join(DEPLOY, "docker-compose.yml")
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    check(isinstance(doc, dict) and "services" in doc, "docker-compose.yml: valid YAML with services")
+    services = doc.get("services", {})
+    svc = services.get("mobileformer", {})
+    ngx = services.get("nginx", {})
+    check(bool(svc) and bool(ngx), "docker-compose.yml: services mobileformer and nginx")
+
+    b = svc.get("build", {})
+    ctx = os.path.normpath(os.path.join(DEPLOY, b.get("context", ".")))
+    check(ctx == REPO and os.path.normpath(os.path.join(ctx, b.get("dockerfile", "Dockerfile")))
+          == os.path.join(REPO, "docker", "Dockerfile"),
+          "docker-compose.yml: builds docker/Dockerfile from the repository root")
+    check("container_name" not in svc and all(":" not in str(p) for p in svc.get("ports", [])),
+          "docker-compose.yml: mobileformer has no fixed name or host port (so --scale works)")
+
+    env = as_env(svc.get("environment"))
+    settings.check_env("docker-compose.yml mobileformer environment", env)
+    full_env = dict(image["env"])
+    full_env.update(env)
+    cfg = settings.effective(full_env)
+    port = cfg["port"]
+    check([str(p) for p in svc.get("expose", [])] == [str(port)],
+          "docker-compose.yml: mobileformer exposes its port %d" % port)
+
+    res = svc.get("deploy", {}).get("resources", {})
+    lim, rsv = res.get("limits", {}), res.get("reservations", {})
+    check("cpus" in lim and "memory" in lim and "cpus" in rsv and "memory" in rsv,
+          "docker-compose.yml: CPU and memory limits and reservations")
+    ncpu = cpus(lim.get("cpus", 0))
+    check(0 < cfg["workers"] * cfg["engine_threads"] <= max(1, round(ncpu)) and cfg["http_threads"] > 0,
+          "docker-compose.yml: MF_WORKERS x MF_ENGINE_THREADS and MF_HTTP_THREADS set, within the %g CPUs"
+          % ncpu, "workers %d engine_threads %d http_threads %d" % (
+              cfg["workers"], cfg["engine_threads"], cfg["http_threads"]))
+    check(svc.get("restart") in ("always", "unless-stopped", "on-failure"),
+          "docker-compose.yml: mobileformer restart policy", str(svc.get("restart")))
+    check(duration_ms(svc.get("stop_grace_period", "10s")) > cfg["drain_timeout_ms"],
+          "docker-compose.yml: stop_grace_period > drain_timeout_ms (%d)" % cfg["drain_timeout_ms"])
+
+    model_dir = os.path.dirname(cfg["model"])
+    mounts = [v for v in svc.get("volumes", []) if isinstance(v, dict)]
+    mm = [v for v in mounts if v.get("target") == model_dir]
+    ok = len(mm) == 1 and mm[0].get("read_only") is True
+    check(ok, "docker-compose.yml: the model folder %s is mounted read-only" % model_dir)
+    if ok:
+        src = os.path.normpath(os.path.join(DEPLOY, interpolate(mm[0]["source"])))
+        check(src == os.path.join(REPO, "models")
+              and os.path.basename(cfg["model"]) == os.path.basename(BUNDLED_MODEL),
+              "docker-compose.yml: by default that is the repository's models/ and MF_MODEL the bundled model",
+              "%s, %s" % (rel(src), cfg["model"]))
+
+    hc = svc.get("healthcheck", {}).get("test", [])
+    check(hc[:1] == ["CMD"] and hc[1:] == image["health_cmd"],
+          "docker-compose.yml: mobileformer health check = the image's HEALTHCHECK", str(hc))
+
+    # nginx in front
+    ports = [str(p) for p in ngx.get("ports", [])]
+    check(len(ports) == 1 and ports[0].count(":") == 1, "docker-compose.yml: nginx publishes one port", str(ports))
+    nginx_port = int(ports[0].split(":")[1]) if ports else 0
+    nmounts = {v.get("target"): v for v in ngx.get("volumes", []) if isinstance(v, dict)}
+    conf = nmounts.get("/etc/nginx/nginx.conf", {})
+    check(os.path.normpath(os.path.join(DEPLOY, conf.get("source", ""))) == os.path.join(DEPLOY, "nginx.conf")
+          and conf.get("read_only") is True,
+          "docker-compose.yml: nginx reads deploy/nginx.conf, read-only")
+    nhc = ngx.get("healthcheck", {}).get("test", [])
+    if nhc[1:2]:
+        m = nmounts.get(nhc[1], {})
+        check(os.path.normpath(os.path.join(DEPLOY, m.get("source", "")))
+              == os.path.join(REPO, "docker", "healthcheck.sh")
+              and as_env(ngx.get("environment")).get("MF_PORT") == str(nginx_port),
+              "docker-compose.yml: nginx health check = docker/healthcheck.sh on nginx's port")
+    check("mobileformer" in (ngx.get("depends_on") or {}), "docker-compose.yml: nginx depends on mobileformer")
+    check(ngx.get("restart") in ("always", "unless-stopped", "on-failure"),
+          "docker-compose.yml: nginx restart policy")
+    check_nginx(cfg, "mobileformer", port, nginx_port)
+    return env
+
+
+# ---- Kubernetes ---------------------------------------------------------------
+
+def check_k8s(settings, image):
+    docs = []
+    for path in sorted(glob.glob(os.path.join(K8S, "*.yaml"))):
+        with open(path) as f:
+            try:
+                loaded = [d for d in yaml.safe_load_all(f) if d is not None]
+            except yaml.YAMLError as e:
+                check(False, "%s: valid YAML" % rel(path), str(e))
+                continue
+        check(all(isinstance(d, dict) and "kind" in d for d in loaded), "%s: valid YAML" % rel(path))
+        docs += [(os.path.basename(path), d) for d in loaded]
+    kinds = {}
+    for name, d in docs:
+        kinds.setdefault(d["kind"], []).append(d)
+    for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"):
+        check(len(kinds.get(k, [])) == 1, "deploy/k8s: one %s" % k)
+    kust = kinds.get("Kustomization", [{}])[0]
+    for r in kust.get("resources", []):
+        check(os.path.exists(os.path.join(K8S, r)), "deploy/k8s/kustomization.yaml: %s exists" % r)
+    if any(len(kinds.get(k, [])) != 1 for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap")):
+        return
+    dep, svc, hpa, cm = (kinds[k][0] for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"))
+
+    pod = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    cs = [c for c in pod["containers"] if c["name"] == "mobileformer"]
+    check(len(cs) == 1, "deployment.yaml: container mobileformer")
+    if not cs:
+        return
+    c = cs[0]
+    refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
+    check(refs == [cm["metadata"]["name"]], "deployment.yaml: settings from the ConfigMap %s" % cm["metadata"]["name"])
+    env = {k: str(v) for k, v in cm.get("data", {}).items()}
+    for e in c.get("env", []):
+        env[e["name"]] = str(e.get("value", ""))
+    settings.check_env("deploy/k8s ConfigMap", env)
+    full_env = dict(image["env"])
+    full_env.update(env)
+    cfg = settings.effective(full_env)
+
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    check(list(ports.values()) == [cfg["port"]], "deployment.yaml: containerPort = MF_PORT %d" % cfg["port"],
+          str(ports))
+
+    def probe(kind):
+        p = c.get(kind, {}).get("httpGet", {})
+        port = p.get("port")
+        port = ports.get(port, port)
+        return p.get("path"), port
+    live, ready = probe("livenessProbe"), probe("readinessProbe")
+    check(live == ("/v2/health/live", cfg["port"]), "deployment.yaml: liveness GET /v2/health/live", str(live))
+    check(ready == ("/v2/health/ready", cfg["port"]), "deployment.yaml: readiness GET /v2/health/ready", str(ready))
+    if "startupProbe" in c:
+        sp = probe("startupProbe")
+        check(sp[0] in PROBES and sp[1] == cfg["port"], "deployment.yaml: startup probe on a health endpoint", str(sp))
+
+    pre = c.get("lifecycle", {}).get("preStop", {})
+    cmd = pre.get("exec", {}).get("command", [])
+    pause = int(cmd[1]) if cmd[:1] == ["sleep"] and len(cmd) == 2 else pre.get("sleep", {}).get("seconds")
+    check(pause is not None and pause > 0, "deployment.yaml: preStop pause", str(pre))
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    check(grace * 1000 > (pause or 0) * 1000 + cfg["drain_timeout_ms"],
+          "deployment.yaml: terminationGracePeriodSeconds (%d) > preStop (%s s) + drain_timeout_ms (%d)"
+          % (grace, pause, cfg["drain_timeout_ms"]))
+
+    r = c.get("resources", {})
+    ok = all(k in r.get(w, {}) for w in ("requests", "limits") for k in ("cpu", "memory"))
+    check(ok, "deployment.yaml: CPU and memory requests and limits")
+    if ok:
+        ncpu = cpus(r["limits"]["cpu"])
+        check(0 < cfg["workers"] * cfg["engine_threads"] <= max(1, round(ncpu)) and cfg["http_threads"] > 0,
+              "ConfigMap: MF_WORKERS x MF_ENGINE_THREADS and MF_HTTP_THREADS set, within the %g CPU limit" % ncpu)
+        check(memory_bytes(r["requests"]["memory"]) <= memory_bytes(r["limits"]["memory"])
+              and cpus(r["requests"]["cpu"]) <= ncpu, "deployment.yaml: requests <= limits")
+
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True and psc.get("runAsUser") == image["uid"],
+          "deployment.yaml: runs as non-root uid %s (the image's USER)" % image["uid"])
+    check(csc.get("readOnlyRootFilesystem") is True and csc.get("allowPrivilegeEscalation") is False,
+          "deployment.yaml: read-only root filesystem, no privilege escalation")
+
+    model_dir = os.path.dirname(cfg["model"])
+    vm = [m for m in c.get("volumeMounts", []) if m["mountPath"] == model_dir]
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    check(len(vm) == 1 and vm[0].get("readOnly") is True and vm[0]["name"] in vols,
+          "deployment.yaml: the model folder %s is a volume, mounted read-only" % model_dir)
+    for ic in pod.get("initContainers", []):
+        cmd = ic.get("command", [])
+        if cmd[:1] == ["cp"]:
+            check(image["copies"].get(cmd[1]) == BUNDLED_MODEL and cmd[2].rstrip("/") == model_dir
+                  and os.path.basename(cmd[1]) == os.path.basename(cfg["model"]),
+                  "deployment.yaml: init container copies the image's model to MF_MODEL", str(cmd))
+
+    sel = svc["spec"]["selector"]
+    check(all(labels.get(k) == v for k, v in sel.items()), "service.yaml: selector matches the pods")
+    tps = [p["targetPort"] for p in svc["spec"]["ports"]]
+    check(all(ports.get(t, t) == cfg["port"] for t in tps), "service.yaml: targetPort is the container port")
+    ref = hpa["spec"]["scaleTargetRef"]
+    check(ref.get("kind") == "Deployment" and ref.get("name") == dep["metadata"]["name"],
+          "hpa.yaml: scales the Deployment")
+    metrics = hpa["spec"].get("metrics", [])
+    check(any(m.get("resource", {}).get("name") == "cpu" for m in metrics), "hpa.yaml: on CPU")
+    check(dep["spec"]["selector"]["matchLabels"].items() <= labels.items(), "deployment.yaml: selector matches")
+
+
+# ---- the runtime image's libraries --------------------------------------------
+
+def check_runtime_libs(binaries):
+    """Every shared library the binaries load comes from a package of the runtime
+    profile of scripts/install-deps.sh, or from one of their dependencies (as
+    installed here; Debian 12 on both sides)."""
+    with open(os.path.join(REPO, "scripts", "install-deps.sh")) as f:
+        m = re.search(r'^runtime_pkgs="([^"]*)"', f.read(), re.M)
+    if not check(m is not None, "scripts/install-deps.sh has a runtime profile"):
+        return
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Pre-Depends}, ${Depends}\n"],
+                         capture_output=True, text=True).stdout
+    deps = {}
+    for line in out.splitlines():
+        pkg, _, d = line.partition("\t")
+        deps[pkg] = [re.sub(r"[ (:].*", "", alt.strip()) for dep in d.split(",") for alt in dep.split("|")
+                     if alt.strip()]
+    closure, todo = set(), m.group(1).split()
+    while todo:
+        p = todo.pop()
+        if p not in closure:
+            closure.add(p)
+            todo += deps.get(p, [])
+    for binary in binaries:
+        if not os.access(binary, os.X_OK):
+            skip("runtime libraries of %s" % binary, "not built")
+            continue
+        ldd = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        libs = re.findall(r"=> (/\S+)", ldd)
+        if any(re.search(r"lib(asan|ubsan|tsan)", lib) for lib in libs):
+            skip("runtime libraries of %s" % binary, "a sanitizer build")
+            continue
+        missing = []
+        for lib in libs:
+            r = subprocess.run(["dpkg", "-S", os.path.realpath(lib)], capture_output=True, text=True)
+            if r.returncode != 0:
+                r = subprocess.run(["dpkg", "-S", lib], capture_output=True, text=True)
+            pkg = r.stdout.split(":")[0] if r.returncode == 0 else "?"
+            if pkg not in closure:
+                missing.append("%s (%s)" % (os.path.basename(lib), pkg))
+        check(not missing, "the runtime profile provides every library %s loads (%d)"
+              % (os.path.basename(binary), len(libs)), "not provided: " + ", ".join(missing))
+
+
+# ---- probes on a running server ----------------------------------------------
+
+def check_probes(url, paths):
+    for path in sorted(paths):
+        try:
+            with urllib.request.urlopen(url + path, timeout=10) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except OSError as e:
+            status = str(e)
+        check(status == 200, "GET %s answers 200 on the running server" % path, str(status))
+    port = re.search(r":(\d+)$", url).group(1)
+    r = subprocess.run(["bash", os.path.join(REPO, "docker", "healthcheck.sh")],
+                       env=dict(os.environ, MF_PORT=port), capture_output=True, text=True, timeout=30)
+    check(r.returncode == 0, "docker/healthcheck.sh passes against the running server",
+          r.stdout.strip() + r.stderr.strip())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080, for the probe paths")
+    ap.add_argument("--build-stage-root", metavar="DIR",
+                    help="run the Dockerfile's build stage here with DIR (empty) as its filesystem")
+    ap.add_argument("--print-compose-env", action="store_true",
+                    help="print the mobileformer service's MF_* environment as NAME=VALUE lines")
+    args = ap.parse_args()
+    if args.print_compose_env:
+        with open(os.path.join(DEPLOY, "docker-compose.yml")) as f:
+            env = as_env(yaml.safe_load(f)["services"]["mobileformer"].get("environment"))
+        for k, v in env.items():
+            if not re.fullmatch(r"[A-Za-z0-9_./:-]*", v):
+                sys.exit("unexpected characters in %s=%s" % (k, v))
+            print("%s=%s" % (k, v))
+        return
+    settings = Settings(args.server)
+    default, tested, outputs = makefile_facts()
+    image = check_dockerfile(settings, default, tested, outputs)
+    if image is None:
+        sys.exit(1)
+    paths = healthcheck_paths() | PROBES
+    check_compose(settings, image)
+    check_k8s(settings, image)
+    bindir = os.path.dirname(os.path.abspath(args.server))
+    check_runtime_libs([os.path.join(bindir, b) for b in ("mobileformer-server", "mobileformer")])
+    if args.build_stage_root:
+        run_build_stage(image, args.build_stage_root)
+    if args.url:
+        check_probes(args.url.rstrip("/"), paths)
+    if failures:
+        print("%d check(s) failed" % len(failures))
+        sys.exit(1)
+    print("all deployment checks passed")
+
+
+if __name__ == "__main__":
+    main()
