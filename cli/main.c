@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void openblas_set_num_threads(int);
@@ -94,11 +95,26 @@ static void parse_opts(int argc, char **argv, opts *o)
     }
 }
 
+/* Resident set size of this process in bytes (0 if unknown). */
+static size_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %zu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+static size_t rss_before_load, rss_after_load;
+
 static mf_model *load_model(const opts *o)
 {
     char err[512];
     mf_model *m = NULL;
     mf_status st;
+    rss_before_load = rss_bytes();
     if (o->model) {
         st = mf_model_load(o->model, &m, err, sizeof err);
     } else if (o->arch) {
@@ -109,7 +125,20 @@ static mf_model *load_model(const opts *o)
         die("--model FILE (or --arch NAME for synthetic weights) is required");
     }
     if (st != MF_OK) die("%s", err);
+    rss_after_load = rss_bytes();
     return m;
+}
+
+/* "resident: model ... (file ...)" -- what loading the model added to the process. */
+static void print_memory(const opts *o, const mf_model *m)
+{
+    struct stat sb;
+    double file = o->model && stat(o->model, &sb) == 0 ? (double)sb.st_size : 0;
+    double grew = rss_after_load > rss_before_load ? (double)(rss_after_load - rss_before_load) : 0;
+    printf("memory: weights %.1f MiB; resident growth on load %.1f MiB", mf_model_bytes(m) / 1048576.0,
+           grew / 1048576.0);
+    if (file > 0) printf("; file %.1f MiB (resident / file = %.2f)", file / 1048576.0, grew / file);
+    printf("\n");
 }
 
 static void *read_file(const char *path, size_t *len)
@@ -281,7 +310,8 @@ static int cmd_bench(const opts *o)
     printf("median %.3f ms  p10 %.3f  p90 %.3f  min %.3f  max %.3f  (%d iters)\n", med, p10, p90, t[0],
            t[o->iters - 1], o->iters);
     printf("images/s %.1f\n", B * 1000.0 / med);
-    printf("workspace %.1f MiB  model %.1f MiB\n", mf_workspace_bytes(ws) / 1048576.0, mf_model_bytes(m) / 1048576.0);
+    printf("workspace %.1f MiB (batch %d, %dx%d, %d threads)\n", mf_workspace_bytes(ws) / 1048576.0, B, H, W, o->threads);
+    print_memory(o, m);
     free(x);
     free(y);
     free(t);
@@ -307,7 +337,7 @@ static int cmd_info(const opts *o)
     printf("preprocess: resize %d, crop %dx%d, %s, mean %.4g %.4g %.4g, std %.4g %.4g %.4g, channels %d\n", p->resize,
            p->input_h, p->input_w, p->interpolation, p->mean[0], p->mean[1], p->mean[2], p->std[0], p->std[1], p->std[2],
            p->channels);
-    printf("weights in memory: %.2f MiB (BatchNorm folded)\n", mf_model_bytes(m) / 1048576.0);
+    print_memory(o, m);
     printf("kernels: %s\n", mf_kernels_name());
     free(desc);
     mf_model_free(m);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,6 +349,11 @@ mf_status mf_model_load(const char *path, mf_model **out, char *err, size_t errl
     char tmp[512] = "";
     mf_status st = mf_model_load_buffer(map, len, out, tmp, sizeof tmp);
     munmap(map, len);
+#ifdef __GLIBC__
+    /* give the header parse's and the folding's freed temporaries back to
+     * the system: the process keeps only the folded weights */
+    malloc_trim(0);
+#endif
     if (st != MF_OK) mf_set_err(err, errlen, "%s: %s", path, tmp);
     return st;
 }
