@@ -106,7 +106,7 @@ static plan_sizes plan(const mf_model *m, int h, int w)
     w = conv_out(w, 2);
     size_t hw = (size_t)h * w;
     s.feat = (size_t)a->stem * hw;
-    s.col = 27 * hw;
+    s.col = m->k->stem ? 0 : 27 * hw; /* im2col only without a direct stem kernel */
     s.hw = hw;
     for (int i = 0; i < a->n_blocks; i++) {
         const mf_block *b = &m->blocks[i];
@@ -507,11 +507,33 @@ static void trace_map(mf_workspace *ws, const char *name, int img, const float *
     ws->trace(ws->trace_user, name, img, d, shape, 3);
 }
 
-/* The stem of one image: im2col [27][oh*ow], then a 1x1 conv with relu6. */
+typedef struct stem_task {
+    const mf_model *m;
+    const float *in;
+    int H, W, h, w;
+    float *out;
+} stem_task;
+
+static void stem_run(void *arg, int t, int nt)
+{
+    const stem_task *k = arg;
+    int y0, y1;
+    split(k->h, 1, t, nt, &y0, &y1);
+    if (y0 < y1)
+        k->m->k->stem(k->in, k->H, k->W, k->m->stem_w, k->m->stem_b, k->m->arch.stem, k->out, k->h, k->w, y0, y1);
+}
+
+/* The stem of one image: a direct kernel where there is one, else im2col
+ * [27][oh*ow] and a 1x1 conv with relu6. */
 static void stem(const fctx *c, const float *in, int H, int W, float *out)
 {
     const mf_model *m = c->m;
     const int h = conv_out(H, 2), w = conv_out(W, 2);
+    if (m->k->stem) {
+        stem_task k = {m, in, H, W, h, w, out};
+        par(c->ws, stem_run, &k);
+        return;
+    }
     for (int ch = 0; ch < 3; ch++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
@@ -531,8 +553,7 @@ static void stem(const fctx *c, const float *in, int H, int W, float *out)
                     }
                 }
             }
-    mf_pw st = {.cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .wp = m->stem_wp,
-                .wp_group = mf_pw_packed_floats(m->arch.stem, 27), .bias = m->stem_b};
+    mf_pw st = {.cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .bias = m->stem_b};
     pw_conv(c, &st, c->sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
 }
 
@@ -600,6 +621,27 @@ static void head(const fctx *c, const float *feat, int n, float *fcbuf, float *l
     linear(c, &m->head, fcbuf, n, logits);
 }
 
+/* The token-side weights read after block i's convolutions, in the order
+ * they are read: block i's Former->Mobile keys and values, then block i+1's
+ * Mobile->Former, Former and hyper functions.  model.c lists a bridged
+ * block's linears as hyper1 (2), hyper2 (2), M->F (3), Former (4), F->M (2). */
+enum { PF_HYPER = 0, PF_M2F = 4, PF_FORMER = 7, PF_F2M = 11, PF_ALL = 13 };
+
+static __thread mf_pf_region pf_regions[PF_ALL];
+
+static void prefetch_window(const mf_model *m, int i)
+{
+    int n = 0;
+    const mf_block *b = &m->blocks[i], *nb = i + 1 < m->arch.n_blocks ? &m->blocks[i + 1] : NULL;
+    if (b->npf == PF_ALL)
+        for (int k = PF_F2M; k < PF_ALL; k++) pf_regions[n++] = b->pf[k];
+    if (nb && nb->npf == PF_ALL) {
+        for (int k = PF_M2F; k < PF_F2M; k++) pf_regions[n++] = nb->pf[k];
+        for (int k = PF_HYPER; k < PF_M2F; k++) pf_regions[n++] = nb->pf[k];
+    }
+    mf_pf = (mf_pf_window){pf_regions, n, 0, NULL, NULL};
+}
+
 /* Images [b0, b1) of the job, block by block, on scratch sc (with the team
  * when ws->team > 1). */
 static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
@@ -630,8 +672,10 @@ static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
             hyper(c, &b->hy1, sc->z, n, sc->gath, sc->dy, dyld, maxhid);
             hyper(c, &b->hy2, sc->z, n, sc->gath, sc->dy + 2 * maxhid, dyld, maxhid);
         }
+        prefetch_window(m, i);
         for (int j = 0; j < n; j++)
             block_convs(c, b, X + fs * j, h, w, Y + fs * j, oh, ow, sc->dy + dyld * j, maxhid);
+        mf_pf = (mf_pf_window){0};
         if (b->type != MF_BLOCK_A) {
             former_to_mobile(c, &b->f2m, sc->z, Y, fs, n, b->cout, oh * ow);
             if (b->type == MF_BLOCK_B3 && b->identity)

@@ -13,6 +13,42 @@ void mf_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((f
 void *mf_alloc(size_t bytes);
 void mf_free(void *p);
 
+/* ---- weight prefetch -------------------------------------------------------
+ * At batch 1 the token-side weights are streamed from memory once per image
+ * while the convolutions are compute-bound.  Before a block's convolutions,
+ * forward.c lists the weights the next token-side steps will read; the conv
+ * kernels pull a few cache lines of them into L2 after each tile, so the
+ * streaming overlaps the arithmetic instead of following it. */
+typedef struct mf_pf_region {
+    const void *p;    /* start */
+    size_t bytes;     /* length */
+} mf_pf_region;
+
+typedef struct mf_pf_window {
+    const mf_pf_region *r; /* regions still to pull */
+    int nr, i;             /* count, next region */
+    const char *cur, *end; /* position in the current region */
+} mf_pf_window;
+
+extern __thread mf_pf_window mf_pf;
+
+static inline void mf_pf_issue(int lines)
+{
+    mf_pf_window *w = &mf_pf;
+    while (lines > 0) {
+        if (w->cur >= w->end) {
+            if (w->i >= w->nr) return;
+            w->cur = (const char *)w->r[w->i].p;
+            w->end = w->cur + w->r[w->i].bytes;
+            w->i++;
+            continue;
+        }
+        __builtin_prefetch(w->cur, 0, 2);
+        w->cur += 64;
+        lines--;
+    }
+}
+
 /* ---- folded weights ------------------------------------------------------ */
 
 /* Epilogue applied to a convolution's output, element by element:
@@ -80,8 +116,12 @@ typedef struct mf_hyper { /* dynamic-ReLU coefficients from token 0 */
     mf_lin l1, l2;
 } mf_hyper;
 
+#define MF_BLOCK_PF 16
+
 typedef struct mf_block {
     mf_block_type type;
+    mf_pf_region pf[MF_BLOCK_PF]; /* its linears' weights in the order they are used */
+    int npf;
     int cin, cout, stride, identity;
     int hid1, hid2;          /* hidden widths */
     /* A:  dw1 (relu6) -> pw1
@@ -105,7 +145,6 @@ struct mf_model {
     const mf_kernels *k;     /* kernel set chosen at build time */
     float *tokens;           /* [T][D] learned tokens */
     float *stem_w;           /* [stem][27] BN folded */
-    float *stem_wp;          /* packed for the vector kernels or NULL */
     float *stem_b;           /* [stem] */
     mf_block blocks[MF_MAX_BLOCKS];
     mf_m2f final_m2f;
@@ -138,6 +177,10 @@ struct mf_kernels {
     /* Columns [o0, o1) of y[rows][out] = x[rows][in] W^T + b (token-side linears,
      * the classifier head); o0 a multiple of 48. */
     void (*linear)(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1);
+    /* The stem, 3x3 stride 2 pad 1 from 3 channels, + bias + relu6, direct,
+     * output rows [oy0, oy1); NULL: im2col + pw instead.  w: [c][27]. */
+    void (*stem)(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out,
+                 int oh, int ow, int oy0, int oy1);
     int pw_pack;  /* 1: 1x1 weights are used packed (mf_pw_pack), else plain in w */
     int lin_pack; /* 1: linear weights are used packed (mf_lin_pack), else plain in wt */
 };

@@ -125,6 +125,7 @@ static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, 
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
                 pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + n0, ldx, kc,
                                  y + (size_t)mb * MR * ldy + n0, ldy, rows, lm, first, last, mb * MR, e, res);
+                mf_pf_issue(kc / 4);
             }
         }
     }
@@ -229,6 +230,7 @@ static void dw_avx512(const mf_dw *d, int c0, int c1, const float *x, int h, int
         float *yo = y + (size_t)q * oh * ow;
         if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
         else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
+        mf_pf_issue(1 + oh * ow / 64);
     }
 }
 
@@ -467,5 +469,58 @@ static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, i
     }
 }
 
+/* ---- stem -----------------------------------------------------------------
+ * 3x3, stride 2, pad 1, from 3 channels, + bias + relu6, direct: for each
+ * 16-pixel chunk of an output row, the 9 taps of one input channel are
+ * gathered with the stride-2 deinterleave of the depthwise kernel and
+ * multiplied into up to 8 output channels held in registers. */
+#define STEM_OB 8
+
+static void stem_avx512(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out, int oh,
+                        int ow, int oy0, int oy1)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const size_t plane = (size_t)h * w;
+    for (int oy = oy0; oy < oy1; oy++) {
+        for (int ox = 0; ox < ow; ox += 16) {
+            const int s = 2 * ox;
+            __mmask16 mo = mask_n(ow - ox);
+            __mmask16 ma = mask_range(s, w), mb = mask_range(s + 16, w);
+            __mmask16 mla = mask_range(s - 1, w), mlb = mask_range(s + 15, w);
+            for (int o0 = 0; o0 < c; o0 += STEM_OB) {
+                const int on = c - o0 < STEM_OB ? c - o0 : STEM_OB;
+                __m512 acc[STEM_OB];
+                for (int o = 0; o < STEM_OB; o++) acc[o] = _mm512_setzero_ps();
+                for (int ch = 0; ch < 3; ch++) {
+                    __m512 v[9];
+                    for (int ky = 0; ky < 3; ky++) {
+                        int iy = 2 * oy + ky - 1;
+                        if (iy < 0 || iy >= h) {
+                            v[ky * 3] = v[ky * 3 + 1] = v[ky * 3 + 2] = _mm512_setzero_ps();
+                            continue;
+                        }
+                        const float *row = in + ch * plane + (size_t)iy * w;
+                        __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
+                        __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
+                        v[ky * 3 + 0] = _mm512_permutex2var_ps(la, even, lb);
+                        v[ky * 3 + 1] = _mm512_permutex2var_ps(a, even, b);
+                        v[ky * 3 + 2] = _mm512_permutex2var_ps(a, odd, b);
+                    }
+                    for (int o = 0; o < on; o++) {
+                        const float *k = wt + (size_t)(o0 + o) * 27 + ch * 9;
+                        for (int t = 0; t < 9; t++) acc[o] = _mm512_fmadd_ps(_mm512_set1_ps(k[t]), v[t], acc[o]);
+                    }
+                }
+                for (int o = 0; o < on; o++) {
+                    __m512 t = _mm512_add_ps(acc[o], _mm512_set1_ps(bias[o0 + o]));
+                    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
+                    _mm512_mask_storeu_ps(out + (size_t)(o0 + o) * oh * ow + (size_t)oy * ow + ox, mo, t);
+                }
+            }
+        }
+    }
+}
+
 const mf_kernels mf_kernels_avx512 = {"avx512", pw_avx512, dw_avx512, m2f_attn_avx512, f2m_attn_avx512, linear_avx512,
-                                      1, 1};
+                                      stem_avx512, 1, 1};

@@ -145,6 +145,8 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
     }
 }
 
+__thread mf_pf_window mf_pf;
+
 /* ---- token-side helpers ------------------------------------------------- */
 
 void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1)
@@ -173,8 +175,8 @@ static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int
                 1.0f, y + o0, l->out);
 }
 
-const mf_kernels mf_kernels_ref = {"reference", pw_ref, dw_ref, m2f_attn_ref, f2m_attn_ref, mf_linear_ref, 0, 0};
-const mf_kernels mf_kernels_blas = {"portable", pw_blas, dw_ref, m2f_attn_ref, f2m_attn_ref, linear_blas, 0, 0};
+const mf_kernels mf_kernels_ref = {"reference", pw_ref, dw_ref, m2f_attn_ref, f2m_attn_ref, mf_linear_ref, NULL, 0, 0};
+const mf_kernels mf_kernels_blas = {"portable", pw_blas, dw_ref, m2f_attn_ref, f2m_attn_ref, linear_blas, NULL, 0, 0};
 
 void mf_layernorm(float *x, int rows, int d, const mf_norm *n)
 {

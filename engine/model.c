@@ -23,6 +23,7 @@ typedef struct build_ctx {
     size_t errlen;
     int failed;      /* set with status on the first error */
     mf_status status;
+    mf_block *blk;  /* block being built: its linears are listed for prefetching */
     void **allocs;  /* every weight allocation, freed with the model */
     int nallocs, capallocs;
 } build_ctx;
@@ -214,6 +215,9 @@ static void set_lin_bn(build_ctx *c, mf_lin *l, const char *prefix, int out, int
     }
     store_lin(c, l, wt);
     free(wt);
+    if (c->blk && c->blk->npf < MF_BLOCK_PF && !c->failed)
+        c->blk->pf[c->blk->npf++] = (mf_pf_region){l->wp ? (const void *)l->wp : (const void *)l->wt,
+                                                   (l->wp ? mf_lin_packed_floats(in, out) : (size_t)in * out) * sizeof(float)};
 }
 
 static void set_lin(build_ctx *c, mf_lin *l, const char *prefix, int out, int in)
@@ -272,6 +276,7 @@ static void build_blocks(build_ctx *c)
     for (int i = 0; i < a->n_blocks && !c->failed; i++) {
         const mf_block_desc *d = &a->blocks[i];
         mf_block *b = &m->blocks[i];
+        c->blk = b;
         b->type = d->type;
         b->cin = in;
         b->cout = d->c;
@@ -320,6 +325,7 @@ static void build_blocks(build_ctx *c)
         }
         in = d->c;
     }
+    c->blk = NULL;
 }
 
 static void build_head(build_ctx *c, int num_classes)
@@ -347,13 +353,18 @@ static void build_stem(build_ctx *c)
     size_t n = (size_t)m->arch.tokens * m->arch.token_dim;
     m->tokens = walloc(c, n);
     if (!c->failed) memcpy(m->tokens, tok, n * sizeof(float));
-    /* the stem conv [stem][3][3][3] is a 1x1 conv over the 27-row im2col */
-    mf_pw tmp;
-    memset(&tmp, 0, sizeof tmp);
-    set_pw(c, &tmp, "stem.0", "stem.1", m->arch.stem, 27, 1, 0);
-    m->stem_w = tmp.w;
-    m->stem_wp = tmp.wp;
-    m->stem_b = tmp.bias;
+    /* the stem conv [stem][3][3][3], BN folded, plain: read by the direct
+     * stem kernel, or as a 1x1 conv over a 27-row im2col by the portable ones */
+    float *w, *b;
+    if (c->failed || fold_conv(c, "stem.0", "stem.1", m->arch.stem, 27, &w, &b)) return;
+    m->stem_w = walloc(c, (size_t)m->arch.stem * 27);
+    m->stem_b = walloc(c, (size_t)m->arch.stem);
+    if (!c->failed) {
+        memcpy(m->stem_w, w, (size_t)m->arch.stem * 27 * sizeof(float));
+        memcpy(m->stem_b, b, (size_t)m->arch.stem * sizeof(float));
+    }
+    free(w);
+    free(b);
 }
 
 void mf_preprocess_default(mf_preprocess *p)

@@ -227,6 +227,39 @@ START_TEST(linear_random)
 }
 END_TEST
 
+/* The direct stem kernel against a plain 3x3 stride-2 convolution. */
+START_TEST(stem_random)
+{
+    if (!mf_kernels_avx512.stem || !mf_cpu_has_avx512()) return;
+    for (int trial = 0; trial < 30; trial++) {
+        int c = irand(1, 27), h = irand(1, 70), w = irand(1, 90);
+        int oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
+        float *x = rvec((size_t)3 * h * w), *k = rvec((size_t)c * 27), *b = rvec((size_t)c);
+        float *want = mf_alloc((size_t)c * oh * ow * sizeof(float)), *got = mf_alloc((size_t)c * oh * ow * sizeof(float));
+        for (int o = 0; o < c; o++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    double acc = b[o];
+                    for (int ch = 0; ch < 3; ch++)
+                        for (int ky = 0; ky < 3; ky++)
+                            for (int kx = 0; kx < 3; kx++) {
+                                int iy = 2 * oy + ky - 1, ix = 2 * ox + kx - 1;
+                                if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                                    acc += (double)k[o * 27 + ch * 9 + ky * 3 + kx] * x[((size_t)ch * h + iy) * w + ix];
+                            }
+                    want[((size_t)o * oh + oy) * ow + ox] = acc < 0 ? 0.f : acc > 6 ? 6.f : (float)acc;
+                }
+        /* in two row ranges, as a team would */
+        mf_kernels_avx512.stem(x, h, w, k, b, c, got, oh, ow, 0, oh / 2);
+        mf_kernels_avx512.stem(x, h, w, k, b, c, got, oh, ow, oh / 2, oh);
+        char what[96];
+        snprintf(what, sizeof what, "stem[avx512] c=%d %dx%d", c, h, w);
+        assert_close(got, want, (size_t)c * oh * ow, 1e-5, what);
+        mf_free(x); mf_free(k); mf_free(b); mf_free(want); mf_free(got);
+    }
+}
+END_TEST
+
 int main(void)
 {
     setup();
@@ -238,6 +271,7 @@ int main(void)
     tcase_add_test(tc, dw_shuffle_fold);
     tcase_add_test(tc, attention_random);
     tcase_add_test(tc, linear_random);
+    tcase_add_test(tc, stem_random);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
