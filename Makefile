@@ -7,6 +7,8 @@
 #   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
 #   make eval-default accuracy of the bundled model: PyTorch, engine, service (tools/eval_default.py)
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
+#   make fuzz         libFuzzer campaigns, FUZZ_SECONDS (600) per target (tests/fuzz/run.sh)
+#   make tsan         threaded parts under ThreadSanitizer: batcher suite, server load + SIGTERM
 #
 # One FINAL_CFLAGS is assembled here; -MMD keeps header dependencies.
 
@@ -43,7 +45,8 @@ SERVER_LIB  := $(BUILD)/libmfserver.a
 CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
-.PHONY: all test test-unit test-py test-bins deps run bench bench-engine loadtest clean eval-default
+.PHONY: all test test-unit test-py test-bins deps run bench bench-engine loadtest clean eval-default \
+        fuzz fuzz-bins tsan soak
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -73,10 +76,46 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(SERVER_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(FINAL_CFLAGS) -Itests -o $@ $< $(SERVER_LIB) $(ENGINE_LIB) $(FINAL_LDLIBS) $(shell pkg-config --libs check)
 
+# libFuzzer targets (clang): each tests/fuzz/fuzz_*.c linked with the server
+# and engine sources built again, always with ASan + UBSan, in build/fuzz/
+# whatever SANITIZE says.
+FUZZ_CC      ?= clang
+FUZZ_BUILD   := build/fuzz
+
+# .incbin is invisible to -MMD: the embedded web page's files, by hand
+$(BUILD)/obj/server/web.o $(FUZZ_BUILD)/obj/server/web.o: $(wildcard server/web/*)
+FUZZ_SECONDS ?= 600
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -pthread -g -O1 -fno-strict-aliasing -MMD -MP $(WARN) \
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Iserver \
+                -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/obj/%.o) $(SERVER_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(AVX512_FLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Itests/fuzz -o $@ $< $(FUZZ_OBJ) \
+	    $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
+
+fuzz-bins: $(FUZZ_BIN)
+
 deps:
 	@sh scripts/install-deps.sh test
 
-test-bins: all $(TEST_BIN)
+# LD_PRELOAD shim of the out-of-memory tests: plain C, never sanitized
+$(BUILD)/tests/libfailmalloc.so: tests/failmalloc.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 $(WARN) -shared -fPIC -o $@ $<
+
+# the fuzz targets are sanitized already: a SANITIZE run does not rebuild them
+test-bins: all $(TEST_BIN) $(BUILD)/tests/libfailmalloc.so $(if $(SANITIZE),,$(FUZZ_BIN))
 
 # Every test: C suites (Check), then the Python/black-box suites.
 test: deps
@@ -99,7 +138,20 @@ eval-default: deps
 	@$(MAKE) --no-print-directory all
 	@MF_BUILD=$(BUILD) OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Haswell} /usr/bin/python3 tools/eval_default.py
 
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-bins
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh $(FUZZ_TARGETS)
+
+tsan: deps
+	@$(MAKE) --no-print-directory SANITIZE=thread all build/san-thread/tests/test_batcher \
+	    build/san-thread/tests/test_deadline
+	@MF_BUILD=build/san-thread sh tests/sh/tsan.sh
+
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@MF_BUILD=$(BUILD) sh bench/soak.sh $(SOAK_ARGS)
+
 clean:
 	rm -rf build
 
--include $(shell find $(BUILD)/obj $(BUILD)/tests -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/tests $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

@@ -5,13 +5,14 @@
 # build:   compiler and -dev libraries to build the engine and server
 # runtime: shared libraries only (the Docker runtime stage)
 # test:    build + tools the tests use (torch for the twin/converter, nginx, wrk,
-#          valgrind, the Fashion-MNIST data set, chromium for the page test)
+#          valgrind, the Fashion-MNIST data set, chromium for the page test,
+#          clang and its libFuzzer/sanitizer runtimes for the fuzz targets)
 set -eu
 profile=${1:-test}
 
 runtime_pkgs="libmicrohttpd12 libjansson4 libjpeg62-turbo libpng16-16 libopenblas0-pthread ca-certificates"
 build_pkgs="build-essential pkg-config libmicrohttpd-dev libjansson-dev libjpeg62-turbo-dev libpng-dev libopenblas-dev check"
-test_pkgs="python3 python3-numpy python3-torch python3-yaml python3-pil nginx-light wrk valgrind curl dataset-fashion-mnist chromium chromium-driver"
+test_pkgs="python3 python3-numpy python3-torch python3-yaml python3-pil nginx-light wrk valgrind curl dataset-fashion-mnist chromium chromium-driver clang libclang-rt-14-dev"
 
 case "$profile" in
   runtime) pkgs="$runtime_pkgs" ;;

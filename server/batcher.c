@@ -43,6 +43,10 @@
  * Batching policy.  Idle workers take turns as the leader: the leader waits
  * until max_batch jobs are queued or until the oldest job has waited
  * max_delay_us, then takes up to max_batch jobs and hands the leader role on.
+ * It waits only while more images are on their way (the HTTP side counts
+ * requests between their headers and their submit, mf_batcher_expect): a
+ * lone request is run at once instead of waiting for company that is not
+ * coming, and under load, when uploads overlap, batches fill.
  * A job that already waited longer than max_delay_us (all workers were busy)
  * goes at once, so queueing delay is never added twice.  Because inputs are
  * preprocessed to the model's input size before they are queued, any jobs
@@ -97,6 +101,7 @@ struct mf_batcher {
     pthread_cond_t idle_cv;  /* drain: queue empty and nothing running */
     mf_job *head, *tail;     /* FIFO of waiting jobs */
     int depth;               /* jobs in the FIFO */
+    int incoming;            /* requests being uploaded/decoded that will submit soon */
     int running;             /* jobs in forward passes */
     int leading;             /* a worker holds the leader role */
     int accepting;           /* submit allowed */
@@ -108,6 +113,15 @@ struct mf_batcher {
     pthread_t reaper;        /* timeout reaper */
     int reaper_started;      /* reaper thread exists */
 };
+
+void mf_batcher_expect(mf_batcher *b, int delta)
+{
+    pthread_mutex_lock(&b->mu);
+    b->incoming += delta;
+    if (b->incoming < 0) b->incoming = 0;
+    if (delta < 0) pthread_cond_broadcast(&b->fill_cv); /* the leader may stop waiting */
+    pthread_mutex_unlock(&b->mu);
+}
 
 const char *mf_batcher_status_str(mf_batcher_status s)
 {
@@ -216,8 +230,10 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&b->work_cv, &b->mu);
         if (b->stopping) break;
         b->leading = 1;
-        /* lead: wait for a full batch or for the oldest job's delay to pass */
-        while (b->depth > 0 && b->depth < b->cfg.max_batch && b->accepting && !b->stopping) {
+        /* lead: wait for a full batch or for the oldest job's delay to pass,
+         * but only while more images are on their way: with nothing being
+         * uploaded or decoded, waiting would only add latency */
+        while (b->depth > 0 && b->depth < b->cfg.max_batch && b->incoming > 0 && b->accepting && !b->stopping) {
             uint64_t deadline = b->head->enqueued_ns + b->delay_ns;
             if (now_ns() >= deadline) break;
             struct timespec ts = to_timespec(deadline);

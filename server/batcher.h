@@ -71,6 +71,12 @@ mf_batcher_status mf_batcher_new(const mf_model *m, const mf_batcher_config *cfg
  * MF_BATCHER_DRAINING.  On failure no callback will run for these jobs. */
 mf_batcher_status mf_batcher_submit(mf_batcher *b, mf_job *const *jobs, int n);
 
+/* A request that will submit images soon has begun (+1: its body is being
+ * received and decoded) or is past that point (-1, after its submit or its
+ * failure).  The batch leader waits for a fuller batch only while some are
+ * on their way. */
+void mf_batcher_expect(mf_batcher *b, int delta);
+
 /* Stop accepting jobs, let workers finish the queued and running ones for
  * up to timeout_ms, then cancel what is still queued (MF_BATCHER_DRAINING)
  * and join every thread.  Returns the number of jobs cancelled.  Idempotent. */

@@ -17,11 +17,13 @@
  */
 #include "http.h"
 
+#include "deadline.h"
 #include "image.h"
 #include "log.h"
 #include "multipart.h"
 #include "preprocess.h"
 #include "topk.h"
+#include "web.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -40,6 +42,7 @@
 #include <unistd.h>
 
 #define MAX_IMAGES 32          /* parts of one multipart request */
+#define CONNECTION_MEMORY (32 * 1024) /* libmicrohttpd's per-connection buffer: request head */
 #define DEFAULT_TOP_K 5
 #define JSON_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9))
 #define JSON_TYPE "application/json"
@@ -55,6 +58,7 @@ struct mf_http {
     int classes;                 /* model classes */
     atomic_int draining;         /* set once by mf_http_begin_drain */
     atomic_long inflight;        /* requests between request_new and completion */
+    mf_deadline *deadline;       /* request-head deadlines (slow clients); NULL = none */
     char *metadata;              /* GET /v2/models/{name} body, built once */
     size_t metadata_len;         /* its length */
 };
@@ -90,6 +94,7 @@ typedef struct request {
     char *path;                   /* URL path (owned) */
     char remote[INET6_ADDRSTRLEN];/* client address */
     const char *allow;            /* Allow header of a 405 */
+    const char *const *headers;   /* more headers for reply(): name, value, ..., NULL */
     int top_k;                    /* predictions per image */
     char content_type[256];       /* multipart Content-Type (longer ones are refused) */
     int multipart;                /* body is multipart/form-data */
@@ -109,6 +114,7 @@ typedef struct request {
     const char *error_code;       /* answer's error code, NULL if none */
     int batch_size;               /* largest batch of its images */
     double latency_ms;            /* headers to answer */
+    int expected;                 /* counted in the batcher's images on their way */
 } request;
 
 struct route {
@@ -175,26 +181,41 @@ static enum MHD_Result reply(request *r, unsigned status, const char *ctype, cha
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"mobileformer\"");
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED && r->allow)
         MHD_add_response_header(resp, "Allow", r->allow);
+    for (const char *const *h = r->headers; h && h[0]; h += 2)
+        MHD_add_response_header(resp, h[0], h[1]);
     if (atomic_load(&s->draining)) MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
     return ret;
 }
 
+/* The answer when even the JSON of an answer cannot be built: a fixed body,
+ * so running out of memory is still a counted 503, not a dropped connection. */
+static enum MHD_Result reply_oom(request *r)
+{
+    static const char body[] =
+        "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
+    return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, JSON_TYPE, (char *)body, sizeof body - 1,
+                 MHD_RESPMEM_PERSISTENT, "out_of_memory");
+}
+
 static enum MHD_Result reply_json(request *r, unsigned status, json_t *o)
 {
     char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
     json_decref(o);
-    if (!text) return MHD_NO; /* out of memory: libmicrohttpd closes the connection */
+    if (!text) return reply_oom(r);
     return reply(r, status, JSON_TYPE, text, strlen(text), MHD_RESPMEM_MUST_FREE, NULL);
 }
 
 /* THE error function: {"error": {"code", "message"}} with its status,
  * counted by reply(). */
+static void stop_expecting(request *r);
+
 static enum MHD_Result reply_error(request *r, unsigned status, const char *code,
                                    const char *fmt, ...)
 {
     char msg[512];
+    stop_expecting(r); /* a failed upload will not submit: no batch waits for it */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -205,7 +226,7 @@ static enum MHD_Result reply_error(request *r, unsigned status, const char *code
     json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
     char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
     json_decref(o);
-    if (!text) return MHD_NO;
+    if (!text) return reply_oom(r);
     return reply(r, status, JSON_TYPE, text, strlen(text), MHD_RESPMEM_MUST_FREE, code);
 }
 
@@ -225,27 +246,25 @@ static int key_equal(const char *given, const char *key)
     return diff == 0;
 }
 
-static int authorized(request *r)
+int mf_http_bearer_ok(const char *authorization, const char *api_key)
 {
-    const char *key = r->srv->cfg->api_key;
-    if (!key[0]) return 1;
-    const char *h = header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!api_key[0]) return 1;
+    const char *h = authorization;
     if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
     h += 7;
     while (*h == ' ') h++;
-    return key_equal(h, key);
+    return key_equal(h, api_key);
 }
 
-/* top_k from the query: absent -> default; 1.. -> capped at the classes;
- * empty, zero, signs, non-digits -> -1. */
-static int parse_top_k(request *r)
+static int authorized(request *r)
 {
-    int classes = r->srv->classes;
-    const char *v = NULL;
-    size_t len = 0;
-    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, "top_k", 5, &v, &len) != MHD_YES)
-        return DEFAULT_TOP_K < classes ? DEFAULT_TOP_K : classes;
-    if (!v || len == 0) return -1;
+    return mf_http_bearer_ok(header(r, MHD_HTTP_HEADER_AUTHORIZATION), r->srv->cfg->api_key);
+}
+
+int mf_http_parse_top_k(const char *v, size_t len, int classes)
+{
+    if (!v) return DEFAULT_TOP_K < classes ? DEFAULT_TOP_K : classes;
+    if (len == 0) return -1;
     long long n = 0;
     for (size_t i = 0; i < len; i++) {
         if (v[i] < '0' || v[i] > '9') return -1;
@@ -255,8 +274,18 @@ static int parse_top_k(request *r)
     return n > classes ? classes : (int)n;
 }
 
-/* Media type of a Content-Type value, lower-cased, without parameters. */
-static void media_type(const char *ct, char *out, size_t cap)
+/* top_k of the query string (libmicrohttpd has split and unescaped it);
+ * "?top_k" without a value counts as empty. */
+static int parse_top_k(request *r)
+{
+    const char *v = NULL;
+    size_t len = 0;
+    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, "top_k", 5, &v, &len) != MHD_YES)
+        return mf_http_parse_top_k(NULL, 0, r->srv->classes);
+    return mf_http_parse_top_k(v ? v : "", v ? len : 0, r->srv->classes);
+}
+
+void mf_http_media_type(const char *ct, char *out, size_t cap)
 {
     size_t n = 0;
     while (*ct == ' ' || *ct == '\t') ct++;
@@ -270,9 +299,10 @@ static void media_type(const char *ct, char *out, size_t cap)
 static enum MHD_Result predict_begin(request *r)
 {
     mf_http *s = r->srv;
-    if (atomic_load(&s->draining))
-        return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
-                           "the server is shutting down");
+    /* While draining, a request that arrives on a connection opened before
+     * the signal (keep-alive) is still served, with "Connection: close"
+     * (reply()): rolling restarts then lose nothing.  Once the batcher has
+     * stopped accepting, submit answers 503 shutting_down. */
     r->top_k = parse_top_k(r);
     if (r->top_k < 0)
         return reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_top_k",
@@ -280,7 +310,7 @@ static enum MHD_Result predict_begin(request *r)
 
     const char *ct = header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     char mt[128];
-    media_type(ct ? ct : "", mt, sizeof mt);
+    mf_http_media_type(ct ? ct : "", mt, sizeof mt);
     if (strcmp(mt, "multipart/form-data") == 0) {
         char boundary[MF_MULTIPART_MAX_BOUNDARY + 1];
         if (mf_multipart_boundary(ct, boundary, sizeof boundary) != MF_MULTIPART_OK)
@@ -321,7 +351,19 @@ static enum MHD_Result predict_begin(request *r)
         }
     }
     r->state = REQ_BODY;
+    /* from here until its submit (or failure) the batcher knows an image is
+     * on its way, and a batch leader may wait for it */
+    mf_batcher_expect(s->batcher, +1);
+    r->expected = 1;
     return MHD_YES;
+}
+
+static void stop_expecting(request *r)
+{
+    if (r->expected) {
+        r->expected = 0;
+        mf_batcher_expect(r->srv->batcher, -1);
+    }
 }
 
 static void predict_append(request *r, const char *data, size_t n)
@@ -524,6 +566,9 @@ static enum MHD_Result predict_run(request *r)
         int rc = mf_preprocess_image(&img, pre, sl->input);
         uint64_t t2 = now_ns();
         mf_image_free(&img);
+        if (rc == MF_PREPROCESS_NOMEM)
+            return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                               "cannot allocate memory to preprocess image %d", i + 1);
         if (rc != 0)
             return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "preprocess_failed",
                                "could not preprocess image %d", i + 1);
@@ -546,6 +591,7 @@ static enum MHD_Result predict_run(request *r)
     r->pending = n;
     pthread_mutex_unlock(&r->mu);
     mf_batcher_status bs = mf_batcher_submit(s->batcher, jobs, n);
+    stop_expecting(r);
     if (bs != MF_BATCHER_OK) {
         pthread_mutex_lock(&r->mu);
         r->pending = 0;
@@ -631,6 +677,21 @@ static enum MHD_Result handle_options(request *r)
     return ret;
 }
 
+/* The embedded page (web.h), open without the API key: the page asks for
+ * the key and sends it with its own requests.  Only the table's exact paths
+ * are routed here, so no path can reach the file system. */
+static enum MHD_Result handle_web(request *r)
+{
+    const mf_web_asset *a = mf_web_find(r->path);
+    if (!a) return reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no endpoint at %s", r->path);
+    r->headers = a->headers;
+    const char *inm = header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    if (inm && strstr(inm, a->etag))
+        return reply(r, MHD_HTTP_NOT_MODIFIED, NULL, NULL, 0, MHD_RESPMEM_PERSISTENT, NULL);
+    return reply(r, MHD_HTTP_OK, a->content_type, (char *)a->data, a->len, MHD_RESPMEM_PERSISTENT,
+                 NULL);
+}
+
 static const route routes[] = {
     {"/v1/predict", "POST", MF_ENDPOINT_PREDICT, 1, predict_begin},
     {"/v1/models/{}/predict", "POST", MF_ENDPOINT_PREDICT, 1, predict_begin},
@@ -639,6 +700,10 @@ static const route routes[] = {
     {"/v2/models/{}", "GET", MF_ENDPOINT_MODEL_METADATA, 1, handle_metadata},
     {"/v2/models/{}/ready", "GET", MF_ENDPOINT_MODEL_READY, 1, handle_model_ready},
     {"/metrics", "GET", MF_ENDPOINT_METRICS, 0, handle_metrics},
+    {"/", "GET", MF_ENDPOINT_WEB, 0, handle_web},
+    {"/index.html", "GET", MF_ENDPOINT_WEB, 0, handle_web},
+    {"/app.css", "GET", MF_ENDPOINT_WEB, 0, handle_web},
+    {"/app.js", "GET", MF_ENDPOINT_WEB, 0, handle_web},
 };
 
 #define N_ROUTES (sizeof routes / sizeof routes[0])
@@ -667,41 +732,68 @@ static int path_match(const char *pattern, const char *path, const char **name, 
     return *path == '\0';
 }
 
+void mf_http_route_find(const char *method, const char *path, mf_http_route_match *m)
+{
+    memset(m, 0, sizeof *m);
+    m->route = -1;
+    m->endpoint = MF_ENDPOINT_OTHER;
+    if (strcmp(method, "OPTIONS") == 0) {
+        m->status = MF_HTTP_ROUTE_OPTIONS;
+        m->endpoint = MF_ENDPOINT_OPTIONS;
+        return;
+    }
+    int is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    int path_hit = -1;
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        const char *name;
+        size_t name_len;
+        if (!path_match(routes[i].pattern, path, &name, &name_len)) continue;
+        if (path_hit < 0) path_hit = (int)i;
+        if (strcmp(routes[i].method, method) == 0 || (is_get && strcmp(routes[i].method, "GET") == 0)) {
+            m->status = MF_HTTP_ROUTE_FOUND;
+            m->route = (int)i;
+            m->endpoint = routes[i].endpoint;
+            m->auth = routes[i].auth;
+            m->name = name;
+            m->name_len = name_len;
+            return;
+        }
+    }
+    if (path_hit < 0) {
+        m->status = MF_HTTP_ROUTE_NOT_FOUND;
+        return;
+    }
+    m->status = MF_HTTP_ROUTE_METHOD_NOT_ALLOWED;
+    m->route = path_hit;
+    m->endpoint = routes[path_hit].endpoint;
+    m->allow = strcmp(routes[path_hit].method, "GET") == 0 ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
+}
+
 static enum MHD_Result dispatch(request *r)
 {
     mf_http *s = r->srv;
-    if (strcmp(r->method, "OPTIONS") == 0) {
-        r->endpoint = MF_ENDPOINT_OPTIONS;
-        return handle_options(r);
-    }
-    int is_get = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
-    const route *path_hit = NULL;
-    const char *name = NULL;
-    size_t name_len = 0;
-    for (size_t i = 0; i < N_ROUTES; i++) {
-        if (!path_match(routes[i].pattern, r->path, &name, &name_len)) continue;
-        path_hit = &routes[i];
-        if (strcmp(routes[i].method, r->method) == 0 || (is_get && strcmp(routes[i].method, "GET") == 0)) {
-            r->route = &routes[i];
-            break;
-        }
-    }
-    if (!path_hit)
+    mf_http_route_match m;
+    mf_http_route_find(r->method, r->path, &m);
+    r->endpoint = m.endpoint;
+    switch (m.status) {
+    case MF_HTTP_ROUTE_FOUND: break;
+    case MF_HTTP_ROUTE_OPTIONS: return handle_options(r);
+    case MF_HTTP_ROUTE_NOT_FOUND:
         return reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no endpoint at %s", r->path);
-    r->endpoint = path_hit->endpoint;
-    if (!r->route) {
-        r->allow = strcmp(path_hit->method, "GET") == 0 ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
+    case MF_HTTP_ROUTE_METHOD_NOT_ALLOWED:
+        r->allow = m.allow;
         return reply_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
                            "%s is not allowed on %s (allowed: %s)", r->method, r->path, r->allow);
     }
-    if (r->route->auth && !authorized(r))
+    r->route = &routes[m.route];
+    if (m.auth && !authorized(r))
         return reply_error(r, MHD_HTTP_UNAUTHORIZED, "unauthorized",
                            "this endpoint needs the header 'Authorization: Bearer <api key>'");
-    if (name && (strlen(s->cfg->model_name) != name_len ||
-                 memcmp(name, s->cfg->model_name, name_len) != 0))
+    if (m.name && (strlen(s->cfg->model_name) != m.name_len ||
+                   memcmp(m.name, s->cfg->model_name, m.name_len) != 0))
         return reply_error(r, MHD_HTTP_NOT_FOUND, "model_not_found",
                            "no model named '%.*s' (this server has '%s')",
-                           (int)(name_len > 128 ? 128 : name_len), name, s->cfg->model_name);
+                           (int)(m.name_len > 128 ? 128 : m.name_len), m.name, s->cfg->model_name);
     return r->route->handle(r);
 }
 
@@ -740,6 +832,7 @@ static request *request_new(mf_http *s, struct MHD_Connection *conn, const char 
 
 static void request_free(request *r)
 {
+    stop_expecting(r); /* requests that failed or were cut off before their submit */
     /* a worker may still be inside on_job_done's critical section right
      * after resuming us: wait for it to leave before destroying the lock */
     pthread_mutex_lock(&r->mu);
@@ -752,6 +845,28 @@ static void request_free(request *r)
     free(r);
 }
 
+/* A connection opens or closes: its request-head deadline (deadline.h). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    mf_http *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = ci ? mf_deadline_open(s->deadline, ci->connect_fd) : NULL;
+    } else {
+        mf_deadline_close(s->deadline, *socket_context);
+        *socket_context = NULL;
+    }
+}
+
+static mf_deadline_conn *conn_deadline(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -759,6 +874,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     mf_http *s = cls;
     request *r = *con_cls;
     if (!r) {
+        mf_deadline_disarm(s->deadline, conn_deadline(conn)); /* the headers are in */
         r = request_new(s, conn, url, method);
         if (!r) return MHD_NO;
         *con_cls = r;
@@ -786,6 +902,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     mf_http *s = cls;
     request *r = *con_cls;
+    mf_deadline_rearm(s->deadline, conn_deadline(conn)); /* keep-alive: the next request's head */
     if (!r) return;
     *con_cls = NULL;
     pthread_mutex_lock(&r->mu);
@@ -907,15 +1024,20 @@ mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_bat
         {MHD_OPTION_SOCK_ADDR, 0, &addr.sa},
         {MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s, NULL},
+        /* request line + headers of one request: larger gets 431 (the default, made explicit) */
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)&on_completed, s},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)&on_connection, s},
         {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->http_threads,
          NULL},
         {MHD_OPTION_END, 0, NULL},
     };
+    s->deadline = mf_deadline_new(cfg->connection_timeout_s);
     s->daemon = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, &on_request, s,
                                  MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (!s->daemon) {
+        mf_deadline_free(s->deadline);
         snprintf(err, errlen, "cannot listen on %s port %d (bind, port, http_threads or "
                  "max_connections; see the libmicrohttpd message above)", cfg->bind, cfg->port);
         free(s->metadata);
@@ -943,6 +1065,7 @@ void mf_http_stop(mf_http *h)
 {
     if (!h) return;
     MHD_stop_daemon(h->daemon);
+    mf_deadline_free(h->deadline); /* every connection has closed */
     free(h->metadata);
     free(h);
 }

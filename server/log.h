@@ -1,7 +1,10 @@
 /* log.h -- structured logging: one JSON object per line on stderr.
  *
- * Lines from different threads never interleave (one write(2) per line
- * under a mutex).  Every line has "time" (RFC 3339, UTC, milliseconds).
+ * Lines from different threads never interleave (written whole under a
+ * mutex).  Every line has "time" (RFC 3339, UTC, milliseconds).  Logging
+ * never stops the service: a line stderr cannot take (closed, /dev/full, a
+ * pipe whose reader stalls for 100 ms) is dropped and counted, and the count
+ * is logged once lines get through again (log.c, DESIGN).
  * Request lines carry the fields of mf_log_request; other events carry
  * "level", "msg" and optional extra fields.
  */

@@ -89,8 +89,21 @@ static int wait_signal(int timeout_ms)
     return read(signal_pipe[0], &b, 1) == 1 ? b : 0;
 }
 
+/* A descriptor 0, 1 or 2 closed by whoever started us would be handed to
+ * the next open() -- the model file, a client socket -- and log lines would
+ * then go there.  Point them at /dev/null instead. */
+static void open_std_fds(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+        /* the lowest free descriptor: fd itself, those below are open by now */
+        (void)open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    open_std_fds();
     mf_config cfg;
     char err[1024];
     switch (mf_config_init(&cfg, argc, argv, environ, stdout, err, sizeof err)) {

@@ -42,7 +42,7 @@ struct mf_metrics {
 
 static const char *const endpoint_names[MF_ENDPOINT_COUNT] = {
     "predict", "health_live", "health_ready", "model_metadata",
-    "model_ready", "metrics", "options", "other",
+    "model_ready", "metrics", "options", "web", "other",
 };
 
 static const struct {

@@ -20,6 +20,7 @@ typedef enum mf_endpoint {
     MF_ENDPOINT_MODEL_READY,     /* GET /v2/models/{name}/ready */
     MF_ENDPOINT_METRICS,         /* GET /metrics */
     MF_ENDPOINT_OPTIONS,         /* OPTIONS (CORS preflight) */
+    MF_ENDPOINT_WEB,             /* GET /, /index.html, /app.css, /app.js (web.h) */
     MF_ENDPOINT_OTHER,           /* no route matched */
     MF_ENDPOINT_COUNT
 } mf_endpoint;

@@ -219,7 +219,7 @@ static int run_nearest(const mf_image *img, const sink *s, const axis *ax, const
 {
     int *xi = malloc(((size_t)ax->n + ay->n) * sizeof *xi);
     if (!xi)
-        return -1;
+        return MF_PREPROCESS_NOMEM;
     int *yi = xi + ax->n;
     if (identity) {
         for (int i = 0; i < ax->n; i++)
@@ -270,7 +270,7 @@ static int run_bilinear(const mf_image *img, const sink *s, const axis *ax, cons
     size_t sz_luma = align16(nch == 1 ? (size_t)img->w : 0);
     uint8_t *block = malloc(sz_tx + sz_ty + sz_w + sz_acc + sz_luma);
     if (!block)
-        return -1;
+        return MF_PREPROCESS_NOMEM;
     uint8_t *p = block;
     double *w = (double *)p;
     p += sz_w;
@@ -303,7 +303,7 @@ static int run_bilinear(const mf_image *img, const sink *s, const axis *ax, cons
     uint8_t *tmp = malloc(rowlen * (size_t)(sy1 - sy0) + 1); /* [sy1-sy0][nx][nch] */
     if (!tmp) {
         free(block);
-        return -1;
+        return MF_PREPROCESS_NOMEM;
     }
 
     /* source columns the horizontal taps touch (luma is made for these only) */
@@ -376,17 +376,17 @@ int mf_preprocess_image(const mf_image *img, const mf_preprocess *p, float *out)
     if (!img || !img->rgb || !p || !out || img->w < 1 || img->h < 1 ||
         img->w > INT_MAX / 4 || img->h > INT_MAX / 4 || p->resize < 1 ||
         p->input_w < 1 || p->input_h < 1 || (p->channels != 1 && p->channels != 3))
-        return -1;
+        return MF_PREPROCESS_ARG;
     int nearest;
     if (strcmp(p->interpolation, "bilinear") == 0)
         nearest = 0;
     else if (strcmp(p->interpolation, "nearest") == 0)
         nearest = 1;
     else
-        return -1;
+        return MF_PREPROCESS_ARG;
     for (int c = 0; c < 3; c++)
         if (p->std[c] == 0.0f || !isfinite(p->std[c]) || !isfinite(p->mean[c]))
-            return -1;
+            return MF_PREPROCESS_ARG;
 
     sink s = {.out = out, .cw = p->input_w, .ch = p->input_h, .nch = p->channels};
     for (int c = 0; c < 3; c++)

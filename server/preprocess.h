@@ -29,10 +29,13 @@
 extern "C" {
 #endif
 
-/* img -> out, float32 [3][p->input_h][p->input_w] (CHW).  Returns 0, or -1
- * when an argument is invalid (empty image, sizes < 1, unknown
- * interpolation, channels not 1 or 3, a zero or non-finite std or mean) or
- * scratch memory cannot be had.  Thread-safe; p and img are only read. */
+#define MF_PREPROCESS_ARG (-1)   /* an argument is invalid */
+#define MF_PREPROCESS_NOMEM (-2) /* scratch memory cannot be had */
+
+/* img -> out, float32 [3][p->input_h][p->input_w] (CHW).  Returns 0,
+ * MF_PREPROCESS_ARG when an argument is invalid (empty image, sizes < 1,
+ * unknown interpolation, channels not 1 or 3, a zero or non-finite std or
+ * mean), or MF_PREPROCESS_NOMEM.  Thread-safe; p and img are only read. */
 int mf_preprocess_image(const mf_image *img, const mf_preprocess *p, float *out);
 
 #ifdef __cplusplus

@@ -161,11 +161,13 @@ typedef struct submitter {
 static void *submit_main(void *arg)
 {
     submitter *s = arg;
+    mf_batcher_expect(s->b, +1); /* like an HTTP thread with uploads in progress */
     for (int i = 0; i < PER_SUBMITTER; i++) {
         mf_job *j = &s->jobs[i].job;
         ck_assert_int_eq(mf_batcher_submit(s->b, &j, 1), MF_BATCHER_OK);
         if (i % 5 == 0) usleep(200);
     }
+    mf_batcher_expect(s->b, -1);
     return NULL;
 }
 
@@ -224,6 +226,51 @@ START_TEST(burst_forms_full_batches)
     for (int i = 0; i < 16; i++) ck_assert_int_eq(t[i].job.batch_size, 8);
     mf_batcher_free(b);
     tjobs_free(t, 16);
+}
+END_TEST
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Nothing else on its way: a lone job runs at once, not after max_delay_us. */
+START_TEST(lone_job_does_not_wait)
+{
+    reset_flags();
+    mf_batcher *b = batcher_new(1, 8, 100, 2000000 /* 2 s */, 0, NULL);
+    tjob *t = tjobs_new(1, 9);
+    mf_job *j = &t[0].job;
+    double t0 = now_s();
+    ck_assert_int_eq(mf_batcher_submit(b, &j, 1), MF_BATCHER_OK);
+    wait_count(1);
+    double waited = now_s() - t0;
+    ck_assert_msg(waited < 1.0, "a lone job waited %.3f s for a batch that could not fill", waited);
+    ck_assert_int_eq(t[0].job.batch_size, 1);
+    mf_batcher_free(b);
+    tjobs_free(t, 1);
+}
+END_TEST
+
+/* An image on its way (expect +1) is waited for, up to max_delay_us. */
+START_TEST(expected_image_joins_the_batch)
+{
+    reset_flags();
+    mf_batcher *b = batcher_new(1, 8, 100, 5000000 /* 5 s */, 0, NULL);
+    tjob *t = tjobs_new(2, 11);
+    mf_job *j0 = &t[0].job, *j1 = &t[1].job;
+    mf_batcher_expect(b, +1);
+    ck_assert_int_eq(mf_batcher_submit(b, &j0, 1), MF_BATCHER_OK);
+    usleep(100000);
+    ck_assert_int_eq(mf_batcher_submit(b, &j1, 1), MF_BATCHER_OK);
+    mf_batcher_expect(b, -1);
+    wait_count(2);
+    ck_assert_int_eq(t[0].job.batch_size, 2);
+    ck_assert_int_eq(t[1].job.batch_size, 2);
+    mf_batcher_free(b);
+    tjobs_free(t, 2);
 }
 END_TEST
 
@@ -370,6 +417,8 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, concurrent_results_match_serial_forward);
     tcase_add_test(tc, burst_forms_full_batches);
+    tcase_add_test(tc, lone_job_does_not_wait);
+    tcase_add_test(tc, expected_image_joins_the_batch);
     tcase_add_test(tc, full_queue_refuses_all_or_nothing);
     tcase_add_test(tc, queued_too_long_times_out_unrun);
     tcase_add_test(tc, drain_finishes_queued_work);

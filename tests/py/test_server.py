@@ -163,8 +163,9 @@ class Response:
 class Server:
     """One mobileformer-server process on an ephemeral loopback port."""
 
-    def __init__(self, *args, model=None, defaults=True):
-        """model: a path, None for the test model, "" for the server's default."""
+    def __init__(self, *args, model=None, defaults=True, env=None):
+        """model: a path, None for the test model, "" for the server's default;
+        env: the server's environment (default: this one)."""
         self.log_path = tempfile.mktemp(prefix="server_", suffix=".log", dir=TMP)
         cmd = [SERVER, "--bind", "127.0.0.1", "--port", "0"]
         if model != "":
@@ -173,7 +174,7 @@ class Server:
             cmd += ["--workers", "2", "--http_threads", "2"]
         cmd += list(args)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO, env=env)
         self.port = None
         deadline = time.time() + TIMEOUT
         while time.time() < deadline:
@@ -590,7 +591,7 @@ class SharedServerTest(unittest.TestCase):
         self.assertIn("image 2", e["message"])
 
     def test_routing_errors(self):
-        self.assert_error(self.srv.request("GET", "/"), 404, "not_found")
+        self.assert_error(self.srv.request("GET", "/v2"), 404, "not_found")  # "/" is the page
         self.assert_error(self.srv.request("GET", "/v2/health/live/"), 404, "not_found")
         self.assert_error(self.srv.request("POST", "/v1/predictions", body=b"x"), 404, "not_found")
         r = self.srv.request("GET", "/v1/predict")
@@ -876,7 +877,8 @@ class ShutdownTest(unittest.TestCase):
                 try:
                     socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
                     time.sleep(0.01)
-                except ConnectionRefusedError:
+                except (ConnectionRefusedError, ConnectionResetError):
+                    # refused; or reset: accepted into the backlog just as the listening socket closed
                     break
             else:
                 self.fail("still accepting connections after SIGTERM")
@@ -904,6 +906,47 @@ class ShutdownTest(unittest.TestCase):
         self.assertIn("draining", events)
         stopped = [e for e in srv.log_events() if e.get("msg") == "stopped"][0]
         self.assertEqual(stopped["unfinished"], 0)
+
+
+    def test_sigterm_serves_requests_on_open_keep_alive_connections(self):
+        # a request on a connection opened before SIGTERM is served (with
+        # Connection: close), not refused with 503: rolling restarts lose nothing
+        srv = Server("--workers", "1", "--drain_timeout_ms", "30000")
+        s = None
+        try:
+            ka = srv.connect()
+            self.assertEqual(srv.predict(png(6100), conn=ka).status, 200)
+            body = png(6101)
+            half = len(body) // 2
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:half])
+            deadline = time.time() + TIMEOUT
+            while sample(parse_prometheus(srv.metrics()), "mobileformer_inflight_requests") < 2:
+                self.assertLess(time.time(), deadline, "the partial request never showed")
+                time.sleep(0.01)
+            srv.proc.send_signal(signal.SIGTERM)
+            deadline = time.time() + TIMEOUT
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+                    time.sleep(0.01)
+                except (ConnectionRefusedError, ConnectionResetError):
+                    # refused; or reset: accepted into the backlog just as the listening socket closed
+                    break
+            r = srv.predict(png(6102), conn=ka)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual((r.header("Connection") or "").lower(), "close")
+            self.assertIsNone(srv.proc.poll())
+            s.sendall(body[half:])
+            status, connection, raw = read_http_response(s)
+            self.assertEqual(status, 200, raw)
+            self.assertEqual(srv.proc.wait(TIMEOUT), 0, srv.log_text()[-2000:])
+        finally:
+            if s:
+                s.close()
+            if srv.proc.poll() is None:
+                srv.proc.kill()
 
 
 class BundledModelTest(unittest.TestCase):
@@ -943,16 +986,49 @@ class StartupTest(unittest.TestCase):
         self.assertIn("/nonexistent/model.safetensors", err)
         self.assertIn("cannot load model", err)
 
+    def assert_refused(self, path, *words):
+        """Exit 1 with exactly one log line naming the file and the reason."""
+        r = self.run_server("--model", path)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        err = r.stderr.decode()
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        line = json.loads(err)
+        self.assertEqual(line["level"], "error")
+        self.assertIn("cannot load model", line["msg"])
+        self.assertIn(path, line["msg"])
+        for w in words:
+            self.assertIn(w, line["msg"])
+
     def test_corrupt_model(self):
         with open(MODEL, "rb") as f:
             data = f.read()
-        for i, bad in enumerate((data[:len(data) // 2], b"\0" * 64, os.urandom(4096))):
-            p = os.path.join(TMP, "bad_%d.safetensors" % i)
+        header_len = int.from_bytes(data[:8], "little")
+        cases = {"half": (data[:len(data) // 2], "truncated"),
+                 "truncated": (data[:-100], "truncated"),
+                 "header_only": (data[:8 + header_len], "truncated"),
+                 "empty": (b"", "size"),
+                 "zeros": (b"\0" * 64, "header length"),
+                 "random": (os.urandom(4096), "")}
+        for name, (bad, word) in cases.items():
+            p = os.path.join(TMP, "bad_%s.safetensors" % name)
             with open(p, "wb") as f:
                 f.write(bad)
-            r = self.run_server("--model", p)
-            self.assertEqual(r.returncode, 1, r.stderr)
-            self.assertIn("cannot load model", r.stderr.decode())
+            with self.subTest(name):
+                self.assert_refused(p, word)
+
+    def test_wrong_architecture(self):
+        # the tiny model's tensors under the metadata of the 26m preset, and
+        # under a tiny variant with one more stem channel
+        from mfformat import read_model, write_model
+        tensors, meta = read_model(MODEL)
+        p = os.path.join(TMP, "wrong_arch_26m.safetensors")
+        write_model(p, tensors, "26m", 10)
+        self.assert_refused(p, "mobile_former_26m")
+        arch = dict(TINY_ARCH, stem=TINY_ARCH["stem"] + 4)
+        p = os.path.join(TMP, "wrong_arch_stem.safetensors")
+        write_model(p, tensors, arch, 10)
+        self.assert_refused(p, "shape")
+        self.assert_refused(TMP, "not a regular file")
 
     def test_bad_settings_name_the_setting(self):
         cases = [(["--max_batch", "0"], "max_batch"), (["--port", "http"], "port"),

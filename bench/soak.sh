@@ -1,0 +1,220 @@
+#!/bin/sh
+# soak.sh -- the service at saturation for a long time, with hostile input mixed in
+# (`make soak`; tests/sh/test_soak.sh runs one minute of it in `make test`).
+#
+#   sh bench/soak.sh [--duration S] [--warmup S] [--connections C] [--model M]
+#
+# Starts $MF_BUILD/mobileformer-server on a free loopback port (max_body_bytes
+# 1 MiB, request log on, to a file) and runs wrk for S seconds (default 600) over C
+# connections (default 32, two wrk threads).  Each request picks, at random
+# (bench/soak.lua): 70% a valid image (JPEG and PNG fixtures of tests/data/images),
+# 20% a corrupt one (truncated, bad CRC, random bytes, a zero-size header), 5% an
+# image whose header claims 60000x60000 pixels (413 image_too_large), 5% a 2 MiB
+# body, over max_body_bytes (413 body_too_large).  The server's VmRSS is sampled
+# every second.  Checks, one REPORT line each; exits 1 if any fails:
+#   - statuses: only 200, 400, 413, and 503 if the queue overflows, counted;
+#     every 200/400 matches the share of valid/corrupt requests sent;
+#   - socket errors: at most one per 2 MiB body (the server answers 413 before
+#     reading such a body and closes the connection; the client may see the reset
+#     before the answer), none otherwise;
+#   - resident memory: the largest VmRSS after the warm-up (W seconds, default
+#     S/5) exceeds VmRSS at the end of the warm-up by less than 5% (reported
+#     only, for a server built with a sanitizer: its allocator quarantines memory);
+#   - descriptors: /proc/PID/fd counted before wrk and after it has closed its
+#     connections are equal;
+#   - the server is alive at the end and exits 0 on SIGTERM.
+# Raw outputs (wrk, RSS samples, the end of the server log) go to
+# bench/out/soak-YYYYmmdd-HHMMSS/.  M defaults to the bundled model, or a stand-in
+# with its architecture while it is absent (tests/sh/make_stand_in_model.py).
+set -eu
+cd "$(dirname "$0")/.."
+BUILD=${MF_BUILD:-build}
+SERVER=$BUILD/mobileformer-server
+PY=/usr/bin/python3
+MODEL=models/fashion_mnist_mobileformer.safetensors
+DURATION=600
+WARMUP=""
+CONNECTIONS=32
+MAX_BODY=1048576
+export OPENBLAS_NUM_THREADS=1
+
+usage() {
+  sed -n '5p' "$0" | sed 's/^# *//' >&2
+  exit 2
+}
+while [ $# -gt 0 ]; do
+  [ $# -ge 2 ] || usage
+  case "$1" in
+    --duration) DURATION=$2 ;;
+    --warmup) WARMUP=$2 ;;
+    --connections) CONNECTIONS=$2 ;;
+    --model) MODEL=$2 ;;
+    *) usage ;;
+  esac
+  shift 2
+done
+[ -n "$WARMUP" ] || WARMUP=$((DURATION / 5))
+
+out=bench/out/soak-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/mf_soak.XXXXXX")
+pid=""
+sampler=""
+cleanup() {
+  rc=$?
+  trap - EXIT INT TERM HUP
+  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null
+  fi
+  [ -f "$tmp/server.log" ] && tail -n 200 "$tmp/server.log" > "$out/server-log-tail.txt"
+  rm -rf "$tmp"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+fail=0
+check() { # check OK|FAIL message
+  echo "REPORT soak $1: $2"
+  [ "$1" = ok ] || fail=1
+}
+die() {
+  echo "soak.sh: $*" >&2
+  exit 1
+}
+
+command -v wrk >/dev/null 2>&1 || die "wrk is missing (sh scripts/install-deps.sh test)"
+[ -x "$SERVER" ] || die "$SERVER is not built (make)"
+if [ ! -f "$MODEL" ]; then
+  [ "$MODEL" = models/fashion_mnist_mobileformer.safetensors ] || die "no model $MODEL"
+  echo "note: $MODEL is not there yet; using a stand-in (same architecture, synthetic weights)"
+  $PY tests/sh/make_stand_in_model.py "$tmp/stand_in.safetensors" >/dev/null
+  MODEL=$tmp/stand_in.safetensors
+fi
+
+# payloads
+img=tests/data/images
+head -c $((2 * MAX_BODY)) /dev/zero > "$tmp/big.bin"
+set -- \
+  14:valid:image/jpeg:$img/photo.jpg 12:valid:image/jpeg:$img/base.jpg \
+  10:valid:image/jpeg:$img/exif_6.jpg 10:valid:image/jpeg:$img/base_progressive.jpg \
+  12:valid:image/png:$img/png_rgb.png 12:valid:image/png:$img/png_palette.png \
+  \
+  4:corrupt:image/jpeg:$img/trunc.jpg 4:corrupt:image/png:$img/trunc.png \
+  4:corrupt:image/png:$img/badcrc.png 4:corrupt:application/octet-stream:$img/random.bin \
+  4:corrupt:image/jpeg:$img/zero.jpg \
+  \
+  3:huge_header:image/jpeg:$img/huge.jpg 2:huge_header:image/png:$img/huge.png \
+  5:big_body:application/octet-stream:$tmp/big.bin
+
+"$SERVER" --bind 127.0.0.1 --port 0 --model "$MODEL" --max_body_bytes $MAX_BODY \
+  2> "$tmp/server.log" &
+pid=$!
+port=""
+n=0
+while [ -z "$port" ]; do
+  kill -0 "$pid" 2>/dev/null || die "the server exited at start: $(tail -n 5 "$tmp/server.log")"
+  [ $n -lt 300 ] || die "the server did not start listening in 30 s"
+  port=$(sed -n 's/.*"msg": *"listening".*"port": *\([0-9][0-9]*\).*/\1/p' "$tmp/server.log" | head -n 1)
+  [ -n "$port" ] || { sleep 0.1; n=$((n + 1)); }
+done
+echo "soak: server pid $pid on 127.0.0.1:$port, model $MODEL; wrk ${DURATION}s x $CONNECTIONS connections, warm-up ${WARMUP}s; outputs in $out/"
+
+rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status"; }
+fds() { ls "/proc/$pid/fd" | wc -l; }
+fd_before=$(fds)
+(
+  t=0
+  while kill -0 "$pid" 2>/dev/null; do
+    echo "$t $(rss)"
+    sleep 1
+    t=$((t + 1))
+  done
+) > "$out/rss.txt" 2>/dev/null &
+sampler=$!
+
+wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s bench/soak.lua \
+  "http://127.0.0.1:$port" -- "$@" > "$out/wrk.txt" 2>&1 || true
+sleep 2 # wrk's connections are closed; let the server see it
+fd_after=$(fds)
+kill "$sampler" 2>/dev/null || true
+sampler=""
+line=$(sed -n 's/^soak-json //p' "$out/wrk.txt")
+[ -n "$line" ] || die "wrk printed no summary: $(tail -n 5 "$out/wrk.txt")"
+echo "$line" > "$out/summary.json"
+
+# every figure from wrk's summary and the RSS samples, checked in one place
+# (a sanitizer's allocator keeps freed memory in quarantine: RSS is reported, not judged)
+san=$(ldd "$SERVER" | grep -o 'lib[at]san' | head -n 1 || true)
+if $PY - "$out/summary.json" "$out/rss.txt" "$WARMUP" "$fd_before" "$fd_after" "$san" > "$out/checks.txt" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+warmup, fd_before, fd_after = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+sanitizer = sys.argv[6]
+rss = [tuple(map(int, l.split())) for l in open(sys.argv[2]) if len(l.split()) == 2]
+out, ok = [], True
+
+def check(good, msg):
+    global ok
+    out.append("%s %s" % ("ok" if good else "FAIL", msg))
+    ok = ok and good
+
+st = {int(k): v for k, v in s["status"].items()}
+sent = s["sent"]
+answered = sum(st.values())
+errors = s["errors"]
+sock_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+check(set(st) <= {200, 400, 413, 503},
+      "statuses over %d answers in %.0f s (%.0f req/s, p50 %.1f ms, p99 %.1f ms): %s"
+      % (answered, s["seconds"], s["rps"], s["p50_ms"], s["p99_ms"],
+         ", ".join("%d: %d" % kv for kv in sorted(st.items()))))
+check(st.get(200, 0) + st.get(503, 0) >= 0.98 * sent.get("valid", 0) - 64 and
+      st.get(400, 0) >= 0.98 * sent.get("corrupt", 0) - 64,
+      "sent %s; 200 answers match the valid images, 400 the corrupt ones"
+      % ", ".join("%s %d" % kv for kv in sorted(sent.items())))
+check(sock_errors <= sent.get("big_body", 0),
+      "socket errors %d (connect %d, read %d, write %d, timeout %d) <= %d oversized bodies sent"
+      % (sock_errors, errors["connect"], errors["read"], errors["write"], errors["timeout"],
+         sent.get("big_body", 0)))
+after = [r for t, r in rss if t >= warmup]
+base = [r for t, r in rss if t <= warmup]
+if base and after:
+    b, peak, last = base[-1], max(after), after[-1]
+    growth = (peak - b) / b * 100
+    check(growth < 5 or sanitizer != "",
+          "VmRSS %d kB at the end of the warm-up (%d s), peak after it %d kB, at the end %d kB: "
+          "growth %.2f%% (limit 5%%%s); %d samples"
+          % (b, warmup, peak, last, growth, ", not applied under " + sanitizer if sanitizer else "",
+             len(rss)))
+else:
+    check(False, "too few RSS samples (%d)" % len(rss))
+check(fd_before == fd_after, "open descriptors before wrk %d, after %d" % (fd_before, fd_after))
+print("\n".join(out))
+sys.exit(0 if ok else 1)
+EOF
+then :; else fail=1; fi
+while IFS= read -r l; do
+  check "${l%% *}" "${l#* }"
+done < "$out/checks.txt"
+
+if kill -0 "$pid" 2>/dev/null; then
+  kill -TERM "$pid"
+  n=0
+  while kill -0 "$pid" 2>/dev/null && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+  if kill -0 "$pid" 2>/dev/null; then
+    check FAIL "the server did not exit within 30 s of SIGTERM"
+  else
+    wait "$pid" && rc=0 || rc=$?
+    pid=""
+    [ "$rc" -eq 0 ] && check ok "alive after the run, exit status 0 on SIGTERM" ||
+      check FAIL "exit status $rc on SIGTERM"
+  fi
+else
+  wait "$pid" && rc=0 || rc=$?
+  pid=""
+  check FAIL "the server died during the run (status $rc): $(tail -n 3 "$tmp/server.log")"
+fi
+log_mb=$(du -m "$tmp/server.log" | cut -f1)
+echo "soak: server log $log_mb MB (tail in $out/server-log-tail.txt)"
+exit $fail
