@@ -2,7 +2,8 @@
  * random shapes, odd sizes included: 1x1 convolutions (dense, grouped,
  * shuffled output, every epilogue, in-place residual, K beyond one depth
  * block), 3x3 depthwise (strides 1 and 2, multipliers, folded shuffles, odd
- * sizes), both attention bridges, token-side linears.  Also the folding of
+ * sizes), both attention bridges, token-side linears, the direct stem,
+ * LayerNorm and the hard sigmoid.  Also the folding of
  * multiplier + shuffle into the depthwise index map against an explicit
  * shuffle of the reference convolution's output. */
 #include "testutil.h"
@@ -227,6 +228,40 @@ START_TEST(linear_random)
 }
 END_TEST
 
+/* Token-side LayerNorm (eps 1e-5, biased variance) and hard sigmoid against
+ * plain double-precision formulas. */
+START_TEST(layernorm_and_activations)
+{
+    for (int trial = 0; trial < 20; trial++) {
+        int rows = irand(1, 12), d = irand(1, 400);
+        float *x = rvec((size_t)rows * d), *g = rvec((size_t)d), *b = rvec((size_t)d);
+        float *y = mf_alloc((size_t)rows * d * sizeof(float));
+        for (size_t i = 0; i < (size_t)rows * d; i++) x[i] = x[i] * 3.f + (float)(trial % 5);
+        memcpy(y, x, (size_t)rows * d * sizeof(float));
+        mf_norm n = {g, b};
+        mf_layernorm(y, rows, d, &n);
+        for (int r = 0; r < rows; r++) {
+            double mean = 0, var = 0;
+            for (int i = 0; i < d; i++) mean += x[r * d + i];
+            mean /= d;
+            for (int i = 0; i < d; i++) var += (x[r * d + i] - mean) * (x[r * d + i] - mean);
+            var /= d;
+            for (int i = 0; i < d; i++) {
+                double want = (x[r * d + i] - mean) / sqrt(var + 1e-5) * g[i] + b[i];
+                ck_assert_msg(fabs(y[r * d + i] - want) <= 1e-5 * (1 + fabs(want)), "layernorm row %d col %d: %g vs %g",
+                              r, i, y[r * d + i], want);
+            }
+        }
+        mf_free(x); mf_free(g); mf_free(b); mf_free(y);
+    }
+    const float pts[] = {-10.f, -3.f, -2.5f, 0.f, 1.f, 2.999f, 3.f, 7.f};
+    for (size_t i = 0; i < sizeof pts / sizeof pts[0]; i++) {
+        double v = pts[i] + 3.0, want = (v < 0 ? 0 : v > 6 ? 6 : v) / 6.0;
+        ck_assert_msg(fabs(mf_hsig(pts[i]) - want) < 1e-7, "hsig(%g)", pts[i]);
+    }
+}
+END_TEST
+
 /* The direct stem kernel against a plain 3x3 stride-2 convolution. */
 START_TEST(stem_random)
 {
@@ -272,6 +307,7 @@ int main(void)
     tcase_add_test(tc, attention_random);
     tcase_add_test(tc, linear_random);
     tcase_add_test(tc, stem_random);
+    tcase_add_test(tc, layernorm_and_activations);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
