@@ -387,23 +387,33 @@ static void f2m_attn_avx512(float *y, int ch, int hw, const float *k, const floa
  * panel [in][48] contiguous, so a tile streams its weights sequentially. */
 #define LP 48
 
-size_t mf_lin_packed_floats(int in, int out) { return (size_t)((out + LP - 1) / LP) * LP * (size_t)in; }
+/* Width of the panel starting at column o0: 48, or the rest rounded up to 16. */
+static inline int lin_panel_width(int out, int o0) { return out - o0 >= LP ? LP : ((out - o0 + 15) / 16) * 16; }
+
+size_t mf_lin_packed_floats(int in, int out)
+{
+    return ((size_t)(out / LP) * LP + (size_t)(out % LP ? lin_panel_width(out, out - out % LP) : 0)) * (size_t)in;
+}
 
 void mf_lin_pack(const float *wt, int in, int out, float *packed)
 {
-    for (int p = 0; p < (out + LP - 1) / LP; p++)
+    for (int o0 = 0; o0 < out; o0 += LP) {
+        const int pw = lin_panel_width(out, o0);
+        float *panel = packed + (size_t)o0 * in;
         for (int i = 0; i < in; i++)
-            for (int c = 0; c < LP; c++) {
-                int o = p * LP + c;
-                packed[((size_t)p * in + i) * LP + c] = o < out ? wt[(size_t)i * out + o] : 0.f;
+            for (int c = 0; c < pw; c++) {
+                int o = o0 + c;
+                panel[(size_t)i * pw + c] = o < out ? wt[(size_t)i * out + o] : 0.f;
             }
+    }
 }
 
 static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *l, const float *x, int o0,
                                                            int nv, __mmask16 lastmask, float *y)
 {
     __m512 acc[8][3] = {{_mm512_setzero_ps()}};
-    const float *panel = l->wp + (size_t)(o0 / LP) * l->in * LP;
+    const int pw = lin_panel_width(l->out, o0);
+    const float *panel = l->wp + (size_t)o0 * l->in;
 #pragma GCC unroll 3
     for (int v = 0; v < 3; v++) {
         if (v >= nv) break;
@@ -413,19 +423,22 @@ static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *
         for (int r = 0; r < R; r++) acc[r][v] = b;
     }
     for (int i = 0; i < l->in; i++) {
-        const float *w = panel + (size_t)i * LP;
+        const float *w = panel + (size_t)i * pw;
         if (l->stream) { /* read once per run: keep it out of the caches' way */
-            _mm_prefetch((const char *)(w + 32 * LP), _MM_HINT_NTA);
-            _mm_prefetch((const char *)(w + 32 * LP + 16), _MM_HINT_NTA);
-            _mm_prefetch((const char *)(w + 32 * LP + 32), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(w + 32 * pw), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(w + 32 * pw + 16), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(w + 32 * pw + 32), _MM_HINT_NTA);
         } else {
-            _mm_prefetch((const char *)(w + 32 * LP), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + 32 * LP + 16), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + 32 * LP + 32), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 32 * pw), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 32 * pw + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 32 * pw + 32), _MM_HINT_T0);
         }
         __m512 wv[3];
 #pragma GCC unroll 3
-        for (int v = 0; v < 3; v++) wv[v] = _mm512_load_ps(w + 16 * v);
+        for (int v = 0; v < 3; v++) {
+            if (v >= nv) break; /* a narrow last panel holds only nv vectors */
+            wv[v] = _mm512_load_ps(w + 16 * v);
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             __m512 xv = _mm512_set1_ps(x[(size_t)r * l->in + i]);
