@@ -75,7 +75,7 @@ class DefaultModel(unittest.TestCase):
         correct = sum(a["predictions"][0]["index"] == labels[i] for i, a in enumerate(answers))
         for a in answers[:3]:
             self.assertIn(a["predictions"][0]["label"], LABELS)
-        print(f"REPORT bundled model: {correct}/{N} = {correct / N:.3f} of the first {N} test images through the engine")
+        print(f"\nREPORT bundled model: {correct}/{N} = {correct / N:.3f} of the first {N} test images through the engine")
         self.assertGreaterEqual(correct / N, 0.88)
 
 
