@@ -621,27 +621,6 @@ static void head(const fctx *c, const float *feat, int n, float *fcbuf, float *l
     linear(c, &m->head, fcbuf, n, logits);
 }
 
-/* The token-side weights read after block i's convolutions, in the order
- * they are read: block i's Former->Mobile keys and values, then block i+1's
- * Mobile->Former, Former and hyper functions.  model.c lists a bridged
- * block's linears as hyper1 (2), hyper2 (2), M->F (3), Former (4), F->M (2). */
-enum { PF_HYPER = 0, PF_M2F = 4, PF_FORMER = 7, PF_F2M = 11, PF_ALL = 13 };
-
-static __thread mf_pf_region pf_regions[PF_ALL];
-
-static void prefetch_window(const mf_model *m, int i)
-{
-    int n = 0;
-    const mf_block *b = &m->blocks[i], *nb = i + 1 < m->arch.n_blocks ? &m->blocks[i + 1] : NULL;
-    if (b->npf == PF_ALL)
-        for (int k = PF_F2M; k < PF_ALL; k++) pf_regions[n++] = b->pf[k];
-    if (nb && nb->npf == PF_ALL) {
-        for (int k = PF_M2F; k < PF_F2M; k++) pf_regions[n++] = nb->pf[k];
-        for (int k = PF_HYPER; k < PF_M2F; k++) pf_regions[n++] = nb->pf[k];
-    }
-    mf_pf = (mf_pf_window){pf_regions, n, 0, NULL, NULL};
-}
-
 /* Images [b0, b1) of the job, block by block, on scratch sc (with the team
  * when ws->team > 1). */
 static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
@@ -672,10 +651,8 @@ static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
             hyper(c, &b->hy1, sc->z, n, sc->gath, sc->dy, dyld, maxhid);
             hyper(c, &b->hy2, sc->z, n, sc->gath, sc->dy + 2 * maxhid, dyld, maxhid);
         }
-        prefetch_window(m, i);
         for (int j = 0; j < n; j++)
             block_convs(c, b, X + fs * j, h, w, Y + fs * j, oh, ow, sc->dy + dyld * j, maxhid);
-        mf_pf = (mf_pf_window){0};
         if (b->type != MF_BLOCK_A) {
             former_to_mobile(c, &b->f2m, sc->z, Y, fs, n, b->cout, oh * ow);
             if (b->type == MF_BLOCK_B3 && b->identity)

@@ -13,42 +13,6 @@ void mf_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((f
 void *mf_alloc(size_t bytes);
 void mf_free(void *p);
 
-/* ---- weight prefetch -------------------------------------------------------
- * At batch 1 the token-side weights are streamed from memory once per image
- * while the convolutions are compute-bound.  Before a block's convolutions,
- * forward.c lists the weights the next token-side steps will read; the conv
- * kernels pull a few cache lines of them into L2 after each tile, so the
- * streaming overlaps the arithmetic instead of following it. */
-typedef struct mf_pf_region {
-    const void *p;    /* start */
-    size_t bytes;     /* length */
-} mf_pf_region;
-
-typedef struct mf_pf_window {
-    const mf_pf_region *r; /* regions still to pull */
-    int nr, i;             /* count, next region */
-    const char *cur, *end; /* position in the current region */
-} mf_pf_window;
-
-extern __thread mf_pf_window mf_pf;
-
-static inline void mf_pf_issue(int lines)
-{
-    mf_pf_window *w = &mf_pf;
-    while (lines > 0) {
-        if (w->cur >= w->end) {
-            if (w->i >= w->nr) return;
-            w->cur = (const char *)w->r[w->i].p;
-            w->end = w->cur + w->r[w->i].bytes;
-            w->i++;
-            continue;
-        }
-        __builtin_prefetch(w->cur, 0, 2);
-        w->cur += 64;
-        lines--;
-    }
-}
-
 /* ---- folded weights ------------------------------------------------------ */
 
 /* Epilogue applied to a convolution's output, element by element:
@@ -116,12 +80,8 @@ typedef struct mf_hyper { /* dynamic-ReLU coefficients from token 0 */
     mf_lin l1, l2;
 } mf_hyper;
 
-#define MF_BLOCK_PF 16
-
 typedef struct mf_block {
     mf_block_type type;
-    mf_pf_region pf[MF_BLOCK_PF]; /* its linears' weights in the order they are used */
-    int npf;
     int cin, cout, stride, identity;
     int hid1, hid2;          /* hidden widths */
     /* A:  dw1 (relu6) -> pw1

@@ -125,7 +125,6 @@ static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, 
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
                 pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + n0, ldx, kc,
                                  y + (size_t)mb * MR * ldy + n0, ldy, rows, lm, first, last, mb * MR, e, res);
-                mf_pf_issue(kc / 4);
             }
         }
     }
@@ -230,7 +229,6 @@ static void dw_avx512(const mf_dw *d, int c0, int c1, const float *x, int h, int
         float *yo = y + (size_t)q * oh * ow;
         if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
         else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
-        mf_pf_issue(1 + oh * ow / 64);
     }
 }
 

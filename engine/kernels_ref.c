@@ -145,8 +145,6 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
     }
 }
 
-__thread mf_pf_window mf_pf;
-
 /* ---- token-side helpers ------------------------------------------------- */
 
 void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1)

@@ -153,6 +153,12 @@ static mf_status parse_labels(const char *text, int n, char ***out, char *err, s
             return MF_ERR_FORMAT;
         }
         l[i] = strdup(s);
+        if (!l[i]) { /* a NULL label would silently become "class_<i>" in mf_model_build */
+            for (int j = 0; j < i; j++) free(l[j]);
+            free(l);
+            json_decref(a);
+            return MF_ERR_NOMEM;
+        }
     }
     json_decref(a);
     *out = l;

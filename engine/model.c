@@ -23,7 +23,6 @@ typedef struct build_ctx {
     size_t errlen;
     int failed;      /* set with status on the first error */
     mf_status status;
-    mf_block *blk;  /* block being built: its linears are listed for prefetching */
     void **allocs;  /* every weight allocation, freed with the model */
     int nallocs, capallocs;
 } build_ctx;
@@ -215,9 +214,6 @@ static void set_lin_bn(build_ctx *c, mf_lin *l, const char *prefix, int out, int
     }
     store_lin(c, l, wt);
     free(wt);
-    if (c->blk && c->blk->npf < MF_BLOCK_PF && !c->failed)
-        c->blk->pf[c->blk->npf++] = (mf_pf_region){l->wp ? (const void *)l->wp : (const void *)l->wt,
-                                                   (l->wp ? mf_lin_packed_floats(in, out) : (size_t)in * out) * sizeof(float)};
 }
 
 static void set_lin(build_ctx *c, mf_lin *l, const char *prefix, int out, int in)
@@ -276,7 +272,6 @@ static void build_blocks(build_ctx *c)
     for (int i = 0; i < a->n_blocks && !c->failed; i++) {
         const mf_block_desc *d = &a->blocks[i];
         mf_block *b = &m->blocks[i];
-        c->blk = b;
         b->type = d->type;
         b->cin = in;
         b->cout = d->c;
@@ -325,7 +320,6 @@ static void build_blocks(build_ctx *c)
         }
         in = d->c;
     }
-    c->blk = NULL;
 }
 
 static void build_head(build_ctx *c, int num_classes)
