@@ -241,9 +241,27 @@ static void *worker_main(void *arg)
         }
         int n = pop_jobs(b, w->jobs, b->cfg.max_batch);
         b->leading = 0;
+        /* jobs already past their deadline are not started, whether or not
+         * the reaper got to them first (it may not have been scheduled) */
+        mf_job *expired = NULL, **tail = &expired;
+        if (b->timeout_ns) {
+            uint64_t now = now_ns();
+            int k = 0;
+            for (int i = 0; i < n; i++) {
+                mf_job *j = w->jobs[i];
+                if (j->enqueued_ns + b->timeout_ns <= now) {
+                    *tail = j;
+                    tail = &j->next;
+                } else {
+                    w->jobs[k++] = j;
+                }
+            }
+            n = k;
+        }
         b->running += n;
         if (b->depth > 0) pthread_cond_signal(&b->work_cv); /* next leader */
         pthread_mutex_unlock(&b->mu);
+        if (expired) finish_unrun(expired, MF_BATCHER_TIMEOUT);
         if (n > 0) run_batch(w, n);
         pthread_mutex_lock(&b->mu);
         b->running -= n;

@@ -14,6 +14,15 @@
  *   6. NOTIFY_COMPLETED: log line, in-flight count, free.
  * The request's mutex orders 3 against 4: a job that finishes before the
  * connection is suspended is simply answered without suspending.
+ *
+ * Slow clients: a connection gets connection_timeout_s to deliver each
+ * request's headers, however slowly it sends them (deadline.h), besides
+ * libmicrohttpd's idle timeout (the same value) and its per-connection
+ * buffer, which bounds the request head (CONNECTION_MEMORY).  Running out of
+ * memory for a request's buffers (body, pixels, tensors, answer) is answered
+ * 503 out_of_memory, with a fixed body if even the JSON cannot be built
+ * (reply_oom); only when the request context itself (a few hundred bytes)
+ * cannot be had is the connection closed unanswered.
  */
 #include "http.h"
 

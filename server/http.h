@@ -44,9 +44,11 @@ mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_bat
 
 int mf_http_port(const mf_http *h);
 
-/* Start draining: readiness turns 503, new predict requests get 503, answers
- * carry "Connection: close", and the listening socket is closed so new
- * connections are refused.  Requests already received carry on. */
+/* Start draining: readiness turns 503, answers carry "Connection: close",
+ * and the listening socket is closed so new connections are refused.
+ * Requests already received carry on, and a request arriving on a
+ * connection opened before (keep-alive) is still served, until the batcher
+ * stops accepting (mf_batcher_drain; then 503 shutting_down). */
 void mf_http_begin_drain(mf_http *h);
 
 /* Requests received and not yet completed (answer sent or connection gone). */

@@ -7,9 +7,10 @@
  * picks -- OpenBLAS starts threads before main() runs, so blocking the
  * signals here could not cover every thread and signalfd would miss them);
  * this thread reads the pipe and does the work.  Shutdown:
- * readiness turns 503 and the listening socket closes, requests in flight get
- * up to drain_timeout_ms to finish, what is still queued then is answered
- * 503, and the process exits 0.  A second signal skips the rest of the wait.
+ * readiness turns 503 and the listening socket closes, requests in flight
+ * (and new ones on connections already open) get up to drain_timeout_ms to
+ * finish, what is still queued then is answered 503, and the process exits 0.
+ * A second signal skips the rest of the wait.
  */
 #include "batcher.h"
 #include "config.h"

@@ -176,7 +176,8 @@ mf_multipart_status mf_multipart_parse(const char *content_type, const uint8_t *
     memcpy(delim, "\r\n--", 4);
     memcpy(delim + 4, boundary, bl);
     size_t dl = bl + 4;
-    const char *b = (const char *)body;
+    /* an empty body may come as NULL (no body was sent); NULL + 0 is undefined */
+    const char *b = body ? (const char *)body : "";
     const char *end = b + len;
     const char *p;
 

@@ -44,7 +44,7 @@ typedef struct mf_multipart_part {
  * Returns MF_MULTIPART_OK or MF_MULTIPART_NO_BOUNDARY. */
 mf_multipart_status mf_multipart_boundary(const char *content_type, char *out, size_t outlen);
 
-/* Parse body: every part counts against max_parts (more ->
+/* Parse body (NULL is fine when len is 0): every part counts against max_parts (more ->
  * MF_MULTIPART_TOO_MANY_PARTS); parts whose field name equals `field` are
  * stored in order in out[0..*n_out) (out holds max_parts entries).
  * Preamble and epilogue are ignored. */

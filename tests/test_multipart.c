@@ -153,6 +153,12 @@ START_TEST(malformed_bodies)
 {
     expect("multipart/form-data", "--XyZ\r\n" DISP "\r\nx\r\n--XyZ--", MF_MULTIPART_NO_BOUNDARY);
     expect(CT, "", MF_MULTIPART_NO_DELIMITER);
+    /* no body at all: http.c passes NULL (found by tests/fuzz/fuzz_http.c:
+     * NULL + 0 is undefined behaviour, which UBSan reports) */
+    mf_multipart_part part;
+    int n = -1;
+    ck_assert_int_eq(mf_multipart_parse(CT, NULL, 0, "image", &part, 1, &n), MF_MULTIPART_NO_DELIMITER);
+    ck_assert_int_eq(n, 0);
     expect(CT, "just some bytes", MF_MULTIPART_NO_DELIMITER);
     expect(CT, "--XyZ\r\n" DISP "\r\nno closing delimiter", MF_MULTIPART_NO_CLOSE);
     expect(CT, "--XyZ\r\n" DISP "\r\nx\r\n--XyZ", MF_MULTIPART_NO_CLOSE);

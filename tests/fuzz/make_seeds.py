@@ -6,6 +6,8 @@ image      none here: tests/fuzz/run.sh seeds it with tests/data/images/*.jpg, *
 multipart  real bodies as browsers and curl send them (one or several images, quoted
            boundaries, preamble and epilogue, other fields), "Content-Type\\nbody"
 route      every endpoint with right and wrong methods, top_k values, content types, keys
+http       raw requests: GETs, pipelined ones, predict with PNG, JPEG, multipart, chunked
+           bodies, Expect: 100-continue, too large, HTTP/1.0, a bad request line
 config     config/server.json, a few files, environments and flag lists ("json\\0env\\0args")
 model      two tiny complete models (tools/make_reference.py: a 1-block and a 3-block
            architecture), one with labels and gray preprocessing, plus corruptions:
@@ -176,7 +178,39 @@ def seeds_model():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def seeds_http():
+    d = out_dir("http")
+    png = read(os.path.join(REPO, "tests", "data", "images", "png_gray1.png"))
+    jpg = read(os.path.join(REPO, "tests", "data", "images", "base_gray.jpg"))
+
+    def post(path, ctype, body, extra=b""):
+        return (b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+                % (path.encode(), ctype.encode(), len(body), extra)) + body
+
+    mp = multipart([("image", "a.png", "image/png", png), ("image", "b.jpg", "image/jpeg", jpg)], "XyZ")
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(png[i:i + 100]), png[i:i + 100]) for i in range(0, len(png), 100))
+    cases = {
+        "live": b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n",
+        "pipelined": b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\nHEAD /v2/models/micro HTTP/1.1\r\n"
+                     b"Host: t\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "options": b"OPTIONS /v1/predict HTTP/1.1\r\nHost: t\r\nOrigin: https://a.example\r\n\r\n",
+        "png": post("/v1/predict?top_k=2", "image/png", png),
+        "jpeg_model_path": post("/v1/models/micro/predict", "image/jpeg", jpg),
+        "multipart": post("/v1/predict?top_k=3&x=%41", "multipart/form-data; boundary=XyZ", mp),
+        "chunked": b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+                   + b"0\r\n\r\n",
+        "expect": post("/v1/predict", "application/octet-stream", png, b"Expect: 100-continue\r\n"),
+        "too_large": b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\nabc",
+        "two_predicts": post("/v1/predict", "image/png", png) + post("/v1/predict?top_k=1", "image/png", png),
+        "http10": b"GET /v2/models/micro/ready HTTP/1.0\r\n\r\n",
+        "bad_line": b"GET  /x HTTP/9.9\r\n\r\n",
+    }
+    for name, data in cases.items():
+        write(d, name, data)
+
+
 if __name__ == "__main__":
+    seeds_http()
     seeds_multipart()
     seeds_route()
     seeds_config()

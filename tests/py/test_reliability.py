@@ -203,7 +203,7 @@ class SlowClientTest(unittest.TestCase):
             reaped = sum(e.get("connections", 0) for e in events
                          if e.get("msg", "").startswith("closed connections that did not send"))
             self.assertGreaterEqual(reaped, self.DRIBBLE)
-            print("REPORT slowloris: %d slow connections (%d dribbling headers, %d stalled in headers, "
+            print("\nREPORT slowloris: %d slow connections (%d dribbling headers, %d stalled in headers, "
                   "%d stalled in body), connection_timeout_s %d: %d normal requests all 200, latency "
                   "p50 %.1f ms, max %.1f ms (idle server: p50 %.1f ms); dropped after %s s"
                   % (len(slow), self.DRIBBLE, self.STALL_HEAD, self.STALL_BODY, self.TIMEOUT_S,
@@ -285,7 +285,7 @@ class LogTargetTest(unittest.TestCase):
             notes = [e for e in lines if e.get("msg", "").startswith("log lines dropped")]
             self.assertTrue(notes, later[:500])
             self.assertGreater(notes[0]["dropped"], 0)
-            print("REPORT log to a full pipe: %d requests in %.1f s, slowest %.0f ms; %d lines "
+            print("\nREPORT log to a full pipe: %d requests in %.1f s, slowest %.0f ms; %d lines "
                   "dropped and counted" % (n, total, worst * 1e3, notes[0]["dropped"]))
             # and it stops while the pipe is full again
             for i in range(400):
@@ -316,7 +316,7 @@ class OutOfMemoryTest(unittest.TestCase):
             env["LD_PRELOAD"] = shim
             env["MF_FAILMALLOC_MIN"] = str(self.LIMIT)
         else:
-            print("SKIP test_big_allocations_fail_with_503: no allocation failure injection under %s"
+            print("\nSKIP test_big_allocations_fail_with_503: no allocation failure injection under %s"
                   % san)
             self.skipTest("sanitizer " + san)
         srv = Server(env=env)
@@ -336,10 +336,10 @@ class OutOfMemoryTest(unittest.TestCase):
             fams = ts.parse_prometheus(srv.metrics())
             self.assertEqual(ts.sample(fams, "mobileformer_requests_total", endpoint="predict",
                                        status="503"), 2)
-            print("REPORT out of memory (%s): allocations >= %d MiB fail; 12 MB image and 9 MiB body "
+            print("\nREPORT out of memory (%s): allocations %s %d MiB fail; 12 MB image and 9 MiB body "
                   "-> 503 out_of_memory, the server carried on"
                   % ("ASan max_allocation_size_mb" if san else "LD_PRELOAD libfailmalloc.so",
-                     self.LIMIT >> 20))
+                     ">" if san else ">=", self.LIMIT >> 20))
         finally:
             self.assertEqual(srv.stop(), 0)
 

@@ -579,6 +579,10 @@ class SharedServerTest(unittest.TestCase):
                           "multipart_no_boundary")
         self.assert_error(self.srv.predict(body[:-30], ctype=ctype), 400, "multipart_truncated")
         self.assert_error(self.srv.predict(b"garbage" * 10, ctype=ctype), 400, "multipart_no_delimiter")
+        # no body at all (found by tests/fuzz/fuzz_http.c: the parser got NULL + 0)
+        self.assert_error(self.srv.predict(b"", ctype=ctype), 400, "multipart_no_delimiter")
+        self.assert_error(self.srv.request("POST", "/v1/predict", headers={"Content-Type": ctype}), 400,
+                          "multipart_no_delimiter")
         self.assert_error(self.srv.predict(body.replace(b"\r\n", b"\n"), ctype=ctype), 400)
         no_image_ct, no_image = multipart([("file", "a.png", "image/png", data)])
         self.assert_error(self.srv.predict(no_image, ctype=no_image_ct), 400, "multipart_no_image")

@@ -413,7 +413,12 @@ def run_build_stage(image, root):
         else:
             cwd = in_root(build["run_workdirs"][what])
             os.makedirs(cwd, exist_ok=True)
-            r = subprocess.run(["sh", "-c", what], cwd=cwd, capture_output=True, text=True, timeout=900)
+            # as in a docker build: nothing of the make running these tests
+            # (`make test SANITIZE=...` hands its variables down in MAKEFLAGS)
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "SANITIZE", "BUILD")}
+            r = subprocess.run(["sh", "-c", what], cwd=cwd, capture_output=True, text=True, timeout=900,
+                               env=env)
             if not check(r.returncode == 0, "Dockerfile build stage, run here: RUN %s" % what,
                          (r.stdout + r.stderr).strip()[-800:]):
                 return

@@ -1,0 +1,143 @@
+/* fuzz_http.c -- libFuzzer target: raw bytes on a TCP connection to the real
+ * HTTP front end (server/http.c on libmicrohttpd, with the batcher and a model
+ * behind it), the whole path of a request: request line and headers (parsed
+ * by libmicrohttpd), routing, query, body (Content-Length, chunked,
+ * pipelined), multipart, decoding, preprocessing, queueing, suspend/resume,
+ * the answer.
+ *
+ * Started once: a server on 127.0.0.1 (ephemeral port), one HTTP thread, one
+ * worker, the micro model of tests/fuzz/seeds/model/micro_gray_labels (or
+ * $MF_FUZZ_MODEL), small limits (1 MiB body, 1 Mpixel, 2 s head deadline).
+ * Per input: connect, send the input, half-close, read the answer(s) until
+ * the server closes or, nothing being in flight, stays quiet for 5 ms; then
+ * wait until no request is in flight, so every input is finished before the
+ * next starts.  Checked: anything the server sends
+ * starts with an HTTP/1.x status line, and no request stays in flight.
+ * Sanitizer reports in the server's threads count as crashes too.
+ */
+#include "fuzz.h"
+
+#include "batcher.h"
+#include "config.h"
+#include "http.h"
+#include "metrics.h"
+#include "mf.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static mf_config cfg;
+static mf_model *model;
+static mf_metrics *metrics;
+static mf_batcher *batcher;
+static mf_http *http;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void start_server(void)
+{
+    char err[1024];
+    signal(SIGPIPE, SIG_IGN);
+    const char *path = getenv("MF_FUZZ_MODEL");
+    if (!path) path = "tests/fuzz/seeds/model/micro_gray_labels";
+    if (mf_model_load(path, &model, err, sizeof err) != MF_OK) {
+        fprintf(stderr, "fuzz_http: %s (run from the repository root or set MF_FUZZ_MODEL)\n", err);
+        abort();
+    }
+    mf_config_defaults(&cfg);
+    cfg.port = 0;
+    snprintf(cfg.bind, sizeof cfg.bind, "127.0.0.1");
+    snprintf(cfg.model_name, sizeof cfg.model_name, "micro");
+    cfg.http_threads = 1;
+    cfg.workers = 1;
+    cfg.max_batch = 4;
+    cfg.max_delay_us = 0;
+    cfg.max_queue = 64;
+    cfg.request_timeout_ms = 2000;
+    cfg.max_body_bytes = 1 << 20;
+    cfg.max_pixels = 1 << 20;
+    cfg.connection_timeout_s = 2;
+    cfg.log_requests = false;
+    const mf_preprocess *p = mf_model_preprocess(model);
+    metrics = mf_metrics_new(cfg.model_name, mf_model_arch(model)->name, mf_model_num_classes(model),
+                             p->input_h, p->input_w);
+    mf_batcher_config bc = {.workers = 1, .engine_threads = 1, .max_batch = cfg.max_batch,
+                            .max_queue = cfg.max_queue, .max_delay_us = cfg.max_delay_us,
+                            .request_timeout_ms = cfg.request_timeout_ms};
+    FUZZ_CHECK(metrics != NULL);
+    FUZZ_CHECK(mf_batcher_new(model, &bc, metrics, &batcher, err, sizeof err) == MF_BATCHER_OK);
+    FUZZ_CHECK(mf_http_start(&cfg, model, batcher, metrics, &http, err, sizeof err) == MF_HTTP_OK);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!http) start_server();
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    FUZZ_CHECK(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)mf_http_port(http))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    FUZZ_CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+
+    /* send and read at once: a large input must not deadlock against a
+     * server that answers before reading all of it */
+    size_t sent = 0, got = 0;
+    char head[16];
+    int write_open = 1;
+    double deadline = now_s() + 8, last_data = now_s();
+    while (now_s() < deadline) {
+        /* done when the server closes, or when everything is sent, nothing is
+         * in flight and the server has been quiet for 5 ms (it may keep an
+         * idle keep-alive connection open until its timeout), or when it has
+         * been quiet for 100 ms with a request still open: a body shorter
+         * than its Content-Length.  libmicrohttpd 0.9.75 misses the
+         * half-close that follows such a body and would wait for
+         * connection_timeout_s; a reset ends it at once. */
+        double quiet = now_s() - last_data;
+        if (!write_open && mf_http_inflight(http) == 0 && quiet > 0.005) break;
+        if (!write_open && quiet > 0.1) {
+            struct linger lg = {1, 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            break;
+        }
+        struct pollfd p = {fd, (short)(POLLIN | (write_open ? POLLOUT : 0)), 0};
+        if (poll(&p, 1, 5) < 0 && errno != EINTR) break;
+        if (write_open && (p.revents & POLLOUT)) {
+            ssize_t w = send(fd, data + sent, size - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (w > 0) sent += (size_t)w;
+            if (w < 0 && errno != EAGAIN && errno != EINTR) write_open = 0;
+            if (sent == size) {
+                shutdown(fd, SHUT_WR);
+                write_open = 0;
+                last_data = now_s(); /* quiet is counted from here */
+            }
+        }
+        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+            char buf[65536];
+            ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) break; /* closed */
+            if (r > 0) {
+                for (ssize_t i = 0; i < r && got + (size_t)i < sizeof head; i++) head[got + i] = buf[i];
+                got += (size_t)r;
+                last_data = now_s();
+            }
+        }
+    }
+    close(fd);
+    if (got >= 9) FUZZ_CHECK(memcmp(head, "HTTP/1.", 7) == 0);
+    /* the next input starts on an idle server */
+    deadline = now_s() + 8;
+    while (mf_http_inflight(http) > 0 && now_s() < deadline) usleep(200);
+    FUZZ_CHECK(mf_http_inflight(http) == 0);
+    return 0;
+}
