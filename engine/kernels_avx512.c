@@ -141,24 +141,68 @@ static inline __mmask16 mask_range(int s, int w)
     return (__mmask16)(mask_n(hi) & ~mask_n(lo));
 }
 
-static inline __m512 dw_epi(__m512 t, int q, const mf_epi *e)
+
+/* Per-plane epilogue constants: bias and dynamic-ReLU slopes broadcast once. */
+typedef struct dw_ep {
+    __m512 bias, a, b;
+    mf_act act;
+} dw_ep;
+
+static inline dw_ep dw_ep_make(int q, const mf_epi *e)
 {
-    t = _mm512_add_ps(t, _mm512_set1_ps(e->bias[q]));
-    /* (e->act is the same for the whole plane: the branch predicts) */
-    if (e->act == MF_ACT_RELU6)
-        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
-    else if (e->act == MF_ACT_DYRELU)
-        t = _mm512_max_ps(_mm512_mul_ps(t, _mm512_set1_ps(e->dya[q])), _mm512_mul_ps(t, _mm512_set1_ps(e->dyb[q])));
+    dw_ep d = {_mm512_set1_ps(e->bias[q]), _mm512_setzero_ps(), _mm512_setzero_ps(), e->act};
+    if (e->act == MF_ACT_DYRELU) {
+        d.a = _mm512_set1_ps(e->dya[q]);
+        d.b = _mm512_set1_ps(e->dyb[q]);
+    }
+    return d;
+}
+
+static inline __m512 dw_ep_apply(__m512 t, const dw_ep *d)
+{
+    t = _mm512_add_ps(t, d->bias);
+    if (d->act == MF_ACT_RELU6) t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
+    else if (d->act == MF_ACT_DYRELU) t = _mm512_max_ps(_mm512_mul_ps(t, d->a), _mm512_mul_ps(t, d->b));
     return t;
 }
 
-/* Stride 1: two output rows per step share their input rows (4 rows read
- * for 2 written); weights live in registers for the whole plane. */
+/* Stride 1.  Interior rows go four at a time: their six input rows are each
+ * loaded once (three shifted loads) and feed every output row they touch;
+ * the first and last rows take the general path, two rows at a time.
+ * Weights live in registers for the whole plane. */
 static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo, int q, const mf_epi *e)
 {
     __m512 kv[9];
     for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
-    for (int oy = 0; oy < h; oy += 2) {
+    const dw_ep ep = dw_ep_make(q, e);
+    int oy = 0;
+    while (oy < h) {
+        if (oy >= 1 && oy + 4 < h) { /* rows oy-1 .. oy+4 all exist */
+            for (int ox = 0; ox < w; ox += 16) {
+                __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
+                          mr = mask_range(ox + 1, w);
+                __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+#pragma GCC unroll 6
+                for (int r = 0; r < 6; r++) {
+                    const float *row = xi + (size_t)(oy - 1 + r) * w + ox;
+                    __m512 l = _mm512_maskz_loadu_ps(ml, row - 1), c = _mm512_maskz_loadu_ps(mc, row),
+                           rt = _mm512_maskz_loadu_ps(mr, row + 1);
+#pragma GCC unroll 4
+                    for (int j = 0; j < 4; j++) {
+                        const int ky = r - j; /* this input row is tap row ky of output row oy+j */
+                        if (ky < 0 || ky > 2) continue;
+                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc[j]);
+                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc[j]);
+                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, acc[j]);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++)
+                    _mm512_mask_storeu_ps(yo + (size_t)(oy + j) * w + ox, mo, dw_ep_apply(acc[j], &ep));
+            }
+            oy += 4;
+            continue;
+        }
         const int two = oy + 1 < h;
         for (int ox = 0; ox < w; ox += 16) {
             __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
@@ -183,9 +227,10 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
                     a1 = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, a1);
                 }
             }
-            _mm512_mask_storeu_ps(yo + (size_t)oy * w + ox, mo, dw_epi(a0, q, e));
-            if (two) _mm512_mask_storeu_ps(yo + (size_t)(oy + 1) * w + ox, mo, dw_epi(a1, q, e));
+            _mm512_mask_storeu_ps(yo + (size_t)oy * w + ox, mo, dw_ep_apply(a0, &ep));
+            if (two) _mm512_mask_storeu_ps(yo + (size_t)(oy + 1) * w + ox, mo, dw_ep_apply(a1, &ep));
         }
+        oy += 2;
     }
 }
 
@@ -196,6 +241,7 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     __m512 kv[9];
     for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
+    const dw_ep ep = dw_ep_make(q, e);
     for (int oy = 0; oy < oh; oy++) {
         for (int ox = 0; ox < ow; ox += 16) {
             const int s = 2 * ox; /* first input column of the centre tap */
@@ -216,7 +262,7 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
                 acc = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc);
                 acc = _mm512_fmadd_ps(kv[ky * 3 + 2], r, acc);
             }
-            _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_epi(acc, q, e));
+            _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_ep_apply(acc, &ep));
         }
     }
 }
