@@ -116,17 +116,23 @@ static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, 
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kc = K - k0 < KC ? K - k0 : KC;
         int first = k0 == 0, last = k0 + kc == K;
-        for (int n0 = 0; n0 < n; n0 += 48) {
-            int cols = n - n0 < 48 ? n - n0 : 48;
-            int nv = (cols + 15) / 16;
-            __mmask16 lm = mask_n(cols - 16 * (nv - 1));
-            for (int mb = 0; mb < mblocks; mb++) {
+        /* Weights of this depth block beyond L2 (late stages: many channels,
+         * few pixels): sweep the columns inside each row block, so every
+         * weight is read from memory once; otherwise sweep the row blocks
+         * inside each column tile, keeping its x panel in L1. */
+        const int w_outer = (size_t)M * kc * sizeof(float) > (256u << 10);
+        const int outer = w_outer ? mblocks : (n + 47) / 48, inner = w_outer ? (n + 47) / 48 : mblocks;
+        for (int o = 0; o < outer; o++)
+            for (int i = 0; i < inner; i++) {
+                const int mb = w_outer ? o : i, n0 = 48 * (w_outer ? i : o);
+                int cols = n - n0 < 48 ? n - n0 : 48;
+                int nv = (cols + 15) / 16;
+                __mmask16 lm = mask_n(cols - 16 * (nv - 1));
                 int rows = M - mb * MR < MR ? M - mb * MR : MR;
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
                 pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + n0, ldx, kc,
                                  y + (size_t)mb * MR * ldy + n0, ldy, rows, lm, first, last, mb * MR, e, res);
             }
-        }
     }
 }
 

@@ -51,6 +51,12 @@ START_TEST(pw_random)
     for (int trial = 0; trial < 60; trial++) {
         int G = (trial % 3 == 0) ? irand(2, 4) : 1;
         int M = G * irand(1, 40), K = G * irand(1, trial % 7 == 0 ? 300 : 50), n = irand(1, 200);
+        if (trial % 10 == 9) { /* weights beyond L2: the kernel's row-block-outer order */
+            G = 1;
+            M = irand(300, 700);
+            K = irand(200, 600);
+            n = irand(1, 120);
+        }
         int shuffle = G > 1 && (trial & 1);
         mf_act act = (mf_act)(trial % 3);
         int resmode = trial % 4; /* 0 none, 1 separate, 2 in place (act none) */
@@ -79,7 +85,7 @@ START_TEST(pw_random)
                 for (int g = 0; g < G; g++) {
                     size_t off = shuffle ? (size_t)g * n : (size_t)g * Mg * n;
                     size_t ld = shuffle ? (size_t)G * n : (size_t)n;
-                    float ga[64 * 4], gb[64 * 4];
+                    float *ga = malloc((size_t)Mg * sizeof(float)), *gb = malloc((size_t)Mg * sizeof(float));
                     mf_epi e = {.act = act, .bias = b + (size_t)g * Mg};
                     if (act == MF_ACT_DYRELU) {
                         for (int j = 0; j < Mg; j++) {
@@ -93,6 +99,8 @@ START_TEST(pw_random)
                     if (resmode == 1) { e.res = res + off; e.ldr = ld; }
                     if (resmode == 2) { e.res = outs[v] + off; e.ldr = ld; }
                     ks[v]->pw(ps[v], g, x + (size_t)g * Kg * n, (size_t)n, n, outs[v] + off, ld, &e);
+                    free(ga);
+                    free(gb);
                 }
             }
             char what[128];
