@@ -107,12 +107,61 @@ static void pw_tile_dispatch(int nv, const float *wp, const float *x, size_t ldx
     }
 }
 
+/* The last few columns of a 1x1 conv (fewer than 8: a 7x7 map's 49th
+ * pixel, a 14x14 map's last 4) as matrix-vector products, eight rows at a
+ * time in 256-bit lanes, instead of a 16-wide tile that would be mostly
+ * empty.  Same first/last/residual conventions as pw_tile. */
+static void pw_tail_cols(int nc, const float *wp, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
+                         int first, int last, int row0, const mf_epi *e, const float *res)
+{
+    const int res_first = res && e->act == MF_ACT_NONE;
+    const __mmask8 rm = (__mmask8)((1u << rows) - 1u);
+    const __m256i ridx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int c = 0; c < nc; c++) {
+        __m256 a0, a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        const __m256i yoff = _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)ldy));
+        if (!first) a0 = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, yoff, y + c, 4);
+        else if (res_first)
+            a0 = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)e->ldr)),
+                                           res + c, 4);
+        else a0 = _mm256_setzero_ps();
+        int k = 0;
+        for (; k + 4 <= kc; k += 4) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)k * MR), _mm256_set1_ps(x[(size_t)k * ldx + c]), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 1) * MR), _mm256_set1_ps(x[(size_t)(k + 1) * ldx + c]), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 2) * MR), _mm256_set1_ps(x[(size_t)(k + 2) * ldx + c]), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 3) * MR), _mm256_set1_ps(x[(size_t)(k + 3) * ldx + c]), a3);
+        }
+        for (; k < kc; k++)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)k * MR), _mm256_set1_ps(x[(size_t)k * ldx + c]), a0);
+        __m256 t = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+        float v[8];
+        _mm256_storeu_ps(v, t);
+        for (int r = 0; r < rows; r++) {
+            float o = v[r];
+            if (last) {
+                const int m = row0 + r;
+                o += e->bias[m];
+                if (e->act == MF_ACT_RELU6) o = o < 0.f ? 0.f : (o > 6.f ? 6.f : o);
+                else if (e->act == MF_ACT_DYRELU) {
+                    float ta = o * e->dya[m], tb = o * e->dyb[m];
+                    o = ta > tb ? ta : tb;
+                }
+                if (res && !res_first) o += res[(size_t)r * e->ldr + c];
+            }
+            y[(size_t)r * ldy + c] = o;
+        }
+    }
+}
+
 static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
                       const mf_epi *e)
 {
     const int M = p->cout / p->groups, K = p->cin / p->groups;
     const float *wp = p->wp + p->wp_group * (size_t)g;
     const int mblocks = (M + MR - 1) / MR;
+    /* columns in 48-wide tiles; a tail of fewer than 8 goes to pw_tail_cols */
+    const int tail = n > 48 && n % 48 < 8 ? n % 48 : 0, nt = n - tail, tiles = (nt + 47) / 48;
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kc = K - k0 < KC ? K - k0 : KC;
         int first = k0 == 0, last = k0 + kc == K;
@@ -121,17 +170,24 @@ static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, 
          * weight is read from memory once; otherwise sweep the row blocks
          * inside each column tile, keeping its x panel in L1. */
         const int w_outer = (size_t)M * kc * sizeof(float) > (256u << 10);
-        const int outer = w_outer ? mblocks : (n + 47) / 48, inner = w_outer ? (n + 47) / 48 : mblocks;
+        const int outer = w_outer ? mblocks : tiles, inner = w_outer ? tiles : mblocks;
         for (int o = 0; o < outer; o++)
             for (int i = 0; i < inner; i++) {
                 const int mb = w_outer ? o : i, n0 = 48 * (w_outer ? i : o);
-                int cols = n - n0 < 48 ? n - n0 : 48;
+                int cols = nt - n0 < 48 ? nt - n0 : 48;
                 int nv = (cols + 15) / 16;
                 __mmask16 lm = mask_n(cols - 16 * (nv - 1));
                 int rows = M - mb * MR < MR ? M - mb * MR : MR;
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
                 pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + n0, ldx, kc,
                                  y + (size_t)mb * MR * ldy + n0, ldy, rows, lm, first, last, mb * MR, e, res);
+            }
+        if (tail)
+            for (int mb = 0; mb < mblocks; mb++) {
+                int rows = M - mb * MR < MR ? M - mb * MR : MR;
+                const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + nt : NULL;
+                pw_tail_cols(tail, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + nt, ldx, kc,
+                             y + (size_t)mb * MR * ldy + nt, ldy, rows, first, last, mb * MR, e, res);
             }
     }
 }
