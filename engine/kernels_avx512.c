@@ -590,53 +590,67 @@ static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, i
 
 /* ---- stem -----------------------------------------------------------------
  * 3x3, stride 2, pad 1, from 3 channels, + bias + relu6, direct: for each
- * 16-pixel chunk of an output row, the 9 taps of one input channel are
- * gathered with the stride-2 deinterleave of the depthwise kernel and
- * multiplied into up to 8 output channels held in registers. */
-#define STEM_OB 8
+ * 16-pixel chunk of an output row, the 27 taps (3 channels x 3x3) are
+ * gathered once with the stride-2 deinterleave of the depthwise kernel into
+ * an L1-resident buffer, then multiplied into the output channels NO at a
+ * time, their accumulators held in registers (NO a constant, so the loops
+ * unroll fully). */
+static inline __attribute__((always_inline)) void stem_out(int NO, const __m512 *v, const float *wt,
+                                                            const float *bias, int o0, float *out, size_t plane_o,
+                                                            __mmask16 mo)
+{
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int o = 0; o < NO; o++) acc[o] = _mm512_set1_ps(bias[o0 + o]);
+#pragma GCC unroll 27
+    for (int t = 0; t < 27; t++) {
+        const __m512 x = v[t];
+#pragma GCC unroll 8
+        for (int o = 0; o < NO; o++) acc[o] = _mm512_fmadd_ps(_mm512_set1_ps(wt[(size_t)(o0 + o) * 27 + t]), x, acc[o]);
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < NO; o++) {
+        __m512 t = _mm512_min_ps(_mm512_max_ps(acc[o], _mm512_setzero_ps()), _mm512_set1_ps(6.f));
+        _mm512_mask_storeu_ps(out + (size_t)(o0 + o) * plane_o, mo, t);
+    }
+}
 
 static void stem_avx512(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out, int oh,
                         int ow, int oy0, int oy1)
 {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const size_t plane = (size_t)h * w;
+    const size_t plane = (size_t)h * w, plane_o = (size_t)oh * ow;
+    __m512 v[27]; /* tap t = ch*9 + ky*3 + kx, as in wt */
     for (int oy = oy0; oy < oy1; oy++) {
         for (int ox = 0; ox < ow; ox += 16) {
             const int s = 2 * ox;
             __mmask16 mo = mask_n(ow - ox);
             __mmask16 ma = mask_range(s, w), mb = mask_range(s + 16, w);
             __mmask16 mla = mask_range(s - 1, w), mlb = mask_range(s + 15, w);
-            for (int o0 = 0; o0 < c; o0 += STEM_OB) {
-                const int on = c - o0 < STEM_OB ? c - o0 : STEM_OB;
-                __m512 acc[STEM_OB];
-                for (int o = 0; o < STEM_OB; o++) acc[o] = _mm512_setzero_ps();
-                for (int ch = 0; ch < 3; ch++) {
-                    __m512 v[9];
-                    for (int ky = 0; ky < 3; ky++) {
-                        int iy = 2 * oy + ky - 1;
-                        if (iy < 0 || iy >= h) {
-                            v[ky * 3] = v[ky * 3 + 1] = v[ky * 3 + 2] = _mm512_setzero_ps();
-                            continue;
-                        }
-                        const float *row = in + ch * plane + (size_t)iy * w;
-                        __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
-                        __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
-                        v[ky * 3 + 0] = _mm512_permutex2var_ps(la, even, lb);
-                        v[ky * 3 + 1] = _mm512_permutex2var_ps(a, even, b);
-                        v[ky * 3 + 2] = _mm512_permutex2var_ps(a, odd, b);
+            for (int ch = 0; ch < 3; ch++)
+                for (int ky = 0; ky < 3; ky++) {
+                    __m512 *vt = v + ch * 9 + ky * 3;
+                    int iy = 2 * oy + ky - 1;
+                    if (iy < 0 || iy >= h) {
+                        vt[0] = vt[1] = vt[2] = _mm512_setzero_ps();
+                        continue;
                     }
-                    for (int o = 0; o < on; o++) {
-                        const float *k = wt + (size_t)(o0 + o) * 27 + ch * 9;
-                        for (int t = 0; t < 9; t++) acc[o] = _mm512_fmadd_ps(_mm512_set1_ps(k[t]), v[t], acc[o]);
-                    }
+                    const float *row = in + ch * plane + (size_t)iy * w;
+                    __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
+                    __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
+                    vt[0] = _mm512_permutex2var_ps(la, even, lb);
+                    vt[1] = _mm512_permutex2var_ps(a, even, b);
+                    vt[2] = _mm512_permutex2var_ps(a, odd, b);
                 }
-                for (int o = 0; o < on; o++) {
-                    __m512 t = _mm512_add_ps(acc[o], _mm512_set1_ps(bias[o0 + o]));
-                    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
-                    _mm512_mask_storeu_ps(out + (size_t)(o0 + o) * oh * ow + (size_t)oy * ow + ox, mo, t);
-                }
+            float *o = out + (size_t)oy * ow + ox;
+            int o0 = 0;
+            for (; o0 + 8 <= c; o0 += 8) stem_out(8, v, wt, bias, o0, o, plane_o, mo);
+            if (o0 + 4 <= c) {
+                stem_out(4, v, wt, bias, o0, o, plane_o, mo);
+                o0 += 4;
             }
+            for (; o0 < c; o0++) stem_out(1, v, wt, bias, o0, o, plane_o, mo);
         }
     }
 }
