@@ -4,6 +4,7 @@
 #   make test         install missing Debian packages, build, run every test
 #   make run          install missing packages, build, serve the bundled model on :8080
 #   make bench        engine benchmarks (bench/engine.sh), not part of the tests
+#   make roofline     this CPU's FMA peak and memory bandwidth, and the batch-1 floors they imply
 #   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
 #   make eval-default accuracy of the bundled model: PyTorch, engine, service (tools/eval_default.py)
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
@@ -46,7 +47,7 @@ CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
 .PHONY: all test test-unit test-py test-bins deps run bench bench-engine loadtest clean eval-default \
-        fuzz fuzz-bins tsan soak
+        fuzz fuzz-bins tsan soak roofline
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -129,6 +130,13 @@ run:
 
 bench bench-engine: all
 	@sh bench/engine.sh
+
+ARCHS ?= mobile_former_26m mobile_former_151m mobile_former_508m
+$(BUILD)/roofline: bench/roofline.c $(ENGINE_LIB)
+	$(CC) $(FINAL_CFLAGS) -O2 -o $@ $< $(ENGINE_LIB) $(FINAL_LDLIBS)
+
+roofline: $(BUILD)/roofline
+	@OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Haswell} $(BUILD)/roofline $(ARCHS)
 
 loadtest: deps
 	@$(MAKE) --no-print-directory all

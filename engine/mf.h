@@ -87,7 +87,7 @@ mf_status mf_arch_validate(const mf_arch *a, char *err, size_t errlen);
 char *mf_arch_to_json(const mf_arch *a);
 
 /* Every checkpoint tensor the architecture expects, in reference state_dict
- * order: name and shape.  Returns the count; *out is malloc'd (mf_tensor_specs_free). */
+ * order: name and shape.  Returns the count; *out is malloc'd: free() it. */
 typedef struct mf_tensor_spec {
     char name[96];   /* reference state_dict name, e.g. "features.1.conv1.0.weight" */
     int ndim;        /* 1, 2 or 4 */
