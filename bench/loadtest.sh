@@ -9,12 +9,14 @@
 # the environment, e.g. MF_LOG_REQUESTS=false), then runs wrk for S seconds
 # (default 15) at each connection count, POSTing one image (bench/post_image.lua,
 # default tests/data/images/photo.jpg) or a mix of the test images
-# (bench/post_mix.lua, --mix).  In the same run it measures the engine alone:
-#   build/mobileformer bench --model M --batch B --threads 1
-# and scales its images/s by the number of workers (each worker is one thread
-# running whole batches; see server/batcher.c).  The table gives requests/s,
+# (bench/post_mix.lua, --mix).  In the same run it measures the engine alone,
+# arranged as the server's worker pool (N workers, each one thread running
+# whole batches of B side by side; see server/batcher.c):
+#   build/mobileformer bench --model M --batch B --threads 1 --workers N
+# and, for reference, one worker alone times N (an upper bound: the workers
+# then do not share caches and memory bandwidth).  The table gives requests/s,
 # p50 and p99 latency (wrk's, in ms), errors (non-2xx answers + socket errors)
-# and requests/s as a share of that engine-only figure.  wrk runs on the same
+# and requests/s as a share of both engine-only figures.  wrk runs on the same
 # machine and takes CPU from the service: on a small machine the ratio says as
 # much about the client as about the server.
 #
@@ -88,8 +90,11 @@ ms=$(sed -n 's/^median \([0-9.]*\) ms.*/\1/p' "$out/engine-probe.txt")
 iters=$(awk -v ms="$ms" 'BEGIN { n = int(3000 / ms); if (n < 20) n = 20; if (n > 2000) n = 2000; print n }')
 "$CLI" bench --model "$MODEL" --batch "$MAX_BATCH" --threads 1 --iters "$iters" > "$out/engine.txt"
 engine_ips=$(sed -n 's/^images\/s \([0-9.]*\).*/\1/p' "$out/engine.txt")
-engine_total=$(awk -v a="$engine_ips" -v w="$WORKERS" 'BEGIN { printf "%.1f", a * w }')
+engine_times=$(awk -v a="$engine_ips" -v w="$WORKERS" 'BEGIN { printf "%.1f", a * w }')
 engine_line=$(head -n 1 "$out/engine.txt")
+"$CLI" bench --model "$MODEL" --batch "$MAX_BATCH" --threads 1 --workers "$WORKERS" --iters "$iters" \
+  > "$out/engine-workers.txt"
+engine_total=$(sed -n 's/^images\/s \([0-9.]*\).*/\1/p' "$out/engine-workers.txt")
 
 : > "$out/server.log"
 "$SERVER" --model "$MODEL" --port 0 --bind 127.0.0.1 --workers "$WORKERS" --max_batch "$MAX_BATCH" \
@@ -133,18 +138,20 @@ done
   echo "load test $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1))"
   echo "service: $listening"
   echo "requests: POST /v1/predict with $what; wrk $WRK_THREADS threads, ${DURATION} s per row, on the same machine"
-  echo "engine only: $engine_line: $engine_ips images/s per worker, x $WORKERS workers = $engine_total images/s"
+  echo "engine only: $engine_line"
+  echo "  $WORKERS workers at once: $engine_total images/s; one worker alone: $engine_ips images/s, x $WORKERS = $engine_times"
   echo
-  printf '%11s %11s %8s %8s %8s %10s\n' connections requests/s "p50 ms" "p99 ms" errors "vs engine"
+  printf '%11s %11s %8s %8s %8s %10s %12s\n' connections requests/s "p50 ms" "p99 ms" errors "vs engine" "vs 1 x $WORKERS"
   for c in $CONNECTIONS; do
     sed -n 's/^wrk-json //p' "$out/wrk-c$c.txt" | /usr/bin/python3 -c '
 import json, sys
 w = json.load(sys.stdin)
-c, engine = int(sys.argv[1]), float(sys.argv[2])
+c, engine, times = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 errors = w["non2xx"] + w["connect"] + w["read"] + w["write"] + w["timeout"]
-print("%11d %11.1f %8.2f %8.2f %8d %9.1f%%" % (c, w["rps"], w["p50_ms"], w["p99_ms"], errors,
-                                               100 * w["rps"] / engine if engine else 0))
-' "$c" "$engine_total"
+print("%11d %11.1f %8.2f %8.2f %8d %9.1f%% %11.1f%%" % (c, w["rps"], w["p50_ms"], w["p99_ms"], errors,
+                                                        100 * w["rps"] / engine if engine else 0,
+                                                        100 * w["rps"] / times if times else 0))
+' "$c" "$engine_total" "$engine_times"
   done
   echo
   echo "raw outputs: $out/"

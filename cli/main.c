@@ -10,6 +10,7 @@
 #include "topk.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
@@ -41,7 +42,8 @@ static void usage(void)
             "usage: mobileformer <command> [options]\n"
             "  run     --model M --input X.f32 --shape B,3,H,W --output Y.f32 [--threads N]\n"
             "  predict --model M [--top-k K] [--logits] IMAGE...\n"
-            "  bench   (--model M | --arch A) [--batch N] [--threads N] [--size S] [--iters N] [--warmup N]\n"
+            "  bench   (--model M | --arch A) [--batch N] [--threads N] [--workers N] [--size S] [--iters N]\n"
+            "          [--warmup N]   (--workers: N independent runners at once, as the server's worker pool)\n"
             "  info    (--model M | --arch A)\n"
             "Kernels: %s (MF_KERNELS=portable forces the portable BLAS ones)\n",
             mf_kernels_name());
@@ -49,7 +51,7 @@ static void usage(void)
 
 typedef struct opts {
     const char *model, *arch, *input, *output, *shape, *trace;
-    int top_k, batch, threads, size, iters, warmup;
+    int top_k, batch, threads, workers, size, iters, warmup;
     int logits;      /* predict: also print the raw logits */
     int nfiles;
     char **files;
@@ -70,6 +72,7 @@ static void parse_opts(int argc, char **argv, opts *o)
     o->top_k = 5;
     o->batch = 1;
     o->threads = 1;
+    o->workers = 1;
     o->iters = 20;
     o->warmup = 3;
     o->files = calloc((size_t)argc, sizeof *o->files);
@@ -88,6 +91,7 @@ static void parse_opts(int argc, char **argv, opts *o)
         else if (!strcmp(a, "--top-k")) o->top_k = parse_int(a, v, 1, 1000000);
         else if (!strcmp(a, "--batch")) o->batch = parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 256);
+        else if (!strcmp(a, "--workers")) o->workers = parse_int(a, v, 1, 256);
         else if (!strcmp(a, "--size")) o->size = parse_int(a, v, 32, 4096);
         else if (!strcmp(a, "--iters")) o->iters = parse_int(a, v, 1, 1000000);
         else if (!strcmp(a, "--warmup")) o->warmup = parse_int(a, v, 0, 1000000);
@@ -115,6 +119,7 @@ static mf_model *load_model(const opts *o)
     mf_model *m = NULL;
     mf_status st;
     rss_before_load = rss_bytes();
+    if (o->model && o->arch) die("give --model FILE or --arch NAME, not both");
     if (o->model) {
         st = mf_model_load(o->model, &m, err, sizeof err);
     } else if (o->arch) {
@@ -141,19 +146,35 @@ static void print_memory(const opts *o, const mf_model *m)
     printf("\n");
 }
 
-static void *read_file(const char *path, size_t *len)
+/* The whole of a regular file, or NULL with the reason in err. */
+static void *load_file(const char *path, size_t *len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) die("cannot open '%s': %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) die("cannot read '%s'", path);
-    long n = ftell(f);
-    if (n < 0) die("cannot read '%s'", path);
-    rewind(f);
-    void *buf = malloc((size_t)n + 1);
-    if (!buf) die("out of memory reading '%s'", path);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) die("cannot read '%s'", path);
+    struct stat st;
+    void *buf = NULL;
+    if (!f) {
+        snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode))
+        snprintf(err, errlen, "cannot read '%s': not a regular file", path);
+    else if (!(buf = malloc((size_t)st.st_size + 1)))
+        snprintf(err, errlen, "out of memory reading '%s'", path);
+    else if (fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+        snprintf(err, errlen, "cannot read '%s'", path);
+        free(buf);
+        buf = NULL;
+    }
     fclose(f);
-    *len = (size_t)n;
+    *len = buf ? (size_t)st.st_size : 0;
+    return buf;
+}
+
+static void *read_file(const char *path, size_t *len)
+{
+    char err[1200];
+    void *buf = load_file(path, len, err, sizeof err);
+    if (!buf) die("%s", err);
     return buf;
 }
 
@@ -229,14 +250,17 @@ static int cmd_predict(const opts *o)
     if (!x || !logits || !prob || !idx) die("out of memory");
     for (int i = 0; i < o->nfiles; i++) {
         size_t len;
-        uint8_t *buf = read_file(o->files[i], &len);
-        mf_image img;
-        char err[256] = "";
+        char err[1200] = "";
         json_t *r = json_object();
         json_object_set_new(r, "image", json_string(o->files[i]));
-        mf_img_status is = mf_image_decode(buf, len, 0, &img, err, sizeof err);
+        uint8_t *buf = load_file(o->files[i], &len, err, sizeof err);
+        mf_image img;
+        mf_img_status is = buf ? mf_image_decode(buf, len, 0, &img, err, sizeof err) : MF_IMG_OK;
         free(buf);
-        if (is != MF_IMG_OK) {
+        if (!buf) {
+            json_object_set_new(r, "error", json_pack("{s:s,s:s}", "code", "unreadable_file", "message", err));
+            failures++;
+        } else if (is != MF_IMG_OK) {
             json_object_set_new(r, "error", json_pack("{s:s,s:s}", "code", mf_img_status_code(is), "message", err));
             failures++;
         } else {
@@ -283,39 +307,94 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* One runner of `bench`: its own workspace, `iters` timed forward passes
+ * after `warmup` untimed ones; with --workers N, N of them start together
+ * (as the server's worker pool runs batches side by side). */
+typedef struct runner {
+    const mf_model *m;
+    const opts *o;
+    int H, W;
+    const float *x;
+    double *t;                 /* [iters] ms */
+    pthread_barrier_t *start;  /* NULL: run alone */
+    double t0, t1;             /* first timed start, last timed end (ms) */
+    size_t ws_bytes;
+    const char *err;
+} runner;
+
+static void *run_bench(void *arg)
+{
+    runner *r = arg;
+    const opts *o = r->o;
+    int B = o->batch;
+    mf_workspace *ws = NULL;
+    float *y = malloc((size_t)B * mf_model_num_classes(r->m) * sizeof(float));
+    if (!y) r->err = "out of memory";
+    else if (mf_workspace_new(r->m, o->threads, &ws) != MF_OK) r->err = "cannot create a workspace";
+    else if (mf_workspace_reserve(ws, B, r->H, r->W) != MF_OK) r->err = "cannot allocate the workspace";
+    if (!r->err)
+        for (int i = 0; i < o->warmup; i++) mf_forward(r->m, ws, r->x, B, r->H, r->W, y);
+    if (r->start) pthread_barrier_wait(r->start);
+    r->t0 = now_ms();
+    for (int i = 0; i < o->iters && !r->err; i++) {
+        double t0 = now_ms();
+        mf_forward(r->m, ws, r->x, B, r->H, r->W, y);
+        r->t[i] = now_ms() - t0;
+    }
+    r->t1 = now_ms();
+    r->ws_bytes = ws ? mf_workspace_bytes(ws) : 0;
+    mf_workspace_free(ws);
+    free(y);
+    return NULL;
+}
+
 static int cmd_bench(const opts *o)
 {
     mf_model *m = load_model(o);
     openblas_set_num_threads(1);
     const mf_preprocess *p = mf_model_preprocess(m);
-    int H = o->size ? o->size : p->input_h, W = o->size ? o->size : p->input_w, B = o->batch;
-    mf_workspace *ws;
-    if (mf_workspace_new(m, o->threads, &ws) != MF_OK) die("cannot create a workspace");
-    if (mf_workspace_reserve(ws, B, H, W) != MF_OK) die("cannot allocate the workspace");
-    size_t n = (size_t)B * 3 * H * W;
-    float *x = malloc(n * sizeof(float)), *y = malloc((size_t)B * mf_model_num_classes(m) * sizeof(float));
-    double *t = malloc((size_t)o->iters * sizeof(double));
-    if (!x || !y || !t) die("out of memory");
+    int H = o->size ? o->size : p->input_h, W = o->size ? o->size : p->input_w, B = o->batch, N = o->workers;
+    size_t n = (size_t)B * 3 * H * W, iters = (size_t)o->iters;
+    float *x = malloc(n * sizeof(float));
+    double *t = malloc(iters * N * sizeof(double));
+    runner *r = calloc((size_t)N, sizeof *r);
+    pthread_t *th = calloc((size_t)N, sizeof *th);
+    pthread_barrier_t start;
+    if (!x || !t || !r || !th) die("out of memory");
     mf_fill_uniform(x, n, 42, 0.0, 2.0);
-    for (int i = 0; i < o->warmup; i++) mf_forward(m, ws, x, B, H, W, y);
-    for (int i = 0; i < o->iters; i++) {
-        double t0 = now_ms();
-        mf_forward(m, ws, x, B, H, W, y);
-        t[i] = now_ms() - t0;
+    if (N > 1 && pthread_barrier_init(&start, NULL, (unsigned)N) != 0) die("cannot start %d workers", N);
+    for (int i = 0; i < N; i++) {
+        r[i] = (runner){.m = m, .o = o, .H = H, .W = W, .x = x, .t = t + iters * i, .start = N > 1 ? &start : NULL};
+        if (N > 1 && pthread_create(&th[i], NULL, run_bench, &r[i]) != 0) die("cannot start %d workers", N);
     }
-    qsort(t, (size_t)o->iters, sizeof *t, cmp_double);
-    double med = t[o->iters / 2], p10 = t[o->iters / 10], p90 = t[(o->iters * 9) / 10];
+    if (N == 1) run_bench(&r[0]);
+    double t0 = 0, t1 = 0;
+    for (int i = 0; i < N; i++) {
+        if (N > 1) pthread_join(th[i], NULL);
+        if (r[i].err) die("%s", r[i].err);
+        if (i == 0 || r[i].t0 < t0) t0 = r[i].t0;
+        if (i == 0 || r[i].t1 > t1) t1 = r[i].t1;
+    }
+    if (N > 1) pthread_barrier_destroy(&start);
+    size_t all = iters * N;
+    qsort(t, all, sizeof *t, cmp_double);
+    double med = t[all / 2], p10 = t[all / 10], p90 = t[(all * 9) / 10];
     const mf_arch *a = mf_model_arch(m);
-    printf("arch %s batch %d size %dx%d threads %d kernels %s\n", a->name, B, H, W, o->threads, mf_kernels_name());
-    printf("median %.3f ms  p10 %.3f  p90 %.3f  min %.3f  max %.3f  (%d iters)\n", med, p10, p90, t[0],
-           t[o->iters - 1], o->iters);
-    printf("images/s %.1f\n", B * 1000.0 / med);
-    printf("workspace %.1f MiB (batch %d, %dx%d, %d threads)\n", mf_workspace_bytes(ws) / 1048576.0, B, H, W, o->threads);
+    printf("arch %s batch %d size %dx%d threads %d%s kernels %s\n", a->name, B, H, W, o->threads,
+           N > 1 ? " (per worker)" : "", mf_kernels_name());
+    printf("median %.3f ms  p10 %.3f  p90 %.3f  min %.3f  max %.3f  (%zu iters)\n", med, p10, p90, t[0], t[all - 1], all);
+    if (N > 1)
+        printf("images/s %.1f (%d workers at once, %zu batches of %d in %.1f ms)\n", all * B * 1000.0 / (t1 - t0), N, all,
+               B, t1 - t0);
+    else
+        printf("images/s %.1f\n", B * 1000.0 / med);
+    printf("workspace %.1f MiB (batch %d, %dx%d, %d threads)%s\n", r[0].ws_bytes / 1048576.0, B, H, W, o->threads,
+           N > 1 ? " per worker" : "");
     print_memory(o, m);
     free(x);
-    free(y);
     free(t);
-    mf_workspace_free(ws);
+    free(r);
+    free(th);
     mf_model_free(m);
     return 0;
 }

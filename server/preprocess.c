@@ -21,6 +21,10 @@
 
 #include <limits.h>
 #include <math.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MF_PP_X86 1
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +192,22 @@ static void sink_put(const sink *s, int y, int x, const uint8_t *px)
         s->out[c * plane + at] = s->lut[c][px[s->nch == 1 ? 0 : c]];
 }
 
+/* Store a row of n pixels (nch bytes each) at crop position (y, x0). */
+static void sink_row(const sink *s, int y, int x0, const uint8_t *px, int n)
+{
+    size_t plane = (size_t)s->cw * s->ch, at = (size_t)y * s->cw + x0;
+    for (int c = 0; c < 3; c++) {
+        float *o = s->out + c * plane + at;
+        const float *lut = s->lut[c];
+        if (s->nch == 1)
+            for (int i = 0; i < n; i++)
+                o[i] = lut[px[i]];
+        else
+            for (int i = 0; i < n; i++)
+                o[i] = lut[px[3 * i + c]];
+    }
+}
+
 /* Where no resized pixel lands (zero padding), byte value 0. */
 static void sink_pad(const sink *s, const axis *ax, const axis *ay)
 {
@@ -253,10 +273,128 @@ static size_t align16(size_t n)
     return (n + 15) & ~(size_t)15;
 }
 
+/* ---- the two passes' inner loops --------------------------------------
+ * Plain loops, and AVX2 twins used when the CPU has AVX2 (the same integer
+ * arithmetic, so the same bytes; tests/test_preprocess.c compares them on
+ * random images).  mf_preprocess_set_simd(0) forces the plain ones. */
+
+static int simd_allowed = 1;
+
+void mf_preprocess_set_simd(int on)
+{
+    simd_allowed = on;
+}
+
+/* One output pixel of the horizontal pass over an RGB row. */
+static inline void hpass_rgb_one(const uint8_t *src, const int32_t *k, int first, int count, uint8_t *dst)
+{
+    const uint8_t *in = src + (size_t)first * 3;
+    int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+    for (int t = 0; t < count; t++, in += 3) {
+        s0 += in[0] * k[t];
+        s1 += in[1] * k[t];
+        s2 += in[2] * k[t];
+    }
+    dst[0] = clip8(s0);
+    dst[1] = clip8(s1);
+    dst[2] = clip8(s2);
+}
+
+/* Horizontal pass of one RGB source row (w pixels): dst[i][c] for the nx
+ * kept outputs.  last_row: src is the image's last row. */
+static void hpass_rgb(const uint8_t *src, const taps *tx, int nx, uint8_t *dst, int last_row, int w)
+{
+    (void)last_row;
+    (void)w;
+    for (int i = 0; i < nx; i++)
+        hpass_rgb_one(src, tx->k + (size_t)i * tx->ksize, tx->first[i], tx->count[i], dst + (size_t)i * 3);
+}
+
+/* Vertical pass of one output row: n bytes of out from the scratch rows
+ * first .. first+count-1 (row stride `stride`) weighted by k. */
+static void vpass(const uint8_t *tmp, size_t stride, size_t n, int first, int count, const int32_t *k, uint8_t *out)
+{
+    for (size_t e = 0; e < n; e++) {
+        int32_t acc = 1 << (PRECISION_BITS - 1);
+        const uint8_t *p = tmp + (size_t)first * stride + e;
+        for (int t = 0; t < count; t++, p += stride)
+            acc += *p * k[t];
+        out[e] = clip8(acc);
+    }
+}
+
+#ifdef MF_PP_X86
+static inline __attribute__((target("avx2"))) __m128i clip8x4(__m128i v)
+{
+    v = _mm_srai_epi32(v, PRECISION_BITS);
+    v = _mm_packs_epi32(v, v);    /* saturates to int16: order kept */
+    return _mm_packus_epi16(v, v); /* clips to 0..255 */
+}
+
+__attribute__((target("avx2"))) static void hpass_rgb_avx2(const uint8_t *src, const taps *tx, int nx, uint8_t *dst,
+                                                           int last_row, int w)
+{
+    const __m128i half = _mm_set1_epi32(1 << (PRECISION_BITS - 1));
+    for (int i = 0; i < nx; i++) {
+        const int32_t *k = tx->k + (size_t)i * tx->ksize;
+        const int n = tx->count[i];
+        /* each tap loads 4 bytes (R, G, B and the next pixel's R); only the
+         * image's very last pixel has no fourth byte after it */
+        if (last_row && tx->first[i] + n == w) {
+            hpass_rgb_one(src, k, tx->first[i], n, dst + (size_t)i * 3);
+            continue;
+        }
+        const uint8_t *in = src + (size_t)tx->first[i] * 3;
+        __m128i acc = half;
+        for (int t = 0; t < n; t++, in += 3) {
+            int32_t b;
+            memcpy(&b, in, 4);
+            __m128i px = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(b));
+            acc = _mm_add_epi32(acc, _mm_mullo_epi32(px, _mm_set1_epi32(k[t])));
+        }
+        int32_t o = _mm_cvtsi128_si32(clip8x4(acc));
+        memcpy(dst + (size_t)i * 3, &o, 3);
+    }
+}
+
+__attribute__((target("avx2"))) static void vpass_avx2(const uint8_t *tmp, size_t stride, size_t n, int first,
+                                                       int count, const int32_t *k, uint8_t *out)
+{
+    const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+    const __m256i pack = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12,
+                                          -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    size_t e = 0;
+    for (; e + 8 <= n; e += 8) {
+        __m256i acc = half;
+        const uint8_t *p = tmp + (size_t)first * stride + e;
+        for (int t = 0; t < count; t++, p += stride) {
+            __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(k[t])));
+        }
+        acc = _mm256_srai_epi32(acc, PRECISION_BITS);
+        acc = _mm256_min_epi32(_mm256_max_epi32(acc, _mm256_setzero_si256()), _mm256_set1_epi32(255));
+        acc = _mm256_shuffle_epi8(acc, pack); /* bytes 0..3 of each 128-bit half */
+        uint32_t lo = (uint32_t)_mm256_cvtsi256_si32(acc), hi = (uint32_t)_mm256_extract_epi32(acc, 4);
+        memcpy(out + e, &lo, 4);
+        memcpy(out + e + 4, &hi, 4);
+    }
+    if (e < n)
+        vpass(tmp + e, stride, n - e, first, count, k, out + e);
+}
+#endif
+
 /* PIL's two-pass bilinear resize, restricted to the kept window. */
 static int run_bilinear(const mf_image *img, const sink *s, const axis *ax, const axis *ay)
 {
     int nch = s->nch, nx = ax->n, ny = ay->n;
+    void (*hpass)(const uint8_t *, const taps *, int, uint8_t *, int, int) = hpass_rgb;
+    void (*vp)(const uint8_t *, size_t, size_t, int, int, const int32_t *, uint8_t *) = vpass;
+#ifdef MF_PP_X86
+    if (simd_allowed && __builtin_cpu_supports("avx2")) {
+        hpass = hpass_rgb_avx2;
+        vp = vpass_avx2;
+    }
+#endif
     taps tx = {.ksize = taps_ksize(img->w, ax->rsize)};
     taps ty = {.ksize = taps_ksize(img->h, ay->rsize)};
     int kmax = tx.ksize > ty.ksize ? tx.ksize : ty.ksize;
@@ -266,7 +404,7 @@ static int run_bilinear(const mf_image *img, const sink *s, const axis *ax, cons
     size_t sz_tx = align16((size_t)nx * (2 * sizeof(int) + (size_t)tx.ksize * sizeof(int32_t)));
     size_t sz_ty = align16((size_t)ny * (2 * sizeof(int) + (size_t)ty.ksize * sizeof(int32_t)));
     size_t sz_w = align16((size_t)kmax * sizeof(double));
-    size_t sz_acc = align16((size_t)nx * nch * sizeof(int32_t));
+    size_t sz_acc = align16((size_t)nx * nch); /* one output row of bytes */
     size_t sz_luma = align16(nch == 1 ? (size_t)img->w : 0);
     uint8_t *block = malloc(sz_tx + sz_ty + sz_w + sz_acc + sz_luma);
     if (!block)
@@ -274,7 +412,7 @@ static int run_bilinear(const mf_image *img, const sink *s, const axis *ax, cons
     uint8_t *p = block;
     double *w = (double *)p;
     p += sz_w;
-    int32_t *acc = (int32_t *)p;
+    uint8_t *orow = p;
     p += sz_acc;
     tx.k = (int32_t *)p;
     tx.first = (int *)(tx.k + (size_t)nx * tx.ksize);
@@ -334,37 +472,14 @@ static int run_bilinear(const mf_image *img, const sink *s, const axis *ax, cons
             }
             continue;
         }
-        for (int i = 0; i < nx; i++) {
-            const int32_t *k = tx.k + (size_t)i * tx.ksize;
-            const uint8_t *in = src + (size_t)tx.first[i] * 3;
-            int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
-            for (int t = 0; t < tx.count[i]; t++, in += 3) {
-                s0 += in[0] * k[t];
-                s1 += in[1] * k[t];
-                s2 += in[2] * k[t];
-            }
-            dst[i * 3 + 0] = clip8(s0);
-            dst[i * 3 + 1] = clip8(s1);
-            dst[i * 3 + 2] = clip8(s2);
-        }
+        hpass(src, &tx, nx, dst, sy == img->h - 1, img->w);
     }
 
-    /* vertical pass: tmp -> output window */
+    /* vertical pass: tmp -> output window, a row at a time */
     for (int j = 0; j < ny; j++) {
-        const int32_t *k = ty.k + (size_t)j * ty.ksize;
-        for (size_t e = 0; e < rowlen; e++)
-            acc[e] = 1 << (PRECISION_BITS - 1);
-        for (int t = 0; t < ty.count[j]; t++) {
-            const uint8_t *row = tmp + (size_t)(ty.first[j] + t - sy0) * rowlen;
-            for (size_t e = 0; e < rowlen; e++)
-                acc[e] += row[e] * k[t];
-        }
-        for (int i = 0; i < nx; i++) {
-            uint8_t px[3];
-            for (int c = 0; c < nch; c++)
-                px[c] = clip8(acc[(size_t)i * nch + c]);
-            sink_put(s, ay->lo + j, ax->lo + i, px);
-        }
+        int f = ty.count[j] ? ty.first[j] - sy0 : 0;
+        vp(tmp, rowlen, rowlen, f, ty.count[j], ty.k + (size_t)j * ty.ksize, orow);
+        sink_row(s, ay->lo + j, ax->lo, orow, nx);
     }
     free(tmp);
     free(block);

@@ -38,6 +38,11 @@ extern "C" {
  * mean), or MF_PREPROCESS_NOMEM.  Thread-safe; p and img are only read. */
 int mf_preprocess_image(const mf_image *img, const mf_preprocess *p, float *out);
 
+/* The resize's inner loops use AVX2 where the CPU has it (same integer
+ * arithmetic, same bytes).  0 forces the plain loops: for tests, which
+ * compare the two; set it before any thread preprocesses. */
+void mf_preprocess_set_simd(int on);
+
 #ifdef __cplusplus
 }
 #endif

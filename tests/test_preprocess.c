@@ -326,6 +326,48 @@ START_TEST(test_bad_args)
 }
 END_TEST
 
+/* The AVX2 inner loops against the plain ones: same bytes, on random
+ * images (noise, with saturated patches to exercise the clipping), random
+ * sizes, up- and downscaling, crops larger than the image, one and three
+ * channels.  On a CPU without AVX2 both runs take the plain loops. */
+START_TEST(test_simd_matches_plain)
+{
+    uint64_t r = 0x9E3779B97F4A7C15u;
+#define NEXT() (r ^= r << 13, r ^= r >> 7, r ^= r << 17, r)
+    for (int trial = 0; trial < 150; trial++) {
+        int w = 1 + (int)(NEXT() % 400), h = 1 + (int)(NEXT() % 400);
+        if (trial % 10 == 0)
+            w = 1000 + (int)(NEXT() % 3000); /* strong shrink: many taps */
+        mf_image img = {w, h, malloc((size_t)w * h * 3)};
+        ck_assert_ptr_nonnull(img.rgb);
+        for (size_t i = 0; i < (size_t)w * h * 3; i++) {
+            uint64_t v = NEXT();
+            img.rgb[i] = (v >> 40) % 4 == 0 ? ((v >> 20) % 2 ? 255 : 0) : (uint8_t)v;
+        }
+        config c = configs[trial % 2 == 0 ? 0 : 3];
+        c.channels = trial % 3 == 0 ? 1 : 3;
+        c.resize = 1 + (int)(NEXT() % 300);
+        c.h = 1 + (int)(NEXT() % 260);
+        c.w = 1 + (int)(NEXT() % 260);
+        mf_preprocess p = make_pre(&c);
+        size_t n = (size_t)3 * c.h * c.w;
+        float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+        ck_assert(a && b);
+        mf_preprocess_set_simd(1);
+        ck_assert_int_eq(mf_preprocess_image(&img, &p, a), 0);
+        mf_preprocess_set_simd(0);
+        ck_assert_int_eq(mf_preprocess_image(&img, &p, b), 0);
+        mf_preprocess_set_simd(1);
+        ck_assert_msg(memcmp(a, b, n * sizeof *a) == 0, "%dx%d -> resize %d crop %dx%d, %d channel(s): AVX2 and plain differ",
+                      w, h, c.resize, c.w, c.h, c.channels);
+        free(a);
+        free(b);
+        mf_image_free(&img);
+    }
+#undef NEXT
+}
+END_TEST
+
 static Suite *preprocess_suite(void)
 {
     Suite *s = suite_create("preprocess");
@@ -338,6 +380,7 @@ static Suite *preprocess_suite(void)
     tcase_add_test(tc, test_crop_offsets);
     tcase_add_test(tc, test_padding);
     tcase_add_test(tc, test_bad_args);
+    tcase_add_test(tc, test_simd_matches_plain);
     suite_add_tcase(s, tc);
     return s;
 }
