@@ -79,6 +79,8 @@ static const setting settings[] = {
      "close a connection idle this many seconds; 0 = never"},
     {"log_requests", SETTING_BOOL, FIELD(log_requests), "true", 0, 1,
      "one JSON line per request on stderr"},
+    {"web_ui", SETTING_BOOL, FIELD(web_ui), "true", 0, 1,
+     "serve the upload page at / (false: / answers 404 like any unknown path)"},
 };
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])

@@ -38,6 +38,7 @@ typedef struct mf_config {
     int max_connections;             /* simultaneous connections */
     int connection_timeout_s;        /* idle connection timeout; 0 = never */
     bool log_requests;               /* one JSON line per request on stderr */
+    bool web_ui;                     /* serve the embedded page at / */
 } mf_config;
 
 typedef enum mf_config_status {

@@ -691,7 +691,7 @@ static enum MHD_Result handle_options(request *r)
  * are routed here, so no path can reach the file system. */
 static enum MHD_Result handle_web(request *r)
 {
-    const mf_web_asset *a = mf_web_find(r->path);
+    const mf_web_asset *a = r->srv->cfg->web_ui ? mf_web_find(r->path) : NULL;
     if (!a) return reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no endpoint at %s", r->path);
     r->headers = a->headers;
     const char *inm = header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);

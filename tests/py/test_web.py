@@ -130,6 +130,17 @@ class WebPageHttpTest(unittest.TestCase):
         self.assertEqual(r.status, 405)
         self.assertIn("GET", r.header("Allow"))
 
+    def test_web_ui_false_turns_the_page_off(self):
+        srv = ts.Server("--web_ui", "false")
+        try:
+            for path in ASSETS:
+                r = srv.request("GET", path)
+                self.assertEqual(r.status, 404, path)
+                self.assertEqual(r.json()["error"]["code"], "not_found", path)
+            self.assertEqual(srv.request("GET", "/v2/health/ready").status, 200)  # the API stays
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
     def test_counted_as_web(self):
         self.srv.request("GET", "/")
         fams = ts.parse_prometheus(self.srv.metrics())
