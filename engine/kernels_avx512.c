@@ -363,70 +363,101 @@ static inline __m512 exp512(__m512 x)
 
 /* ---- Mobile -> Former --------------------------------------------------- */
 
-#define TB 6 /* tokens per pass */
+#define TB 6 /* tokens per pass (m2f_attn_avx512 switches on 1..TB) */
+_Static_assert(TB == 6, "m2f_attn_avx512 dispatches token counts 1..6");
+
+/* NT (a constant, so the accumulators stay in registers) tokens of one
+ * head: scores, softmax over pixels, outputs. */
+static inline __attribute__((always_inline)) void m2f_tokens(int NT, const float *x, int ch, int hw, const float *q,
+                                                             int ldq, float scale, float *o, int ldo, float *scratch)
+{
+    /* scores S[i][p] = scale * sum_c q[i][c] x[c][p] */
+    for (int p0 = 0; p0 < hw; p0 += 16) {
+        __mmask16 mk = mask_n(hw - p0);
+        __m512 acc[TB];
+#pragma GCC unroll 6
+        for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();
+        for (int c = 0; c < ch; c++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)c * hw + p0);
+#pragma GCC unroll 6
+            for (int i = 0; i < NT; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)i * ldq + c]), xv, acc[i]);
+        }
+#pragma GCC unroll 6
+        for (int i = 0; i < NT; i++)
+            _mm512_mask_storeu_ps(scratch + (size_t)i * hw + p0, mk, _mm512_mul_ps(acc[i], _mm512_set1_ps(scale)));
+    }
+    /* softmax over pixels; 1/sum is applied to the outputs */
+    float inv[TB];
+    for (int i = 0; i < NT; i++) {
+        float *s = scratch + (size_t)i * hw;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int p0 = 0; p0 < hw; p0 += 16)
+            mx = _mm512_mask_max_ps(mx, mask_n(hw - p0), mx, _mm512_maskz_loadu_ps(mask_n(hw - p0), s + p0));
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+        for (int p0 = 0; p0 < hw; p0 += 16) {
+            __mmask16 mk = mask_n(hw - p0);
+            __m512 ev = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + p0), m)));
+            sum = _mm512_add_ps(sum, ev);
+            _mm512_mask_storeu_ps(s + p0, mk, ev);
+        }
+        inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    /* o[i][c] = sum_p S[i][p] x[c][p], four channels at a time */
+    int c = 0;
+    for (; c + 4 <= ch; c += 4) {
+        __m512 acc[4][TB];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+#pragma GCC unroll 6
+            for (int i = 0; i < NT; i++) acc[j][i] = _mm512_setzero_ps();
+        for (int p0 = 0; p0 < hw; p0 += 16) {
+            __mmask16 mk = mask_n(hw - p0);
+            __m512 xv[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) xv[j] = _mm512_maskz_loadu_ps(mk, x + (size_t)(c + j) * hw + p0);
+#pragma GCC unroll 6
+            for (int i = 0; i < NT; i++) {
+                __m512 sv = _mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0);
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) acc[j][i] = _mm512_fmadd_ps(sv, xv[j], acc[j][i]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+#pragma GCC unroll 6
+            for (int i = 0; i < NT; i++) o[(size_t)i * ldo + c + j] = _mm512_reduce_add_ps(acc[j][i]) * inv[i];
+    }
+    for (; c < ch; c++) {
+        __m512 acc[TB];
+#pragma GCC unroll 6
+        for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();
+        for (int p0 = 0; p0 < hw; p0 += 16) {
+            __mmask16 mk = mask_n(hw - p0);
+            __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)c * hw + p0);
+#pragma GCC unroll 6
+            for (int i = 0; i < NT; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0), xv, acc[i]);
+        }
+#pragma GCC unroll 6
+        for (int i = 0; i < NT; i++) o[(size_t)i * ldo + c] = _mm512_reduce_add_ps(acc[i]) * inv[i];
+    }
+}
 
 static void m2f_attn_avx512(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale, float *o,
                             int ldo, float *scratch)
 {
     for (int t0 = 0; t0 < t; t0 += TB) {
         const int tn = t - t0 < TB ? t - t0 : TB;
-        /* scores S[i][p] = scale * sum_c q[i][c] x[c][p] */
-        for (int p0 = 0; p0 < hw; p0 += 16) {
-            __mmask16 mk = mask_n(hw - p0);
-            __m512 acc[TB];
-            for (int i = 0; i < TB; i++) acc[i] = _mm512_setzero_ps();
-            for (int c = 0; c < ch; c++) {
-                __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)c * hw + p0);
-                for (int i = 0; i < tn; i++)
-                    acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)(t0 + i) * ldq + c]), xv, acc[i]);
-            }
-            for (int i = 0; i < tn; i++)
-                _mm512_mask_storeu_ps(scratch + (size_t)i * hw + p0, mk, _mm512_mul_ps(acc[i], _mm512_set1_ps(scale)));
-        }
-        /* softmax over pixels; 1/sum is applied to the outputs */
-        float inv[TB];
-        for (int i = 0; i < tn; i++) {
-            float *s = scratch + (size_t)i * hw;
-            __m512 mx = _mm512_set1_ps(-INFINITY);
-            for (int p0 = 0; p0 < hw; p0 += 16)
-                mx = _mm512_mask_max_ps(mx, mask_n(hw - p0), mx, _mm512_maskz_loadu_ps(mask_n(hw - p0), s + p0));
-            __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
-            for (int p0 = 0; p0 < hw; p0 += 16) {
-                __mmask16 mk = mask_n(hw - p0);
-                __m512 ev = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + p0), m)));
-                sum = _mm512_add_ps(sum, ev);
-                _mm512_mask_storeu_ps(s + p0, mk, ev);
-            }
-            inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
-        }
-        /* o[i][c] = sum_p S[i][p] x[c][p], four channels at a time */
-        int c = 0;
-        for (; c + 4 <= ch; c += 4) {
-            __m512 acc[4][TB];
-            for (int j = 0; j < 4; j++)
-                for (int i = 0; i < TB; i++) acc[j][i] = _mm512_setzero_ps();
-            for (int p0 = 0; p0 < hw; p0 += 16) {
-                __mmask16 mk = mask_n(hw - p0);
-                __m512 xv[4];
-                for (int j = 0; j < 4; j++) xv[j] = _mm512_maskz_loadu_ps(mk, x + (size_t)(c + j) * hw + p0);
-                for (int i = 0; i < tn; i++) {
-                    __m512 sv = _mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0);
-                    for (int j = 0; j < 4; j++) acc[j][i] = _mm512_fmadd_ps(sv, xv[j], acc[j][i]);
-                }
-            }
-            for (int j = 0; j < 4; j++)
-                for (int i = 0; i < tn; i++) o[(size_t)(t0 + i) * ldo + c + j] = _mm512_reduce_add_ps(acc[j][i]) * inv[i];
-        }
-        for (; c < ch; c++) {
-            __m512 acc[TB];
-            for (int i = 0; i < TB; i++) acc[i] = _mm512_setzero_ps();
-            for (int p0 = 0; p0 < hw; p0 += 16) {
-                __mmask16 mk = mask_n(hw - p0);
-                __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)c * hw + p0);
-                for (int i = 0; i < tn; i++)
-                    acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0), xv, acc[i]);
-            }
-            for (int i = 0; i < tn; i++) o[(size_t)(t0 + i) * ldo + c] = _mm512_reduce_add_ps(acc[i]) * inv[i];
+        const float *qt = q + (size_t)t0 * ldq;
+        float *ot = o + (size_t)t0 * ldo;
+        switch (tn) { /* TB == 6 */
+        case 1: m2f_tokens(1, x, ch, hw, qt, ldq, scale, ot, ldo, scratch); break;
+        case 2: m2f_tokens(2, x, ch, hw, qt, ldq, scale, ot, ldo, scratch); break;
+        case 3: m2f_tokens(3, x, ch, hw, qt, ldq, scale, ot, ldo, scratch); break;
+        case 4: m2f_tokens(4, x, ch, hw, qt, ldq, scale, ot, ldo, scratch); break;
+        case 5: m2f_tokens(5, x, ch, hw, qt, ldq, scale, ot, ldo, scratch); break;
+        default: m2f_tokens(6, x, ch, hw, qt, ldq, scale, ot, ldo, scratch); break;
         }
     }
 }
@@ -435,31 +466,35 @@ static void m2f_attn_avx512(const float *x, int ch, int hw, const float *q, int 
 
 #define TMAX 16 /* tokens held in registers; more go to the reference kernel */
 
-static void f2m_attn_avx512(float *y, int ch, int hw, const float *k, const float *v, int ldk, int t, float scale)
+/* All t tokens of one head on each 16-pixel strip; t a constant where it
+ * is dispatched (f2m_attn_avx512), so the scores stay in registers. */
+static inline __attribute__((always_inline)) void f2m_tokens(int t, float *y, int ch, int hw, const float *k,
+                                                             const float *v, int ldk, float scale)
 {
-    if (t > TMAX) {
-        mf_kernels_ref.f2m_attn(y, ch, hw, k, v, ldk, t, scale);
-        return;
-    }
     for (int p0 = 0; p0 < hw; p0 += 16) {
         __mmask16 mk = mask_n(hw - p0);
         __m512 s[TMAX];
-        for (int i = 0; i < t; i++) s[i] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int i = 0; i < TMAX; i++) s[i] = _mm512_setzero_ps(); /* past t: never read */
         for (int c = 0; c < ch; c++) {
             __m512 yv = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
+#pragma GCC unroll 16
             for (int i = 0; i < t; i++) s[i] = _mm512_fmadd_ps(_mm512_set1_ps(k[(size_t)i * ldk + c]), yv, s[i]);
         }
         __m512 mx = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 16
         for (int i = 0; i < t; i++) {
             s[i] = _mm512_mul_ps(s[i], _mm512_set1_ps(scale));
             mx = _mm512_max_ps(mx, s[i]);
         }
         __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 16
         for (int i = 0; i < t; i++) {
             s[i] = exp512(_mm512_sub_ps(s[i], mx));
             sum = _mm512_add_ps(sum, s[i]);
         }
         __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), sum);
+#pragma GCC unroll 16
         for (int i = 0; i < t; i++) s[i] = _mm512_mul_ps(s[i], inv);
         int c = 0;
         for (; c + 4 <= ch; c += 4) {
@@ -467,6 +502,7 @@ static void f2m_attn_avx512(float *y, int ch, int hw, const float *k, const floa
             __m512 a1 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 1) * hw + p0);
             __m512 a2 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 2) * hw + p0);
             __m512 a3 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 3) * hw + p0);
+#pragma GCC unroll 16
             for (int i = 0; i < t; i++) {
                 const float *vr = v + (size_t)i * ldk + c;
                 a0 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[0]), a0);
@@ -481,9 +517,27 @@ static void f2m_attn_avx512(float *y, int ch, int hw, const float *k, const floa
         }
         for (; c < ch; c++) {
             __m512 a = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
+#pragma GCC unroll 16
             for (int i = 0; i < t; i++) a = _mm512_fmadd_ps(s[i], _mm512_set1_ps(v[(size_t)i * ldk + c]), a);
             _mm512_mask_storeu_ps(y + (size_t)c * hw + p0, mk, a);
         }
+    }
+}
+
+static void f2m_attn_avx512(float *y, int ch, int hw, const float *k, const float *v, int ldk, int t, float scale)
+{
+    switch (t) {
+    case 1: f2m_tokens(1, y, ch, hw, k, v, ldk, scale); break;
+    case 2: f2m_tokens(2, y, ch, hw, k, v, ldk, scale); break;
+    case 3: f2m_tokens(3, y, ch, hw, k, v, ldk, scale); break;
+    case 4: f2m_tokens(4, y, ch, hw, k, v, ldk, scale); break;
+    case 5: f2m_tokens(5, y, ch, hw, k, v, ldk, scale); break;
+    case 6: f2m_tokens(6, y, ch, hw, k, v, ldk, scale); break;
+    case 7: f2m_tokens(7, y, ch, hw, k, v, ldk, scale); break;
+    case 8: f2m_tokens(8, y, ch, hw, k, v, ldk, scale); break;
+    default:
+        if (t > TMAX) mf_kernels_ref.f2m_attn(y, ch, hw, k, v, ldk, t, scale);
+        else f2m_tokens(t, y, ch, hw, k, v, ldk, scale);
     }
 }
 
