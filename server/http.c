@@ -283,6 +283,20 @@ int mf_http_parse_top_k(const char *v, size_t len, int classes)
     return n > classes ? classes : (int)n;
 }
 
+/* Percent-decoding of the path and of query keys and values.  A text with
+ * an encoded NUL ("%00") is left as sent: decoded, it would end the string
+ * early (so "/%00../x" would route as "/"); undecoded it matches no route
+ * and no setting, and gets the ordinary 404 or 400. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    for (const char *p = s; (p = strchr(p, '%')) != NULL; p++)
+        if (p[1] == '0' && p[2] == '0')
+            return strlen(s);
+    return MHD_http_unescape(s);
+}
+
 /* top_k of the query string (libmicrohttpd has split and unescaped it);
  * "?top_k" without a value counts as empty. */
 static int parse_top_k(request *r)
@@ -1037,6 +1051,7 @@ mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_bat
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)&on_completed, s},
         {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)&on_connection, s},
+        {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)&unescape, NULL},
         {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->http_threads,
          NULL},
