@@ -66,6 +66,7 @@ struct mf_http {
     int in_h, in_w;              /* model input size */
     int classes;                 /* model classes */
     atomic_int draining;         /* set once by mf_http_begin_drain */
+    MHD_socket listen_fd;        /* after the drain began: the quiesced listening socket */
     atomic_long inflight;        /* requests between request_new and completion */
     mf_deadline *deadline;       /* request-head deadlines (slow clients); NULL = none */
     char *metadata;              /* GET /v2/models/{name} body, built once */
@@ -1009,7 +1010,13 @@ mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_bat
         struct sockaddr_in6 in6;
     } addr;
     memset(&addr, 0, sizeof addr);
-    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+    /* poll(), not epoll: libmicrohttpd 0.9.75's MHD_quiesce_daemon() races
+     * with its own epoll workers over removing the listening socket from
+     * their epoll sets, and the loser aborts the process ("Failed to remove
+     * listen FD from epoll set"; seen here about once in 30 SIGTERMs under
+     * load).  With poll() the quiesce reaches the workers through their
+     * inter-thread channel instead. */
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
                          MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (inet_pton(AF_INET, cfg->bind, &addr.in4.sin_addr) == 1) {
         addr.in4.sin_family = AF_INET;
@@ -1028,6 +1035,7 @@ mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_bat
         return MF_HTTP_NOMEM;
     }
     s->cfg = cfg;
+    s->listen_fd = MHD_INVALID_SOCKET;
     s->model = model;
     s->batcher = batcher;
     s->metrics = metrics;
@@ -1079,8 +1087,12 @@ int mf_http_port(const mf_http *h) { return h->port; }
 void mf_http_begin_drain(mf_http *h)
 {
     if (!h || atomic_exchange(&h->draining, 1)) return;
-    MHD_socket fd = MHD_quiesce_daemon(h->daemon);
-    if (fd != MHD_INVALID_SOCKET) close(fd);
+    /* The workers stop polling the socket once they see the quiesce, a
+     * little later; it must stay open (its number unreused) until then, so
+     * it is only shut down here -- new connections are refused at once --
+     * and closed after MHD_stop_daemon. */
+    h->listen_fd = MHD_quiesce_daemon(h->daemon);
+    if (h->listen_fd != MHD_INVALID_SOCKET) shutdown(h->listen_fd, SHUT_RDWR);
 }
 
 long mf_http_inflight(const mf_http *h) { return h ? atomic_load(&h->inflight) : 0; }
@@ -1089,6 +1101,7 @@ void mf_http_stop(mf_http *h)
 {
     if (!h) return;
     MHD_stop_daemon(h->daemon);
+    if (h->listen_fd != MHD_INVALID_SOCKET) close(h->listen_fd); /* quiesced: ours to close */
     mf_deadline_free(h->deadline); /* every connection has closed */
     free(h->metadata);
     free(h);
