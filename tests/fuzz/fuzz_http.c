@@ -28,6 +28,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,9 +86,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!http) start_server();
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     FUZZ_CHECK(fd >= 0);
+    /* Thousands of connections a second leave their ports in TIME_WAIT for
+     * a minute: one source address would run out of ephemeral ports within
+     * a smoke run.  Rotate the source over 127.0.0.2 .. 127.0.0.251. */
+    static unsigned n_conn;
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + n_conn++ % 250);
+    int one = 1; /* the port is chosen at connect(), per destination, not at bind() */
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    FUZZ_CHECK(bind(fd, (struct sockaddr *)&src, sizeof src) == 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)mf_http_port(http))};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    FUZZ_CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        /* libFuzzer's timers interrupt a connect() that waits on a full
+         * backlog; the connection goes on and completes asynchronously */
+        int e = errno, soerr = 0;
+        socklen_t len = sizeof soerr;
+        struct pollfd w = {fd, POLLOUT, 0};
+        while (e == EINTR && poll(&w, 1, 10000) < 0 && errno == EINTR) {}
+        if (e == EINTR && (w.revents & (POLLOUT | POLLERR | POLLHUP)) &&
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0)
+            e = soerr;
+        if (e != 0) {
+            fprintf(stderr, "connect from 127.0.0.%u: %s\n", 2 + (n_conn - 1) % 250, strerror(e));
+            FUZZ_CHECK(!"connect to the server");
+        }
+    }
 
     /* send and read at once: a large input must not deadlock against a
      * server that answers before reading all of it */
