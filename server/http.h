@@ -1,6 +1,6 @@
 /* http.h -- the HTTP front end: routing, uploads, validation, answers.
  *
- * A libmicrohttpd daemon (internal epoll threads, a pool of http_threads)
+ * A libmicrohttpd daemon (internal poll() threads, a pool of http_threads)
  * serves the endpoints below.  Predict requests are read whole, decoded and
  * preprocessed on the HTTP thread that received them, queued on the batcher,
  * and their connection is suspended until the batch has run (see batcher.c,
