@@ -1,6 +1,7 @@
 # mobileformer -- build, test, run, bench.
 #
-#   make              build the engine library, the CLI and the server (build/)
+#   make              build the libraries (engine, vision, server), the CLI and the server (build/)
+#   make check        fast and offline: build + the C unit suites (no installs, no fuzz builds)
 #   make test         install missing Debian packages, build, run every test
 #   make run          install missing packages, build, serve the bundled model on :8080
 #   make bench        engine benchmarks (bench/engine.sh), not part of the tests
@@ -19,7 +20,7 @@ SANITIZE ?=
 PKGS      = jansson libmicrohttpd libpng libjpeg openblas
 WARN      = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
 FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP $(OPT) $(WARN) \
-                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Iserver $(CFLAGS)
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Ivision -Iserver $(CFLAGS)
 FINAL_LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
 AVX512_FLAGS  = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2
 
@@ -31,23 +32,32 @@ FINAL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-rec
 FINAL_LDLIBS += -fsanitize=$(SANITIZE)
 endif
 
+# Three libraries, each on the ones below it: engine (inference), vision
+# (decode, preprocess, top-k; on engine), server (HTTP service; on both).
+# The CLI links vision + engine only: no HTTP in it.
 ENGINE_SRC  := $(wildcard engine/*.c)
+VISION_SRC  := $(wildcard vision/*.c)
 SERVER_SRC  := $(filter-out server/main.c,$(wildcard server/*.c))
 CLI_SRC     := $(wildcard cli/*.c)
 TEST_SRC    := $(wildcard tests/test_*.c)
 
 ENGINE_OBJ  := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
+VISION_OBJ  := $(VISION_SRC:%.c=$(BUILD)/obj/%.o)
 SERVER_OBJ  := $(SERVER_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_BIN    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 ENGINE_LIB  := $(BUILD)/libmfengine.a
+VISION_LIB  := $(BUILD)/libmfvision.a
 SERVER_LIB  := $(BUILD)/libmfserver.a
 CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
-.PHONY: all test test-unit test-py test-bins deps run bench bench-engine loadtest clean eval-default \
-        fuzz fuzz-bins tsan soak roofline
+# the CLI's libraries: no libmicrohttpd
+CLI_PKGS      = jansson libpng libjpeg openblas
+CLI_LDLIBS    = $(shell pkg-config --libs $(CLI_PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
+
+.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -63,19 +73,24 @@ $(ENGINE_LIB): $(ENGINE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(VISION_LIB): $(VISION_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
 $(SERVER_LIB): $(SERVER_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(CLI_BIN): $(CLI_OBJ) $(SERVER_LIB) $(ENGINE_LIB)
+$(CLI_BIN): $(CLI_OBJ) $(VISION_LIB) $(ENGINE_LIB)
+	$(CC) $(FINAL_CFLAGS) -Wl,--as-needed -o $@ $^ $(CLI_LDLIBS)
+
+$(SERVER_BIN): $(BUILD)/obj/server/main.o $(SERVER_LIB) $(VISION_LIB) $(ENGINE_LIB)
 	$(CC) $(FINAL_CFLAGS) -o $@ $^ $(FINAL_LDLIBS)
 
-$(SERVER_BIN): $(BUILD)/obj/server/main.o $(SERVER_LIB) $(ENGINE_LIB)
-	$(CC) $(FINAL_CFLAGS) -o $@ $^ $(FINAL_LDLIBS)
-
-$(BUILD)/tests/%: tests/%.c tests/testutil.h $(SERVER_LIB) $(ENGINE_LIB)
+$(BUILD)/tests/%: tests/%.c tests/support/testutil.h $(SERVER_LIB) $(VISION_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(FINAL_CFLAGS) -Itests -o $@ $< $(SERVER_LIB) $(ENGINE_LIB) $(FINAL_LDLIBS) $(shell pkg-config --libs check)
+	$(CC) $(FINAL_CFLAGS) -Itests/support -o $@ $< $(SERVER_LIB) $(VISION_LIB) $(ENGINE_LIB) $(FINAL_LDLIBS) \
+	    $(shell pkg-config --libs check)
 
 # libFuzzer targets (clang): each tests/fuzz/fuzz_*.c linked with the server
 # and engine sources built again, always with ASan + UBSan, in build/fuzz/
@@ -87,11 +102,12 @@ FUZZ_BUILD   := build/fuzz
 $(BUILD)/obj/server/web.o $(FUZZ_BUILD)/obj/server/web.o: $(wildcard server/web/*)
 FUZZ_SECONDS ?= 600
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -pthread -g -O1 -fno-strict-aliasing -MMD -MP $(WARN) \
-                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Iserver \
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Ivision -Iserver \
                 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
-FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/obj/%.o) $(SERVER_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/obj/%.o) $(VISION_SRC:%.c=$(FUZZ_BUILD)/obj/%.o) \
+                $(SERVER_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
 
 $(FUZZ_BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -111,7 +127,7 @@ deps:
 	@sh scripts/install-deps.sh test
 
 # LD_PRELOAD shim of the out-of-memory tests: plain C, never sanitized
-$(BUILD)/tests/libfailmalloc.so: tests/failmalloc.c
+$(BUILD)/tests/libfailmalloc.so: tests/support/failmalloc.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 $(WARN) -shared -fPIC -o $@ $<
 
@@ -123,12 +139,16 @@ test: deps
 	@$(MAKE) --no-print-directory test-bins
 	@MF_BUILD=$(BUILD) sh tests/run.sh
 
+# The quick loop while developing: what is installed already, the C suites only.
+check: all $(TEST_BIN)
+	@MF_BUILD=$(BUILD) MF_TEST_KIND=unit sh tests/run.sh
+
 run: 
 	@sh scripts/install-deps.sh build
 	@$(MAKE) --no-print-directory all
 	$(SERVER_BIN) --config config/server.json
 
-bench bench-engine: all
+bench: all
 	@sh bench/engine.sh
 
 ARCHS ?= mobile_former_26m mobile_former_151m mobile_former_508m

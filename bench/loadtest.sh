@@ -65,7 +65,7 @@ die() {
 for f in "$SERVER" "$CLI"; do [ -x "$f" ] || die "$f is not built (make)"; done
 command -v wrk >/dev/null 2>&1 || die "wrk is missing (sh scripts/install-deps.sh test)"
 command -v curl >/dev/null 2>&1 || die "curl is missing (sh scripts/install-deps.sh test)"
-[ -f "$MODEL" ] || die "no model $MODEL (give one with --model; /usr/bin/python3 tests/sh/make_stand_in_model.py OUT makes a stand-in)"
+[ -f "$MODEL" ] || die "no model $MODEL (give one with --model; /usr/bin/python3 tests/support/make_stand_in_model.py OUT makes a stand-in)"
 export OPENBLAS_NUM_THREADS=1
 export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-Haswell}"
 

@@ -25,7 +25,7 @@
 #   - the server is alive at the end and exits 0 on SIGTERM.
 # Raw outputs (wrk, RSS samples, the end of the server log) go to
 # bench/out/soak-YYYYmmdd-HHMMSS/.  M defaults to the bundled model, or a stand-in
-# with its architecture while it is absent (tests/sh/make_stand_in_model.py).
+# with its architecture while it is absent (tests/support/make_stand_in_model.py).
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${MF_BUILD:-build}
@@ -89,7 +89,7 @@ command -v wrk >/dev/null 2>&1 || die "wrk is missing (sh scripts/install-deps.s
 if [ ! -f "$MODEL" ]; then
   [ "$MODEL" = models/fashion_mnist_mobileformer.safetensors ] || die "no model $MODEL"
   echo "note: $MODEL is not there yet; using a stand-in (same architecture, synthetic weights)"
-  $PY tests/sh/make_stand_in_model.py "$tmp/stand_in.safetensors" >/dev/null
+  $PY tests/support/make_stand_in_model.py "$tmp/stand_in.safetensors" >/dev/null
   MODEL=$tmp/stand_in.safetensors
 fi
 

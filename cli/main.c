@@ -6,6 +6,8 @@
  * Every error is one line on stderr and a non-zero exit. */
 #include "image.h"
 #include "mf.h"
+#include "mf_synthetic.h"
+#include "mf_util.h"
 #include "preprocess.h"
 #include "topk.h"
 
@@ -246,8 +248,7 @@ static int cmd_predict(const opts *o)
     int K = mf_model_num_classes(m), k = o->top_k < K ? o->top_k : K, failures = 0;
     float *x = malloc((size_t)3 * p->input_h * p->input_w * sizeof(float));
     float *logits = malloc((size_t)K * sizeof(float)), *prob = malloc((size_t)K * sizeof(float));
-    int *idx = malloc((size_t)k * sizeof(int));
-    if (!x || !logits || !prob || !idx) die("out of memory");
+    if (!x || !logits || !prob) die("out of memory");
     for (int i = 0; i < o->nfiles; i++) {
         size_t len;
         char err[1200] = "";
@@ -268,11 +269,8 @@ static int cmd_predict(const opts *o)
             mf_image_free(&img);
             if (mf_forward(m, ws, x, 1, p->input_h, p->input_w, logits) != MF_OK) die("inference failed");
             mf_softmax(logits, K, prob);
-            int n = mf_topk(prob, K, k, idx);
-            json_t *preds = json_array();
-            for (int j = 0; j < n; j++)
-                json_array_append_new(preds, json_pack("{s:i,s:s,s:f}", "index", idx[j], "label",
-                                                       mf_model_label(m, idx[j]), "probability", (double)prob[idx[j]]));
+            json_t *preds = mf_predictions_json(m, prob, k);
+            if (!preds) die("the model produced non-finite scores for '%s'", o->files[i]);
             json_object_set_new(r, "predictions", preds);
             if (o->logits) {
                 json_t *lg = json_array();
@@ -288,18 +286,12 @@ static int cmd_predict(const opts *o)
     free(x);
     free(logits);
     free(prob);
-    free(idx);
     mf_workspace_free(ws);
     mf_model_free(m);
     return failures ? 1 : 0;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
+static double now_ms(void) { return (double)mf_now_ns() * 1e-6; }
 
 static int cmp_double(const void *a, const void *b)
 {

@@ -3,6 +3,7 @@
  * parameter / multiply-add counts. */
 #include "mf.h"
 #include "internal.h"
+#include "recipe.h"
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -58,32 +59,6 @@ static const preset_row presets[] = {
 #undef A
 #undef B3
 #undef B
-
-static const char *type_names[] = {"A", "B3", "B"};
-
-void mf_set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-const char *mf_status_str(mf_status s)
-{
-    switch (s) {
-    case MF_OK: return "ok";
-    case MF_ERR_IO: return "i/o error";
-    case MF_ERR_FORMAT: return "bad model file format";
-    case MF_ERR_ARCH: return "bad architecture";
-    case MF_ERR_TENSOR: return "bad tensor";
-    case MF_ERR_NOMEM: return "out of memory";
-    case MF_ERR_ARG: return "bad argument";
-    case MF_ERR_THREAD: return "thread error";
-    }
-    return "unknown error";
-}
 
 mf_status mf_arch_preset(const char *name, mf_arch *out)
 {
@@ -228,7 +203,7 @@ mf_status mf_arch_parse(const char *text, mf_arch *out, char *err, size_t errlen
         const char *t = json_string_value(json_array_get(row, 0));
         int type = -1;
         for (int k = 0; k < 3; k++)
-            if (strcmp(t, type_names[k]) == 0) type = k;
+            if (strcmp(t, mf_block_recipes[k].name) == 0) type = k;
         if (type < 0) { mf_set_err(err, errlen, "architecture: block %d: type must be A, B3 or B", i); goto done; }
         int v[4];
         for (int k = 0; k < 4; k++) {
@@ -260,7 +235,7 @@ char *mf_arch_to_json(const mf_arch *a)
     json_t *bl = json_array();
     for (int i = 0; i < a->n_blocks; i++) {
         const mf_block_desc *b = &a->blocks[i];
-        json_array_append_new(bl, json_pack("[siiii]", type_names[b->type], b->e1, b->c, b->s, b->e2));
+        json_array_append_new(bl, json_pack("[siiii]", mf_block_recipes[b->type].name, b->e1, b->c, b->s, b->e2));
     }
     json_object_set_new(root, "blocks", bl);
     char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -268,7 +243,7 @@ char *mf_arch_to_json(const mf_arch *a)
     return s;
 }
 
-/* ---- tensor list --------------------------------------------------------- */
+/* ---- tensor list and counts, from the recipe ------------------------------ */
 
 typedef struct spec_list {
     mf_tensor_spec *v;
@@ -276,6 +251,8 @@ typedef struct spec_list {
     int oom;
 } spec_list;
 
+static void add(spec_list *l, int ndim, int d0, int d1, int d2, int d3, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
 static void add(spec_list *l, int ndim, int d0, int d1, int d2, int d3, const char *fmt, ...)
 {
     if (l->oom) return;
@@ -298,111 +275,76 @@ static void add(spec_list *l, int ndim, int d0, int d1, int d2, int d3, const ch
     for (int i = ndim; i < 4; i++) s->shape[i] = 0;
 }
 
-static void add_bn(spec_list *l, int c, const char *prefix)
+static void add_bn(spec_list *l, int c, const char *p, const char *bn)
 {
-    add(l, 1, c, 0, 0, 0, "%s.weight", prefix);
-    add(l, 1, c, 0, 0, 0, "%s.bias", prefix);
-    add(l, 1, c, 0, 0, 0, "%s.running_mean", prefix);
-    add(l, 1, c, 0, 0, 0, "%s.running_var", prefix);
+    add(l, 1, c, 0, 0, 0, "%s%s.weight", p, bn);
+    add(l, 1, c, 0, 0, 0, "%s%s.bias", p, bn);
+    add(l, 1, c, 0, 0, 0, "%s%s.running_mean", p, bn);
+    add(l, 1, c, 0, 0, 0, "%s%s.running_var", p, bn);
 }
 
-static void add_linear(spec_list *l, int out, int in, const char *prefix)
+static void add_linear(spec_list *l, int out, int in, const char *p, const char *name, const char *sub)
 {
-    add(l, 2, out, in, 0, 0, "%s.weight", prefix);
-    add(l, 1, out, 0, 0, 0, "%s.bias", prefix);
+    add(l, 2, out, in, 0, 0, "%s%s%s.weight", p, name, sub);
+    add(l, 1, out, 0, 0, 0, "%s%s%s.bias", p, name, sub);
 }
 
-static void add_conv(spec_list *l, int out, int in_per_group, int k, const char *prefix)
+/* The checkpoint tensors of recipe rows under prefix p (e.g. "features.3."). */
+static void add_rows(spec_list *l, const mf_layer_recipe *rows, int n, const char *p, const mf_widths *w, int G)
 {
-    add(l, 4, out, in_per_group, k, k, "%s.weight", prefix);
-}
-
-static void add_m2f(spec_list *l, const char *p, int C, int D)
-{
-    char b[128];
-    snprintf(b, sizeof b, "%s.alpha.0", p); add_linear(l, C, D, b);
-    snprintf(b, sizeof b, "%s.q", p); add_linear(l, C, D, b);
-    snprintf(b, sizeof b, "%s.proj", p); add_linear(l, D, C, b);
-    add(l, 1, D, 0, 0, 0, "%s.layer_norm.weight", p);
-    add(l, 1, D, 0, 0, 0, "%s.layer_norm.bias", p);
-}
-
-static void add_bridges(spec_list *l, int i, int cin, int cout, int D)
-{
-    char p[64], b[128];
-    snprintf(p, sizeof p, "features.%d.local_global", i);
-    add_m2f(l, p, cin, D);
-    snprintf(b, sizeof b, "features.%d.global_block.ffn.0", i); add_linear(l, 2 * D, D, b);
-    snprintf(b, sizeof b, "features.%d.global_block.ffn.2", i); add_linear(l, D, 2 * D, b);
-    add(l, 1, D, 0, 0, 0, "features.%d.global_block.ffn_norm.weight", i);
-    add(l, 1, D, 0, 0, 0, "features.%d.global_block.ffn_norm.bias", i);
-    snprintf(b, sizeof b, "features.%d.global_block.q", i); add_linear(l, D, D, b);
-    snprintf(b, sizeof b, "features.%d.global_block.channel_mlp", i); add_linear(l, D, D, b);
-    add(l, 1, D, 0, 0, 0, "features.%d.global_block.layer_norm.weight", i);
-    add(l, 1, D, 0, 0, 0, "features.%d.global_block.layer_norm.bias", i);
-    snprintf(b, sizeof b, "features.%d.global_local.k", i); add_linear(l, cout, D, b);
-    snprintf(b, sizeof b, "features.%d.global_local.proj", i); add_linear(l, cout, D, b);
-}
-
-static void add_hyper(spec_list *l, int i, const char *name, int D, int C)
-{
-    char b[128];
-    snprintf(b, sizeof b, "features.%d.%s.hyper.0", i, name); add_linear(l, D / 4, D, b);
-    snprintf(b, sizeof b, "features.%d.%s.hyper.2", i, name); add_linear(l, 2 * C, D / 4, b);
+    const int D = w->v[MF_DIM_TOK];
+    for (int i = 0; i < n; i++) {
+        const mf_layer_recipe *r = &rows[i];
+        const int in = mf_dim_eval(r->in, w), out = mf_dim_eval(r->out, w);
+        switch (r->kind) {
+        case MF_LAYER_DW:
+            add(l, 4, out, 1, 3, 3, "%s%s.weight", p, r->name);
+            add_bn(l, out, p, r->bn);
+            break;
+        case MF_LAYER_PW:
+            add(l, 4, out, in / G, 1, 1, "%s%s.weight", p, r->name);
+            add_bn(l, out, p, r->bn);
+            break;
+        case MF_LAYER_STEM:
+            add(l, 4, out, in, 3, 3, "%s%s.weight", p, r->name);
+            add_bn(l, out, p, r->bn);
+            break;
+        case MF_LAYER_HYPER:
+            add_linear(l, D / 4, D, p, r->name, ".hyper.0");
+            add_linear(l, 2 * out, D / 4, p, r->name, ".hyper.2");
+            break;
+        case MF_LAYER_LINEAR: add_linear(l, out, in, p, r->name, ""); break;
+        case MF_LAYER_LINEAR_BN:
+            add_linear(l, out, in, p, r->name, "");
+            add_bn(l, out, p, r->bn);
+            break;
+        case MF_LAYER_NORM:
+            add(l, 1, out, 0, 0, 0, "%s%s.weight", p, r->name);
+            add(l, 1, out, 0, 0, 0, "%s%s.bias", p, r->name);
+            break;
+        case MF_LAYER_TOKENS: add(l, 2, in, out, 0, 0, "%s%s", p, r->name); break;
+        case MF_LAYER_ATTN: break;
+        }
+    }
 }
 
 int mf_arch_tensor_specs(const mf_arch *a, int num_classes, mf_tensor_spec **out)
 {
     spec_list l = {0};
-    char b[128];
-    const int D = a->token_dim, G = a->groups;
-    add(&l, 2, a->tokens, D, 0, 0, "tokens.weight");
-    add_conv(&l, a->stem, 3, 3, "stem.0");
-    add_bn(&l, a->stem, "stem.1");
+    const mf_widths top = mf_recipe_top_widths(a, num_classes);
+    add_rows(&l, mf_stem_recipe.rows, mf_stem_recipe.n, "", &top, a->groups);
     int in = a->stem;
     for (int i = 0; i < a->n_blocks; i++) {
-        const mf_block_desc *bd = &a->blocks[i];
-        int oup = bd->c;
-        if (bd->type == MF_BLOCK_A) {
-            int hid = in * bd->e1;
-            snprintf(b, sizeof b, "features.%d.conv.0", i); add_conv(&l, hid, 1, 3, b);
-            snprintf(b, sizeof b, "features.%d.conv.1", i); add_bn(&l, hid, b);
-            snprintf(b, sizeof b, "features.%d.conv.4", i); add_conv(&l, oup, hid / G, 1, b);
-            snprintf(b, sizeof b, "features.%d.conv.5", i); add_bn(&l, oup, b);
-        } else if (bd->type == MF_BLOCK_B3) {
-            int h1 = in * bd->e1, h2 = oup * bd->e2;
-            snprintf(b, sizeof b, "features.%d.conv1.0", i); add_conv(&l, h1, 1, 3, b);
-            snprintf(b, sizeof b, "features.%d.conv1.1", i); add_bn(&l, h1, b);
-            add_hyper(&l, i, "hyper1", D, h1);
-            snprintf(b, sizeof b, "features.%d.conv2.0", i); add_conv(&l, oup, h1 / G, 1, b);
-            snprintf(b, sizeof b, "features.%d.conv2.1", i); add_bn(&l, oup, b);
-            snprintf(b, sizeof b, "features.%d.conv3.0", i); add_conv(&l, h2, 1, 3, b);
-            snprintf(b, sizeof b, "features.%d.conv3.1", i); add_bn(&l, h2, b);
-            add_hyper(&l, i, "hyper3", D, h2);
-            snprintf(b, sizeof b, "features.%d.conv4.0", i); add_conv(&l, oup, h2 / G, 1, b);
-            snprintf(b, sizeof b, "features.%d.conv4.1", i); add_bn(&l, oup, b);
-            add_bridges(&l, i, in, oup, D);
-        } else {
-            int h = in * bd->e1;
-            snprintf(b, sizeof b, "features.%d.conv1.0", i); add_conv(&l, h, in / G, 1, b);
-            snprintf(b, sizeof b, "features.%d.conv1.1", i); add_bn(&l, h, b);
-            add_hyper(&l, i, "hyper1", D, h);
-            snprintf(b, sizeof b, "features.%d.conv2.0", i); add_conv(&l, h, 1, 3, b);
-            snprintf(b, sizeof b, "features.%d.conv2.1", i); add_bn(&l, h, b);
-            add_hyper(&l, i, "hyper2", D, h);
-            snprintf(b, sizeof b, "features.%d.conv3.0", i); add_conv(&l, oup, h / G, 1, b);
-            snprintf(b, sizeof b, "features.%d.conv3.1", i); add_bn(&l, oup, b);
-            add_bridges(&l, i, in, oup, D);
-        }
-        in = oup;
+        const mf_block_recipe *br = &mf_block_recipes[a->blocks[i].type];
+        const mf_widths w = mf_recipe_block_widths(a, i, in);
+        char p[32];
+        snprintf(p, sizeof p, "features.%d.", i);
+        add_rows(&l, br->layers, br->n_layers, p, &w, a->groups);
+        if (br->bridges) add_rows(&l, mf_bridge_recipe.rows, mf_bridge_recipe.n, p, &w, a->groups);
+        in = a->blocks[i].c;
     }
-    add_m2f(&l, "local_global", in, D);
-    int hid = in * a->last_exp;
-    add_conv(&l, hid, in / G, 1, "classifier.conv.1");
-    add_bn(&l, hid, "classifier.conv.2");
-    add_linear(&l, a->classifier_width, hid + D, "classifier.fc.0");
-    add_bn(&l, a->classifier_width, "classifier.fc.1");
-    add_linear(&l, num_classes, a->classifier_width, "classifier.classifier.1");
+    add_rows(&l, mf_final_m2f_recipe.rows, mf_final_m2f_recipe.n, "", &top, a->groups);
+    add_rows(&l, mf_head_recipe.rows, mf_head_recipe.n, "", &top, a->groups);
     if (l.oom) { free(l.v); *out = NULL; return -1; }
     *out = l.v;
     return l.n;
@@ -426,41 +368,63 @@ size_t mf_arch_param_count(const mf_arch *a, int num_classes)
 
 static int conv_out(int n, int s) { return (n + 2 - 3) / s + 1; }
 
+/* Multiply-adds of recipe rows on T tokens; the map is h x w at the start and
+ * becomes oh x ow after a strided depthwise row.  hw_in / hw_out: the block's
+ * input and output maps (for the attention products). */
+static double madds_rows(const mf_layer_recipe *rows, int n, const mf_widths *w, int G, double T, double *hw,
+                         double hw_in, double hw_out)
+{
+    const double D = w->v[MF_DIM_TOK];
+    double m = 0;
+    for (int i = 0; i < n; i++) {
+        const mf_layer_recipe *r = &rows[i];
+        const double in = mf_dim_eval(r->in, w), out = mf_dim_eval(r->out, w);
+        switch (r->kind) {
+        case MF_LAYER_DW:
+            if (r->strided) *hw = hw_out;
+            m += 9 * out * *hw;
+            break;
+        case MF_LAYER_PW: m += out * in / G * *hw; break;
+        case MF_LAYER_STEM: m += 9 * in * out * *hw; break;
+        case MF_LAYER_HYPER: m += D * (D / 4) + (D / 4) * 2 * out; break;
+        case MF_LAYER_LINEAR:
+        case MF_LAYER_LINEAR_BN: m += (r->per_image ? 1 : T) * in * out; break;
+        case MF_LAYER_ATTN:
+            if (r->attn == MF_ATTN_M2F) m += 2 * T * hw_in * w->v[MF_DIM_IN];
+            else if (r->attn == MF_ATTN_FORMER) m += 2 * T * T * D;
+            else m += 2 * T * hw_out * w->v[MF_DIM_OUT];
+            break;
+        case MF_LAYER_NORM:
+        case MF_LAYER_TOKENS: break;
+        }
+    }
+    return m;
+}
+
 double mf_arch_madds(const mf_arch *a, int num_classes, int h, int w)
 {
-    const double T = a->tokens, D = a->token_dim, G = a->groups;
+    const double T = a->tokens;
+    const int G = a->groups;
+    const mf_widths top = mf_recipe_top_widths(a, num_classes);
     h = conv_out(h, 2);
     w = conv_out(w, 2);
-    double hw = (double)h * w, m = 27.0 * a->stem * hw;
+    double hw = (double)h * w;
+    double m = madds_rows(mf_stem_recipe.rows, mf_stem_recipe.n, &top, G, T, &hw, hw, hw);
     int in = a->stem;
     for (int i = 0; i < a->n_blocks; i++) {
         const mf_block_desc *b = &a->blocks[i];
-        double hin = hw;
+        const mf_block_recipe *br = &mf_block_recipes[b->type];
+        const mf_widths wd = mf_recipe_block_widths(a, i, in);
         int oh = conv_out(h, b->s), ow = conv_out(w, b->s);
-        double hwo = (double)oh * ow;
-        if (b->type == MF_BLOCK_A) {
-            double hid = (double)in * b->e1;
-            m += 9 * hid * hwo + hid * b->c / G * hwo;
-        } else {
-            /* bridges: M->F (q, alpha, 2 attention products, proj), Former, F->M */
-            m += 2 * T * D * in + 2 * T * hin * in + T * in * D;
-            m += T * D * D + 2 * T * T * D + T * D * D + 4 * T * D * D;
-            m += 2 * T * D * b->c + 2 * hwo * T * b->c;
-            if (b->type == MF_BLOCK_B3) {
-                double h1 = (double)in * b->e1, h2 = (double)b->c * b->e2;
-                m += 9 * h1 * hwo + h1 * b->c / G * hwo + 9 * h2 * hwo + h2 * b->c / G * hwo;
-                m += 2 * (D * D / 4) + D / 4 * 2 * (h1 + h2);
-            } else {
-                double hid = (double)in * b->e1;
-                m += hid * in / G * hin + 9 * hid * hwo + hid * b->c / G * hwo;
-                m += 2 * (D * D / 4) + D / 4 * 2 * 2 * hid;
-            }
-        }
-        h = oh; w = ow; hw = hwo;
+        const double hin = hw, hwo = (double)oh * ow;
+        m += madds_rows(br->layers, br->n_layers, &wd, G, T, &hw, hin, hwo);
+        if (br->bridges) m += madds_rows(mf_bridge_recipe.rows, mf_bridge_recipe.n, &wd, G, T, &hw, hin, hwo);
+        h = oh;
+        w = ow;
+        hw = hwo;
         in = b->c;
     }
-    double hid = (double)in * a->last_exp;
-    m += 2 * T * D * in + 2 * T * hw * in + T * in * D;
-    m += hid * in / G * hw + (hid + D) * a->classifier_width + (double)a->classifier_width * num_classes;
+    m += madds_rows(mf_final_m2f_recipe.rows, mf_final_m2f_recipe.n, &top, G, T, &hw, hw, hw);
+    m += madds_rows(mf_head_recipe.rows, mf_head_recipe.n, &top, G, T, &hw, hw, hw);
     return m;
 }

@@ -13,11 +13,10 @@
  * All scratch memory is sized by plan() for the largest (batch, h, w) seen
  * and reused: no allocation happens while inferring within that size. */
 #include "internal.h"
+#include "recipe.h"
+#include "team.h"
 
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,30 +50,16 @@ typedef struct job {
 } job;
 
 struct mf_workspace {
-    const mf_model *m;
-    int threads;
+    const mf_model *m;       /* the model it runs (read-only, shared) */
+    int threads;             /* threads per forward pass, the caller included */
     int cap_b, cap_h, cap_w; /* largest batch/size planned for */
-    size_t bytes;
+    size_t bytes;            /* scratch bytes */
     scratch *sc;             /* [threads] */
     void *mem;               /* one allocation for all scratch */
-    mf_trace_fn trace;
-    void *trace_user;
-    /* helper threads: wait for a new generation, run their share, report */
-    pthread_t *tids;
-    pthread_mutex_t mu;
-    pthread_cond_t cv_start, cv_done;
-    unsigned generation;
-    int pending;
-    int quit;
-    job cur;
-    /* intra-op team, for batches smaller than the thread count: thread 0
-     * publishes one parallel task at a time; helpers spin for it */
-    int team;                          /* threads taking part (1: none) */
-    void (*task_fn)(void *arg, int t, int nt);
-    void *task_arg;
-    _Atomic unsigned task_gen;         /* bumped per task; task_fn NULL ends */
-    unsigned team_gen0;                /* task_gen when the team's forward began */
-    _Atomic int task_done;             /* helpers finished with the task */
+    mf_trace_fn trace;       /* intermediate outputs, or NULL */
+    void *trace_user;        /* its argument */
+    job cur;                 /* the batch of the pass running */
+    mf_team team;            /* helper threads (team.h) */
 };
 
 /* ---- planning --------------------------------------------------------- */
@@ -98,6 +83,24 @@ static void tok_layout(const mf_model *m, size_t *work, size_t *maxhid)
     *maxhid = hid;
 }
 
+/* Floats of the hidden maps (U1, U2) a block needs: every recipe row that
+ * writes one, at the map size where it runs. */
+static size_t block_hidden(const mf_block *b, int hw, int ohw)
+{
+    const mf_block_recipe *br = &mf_block_recipes[b->type];
+    size_t need = 0, cur = (size_t)hw;
+    for (int i = 0; i < br->n_layers; i++) {
+        const mf_layer_recipe *r = &br->layers[i];
+        if (r->kind != MF_LAYER_DW && r->kind != MF_LAYER_PW) continue;
+        if (r->kind == MF_LAYER_DW && r->strided) cur = (size_t)ohw;
+        const mf_widths w = {{[MF_DIM_IN] = b->cin, [MF_DIM_OUT] = b->cout, [MF_DIM_H1] = b->hid1,
+                              [MF_DIM_H2] = b->hid2}};
+        size_t f = (size_t)mf_dim_eval(r->out, &w) * cur;
+        if ((r->dst == MF_MAP_U1 || r->dst == MF_MAP_U2) && f > need) need = f;
+    }
+    return need;
+}
+
 static plan_sizes plan(const mf_model *m, int h, int w)
 {
     const mf_arch *a = &m->arch;
@@ -112,9 +115,7 @@ static plan_sizes plan(const mf_model *m, int h, int w)
         const mf_block *b = &m->blocks[i];
         int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
         size_t ohw = (size_t)oh * ow;
-        size_t f = (size_t)b->cout * ohw, hid = (size_t)b->hid1 * ohw;
-        if (b->type == MF_BLOCK_B) hid = (size_t)b->hid1 * hw;
-        if (b->type == MF_BLOCK_B3 && (size_t)b->hid2 * ohw > hid) hid = (size_t)b->hid2 * ohw;
+        size_t f = (size_t)b->cout * ohw, hid = block_hidden(b, (int)hw, (int)ohw);
         if (f > s.feat) s.feat = f;
         if (hid > s.hid) s.hid = hid;
         h = oh;
@@ -191,63 +192,9 @@ void mf_workspace_set_trace(mf_workspace *ws, mf_trace_fn fn, void *user)
     ws->trace_user = user;
 }
 
-/* ---- the team ---------------------------------------------------------- */
+static void par(mf_workspace *ws, mf_team_task fn, void *arg) { mf_team_par(&ws->team, fn, arg); }
 
-/* Waiting in the team: spin briefly (tasks follow each other within
- * microseconds), then yield the core so an oversubscribed machine (other
- * processes, other workers) still makes progress. */
-static inline void cpu_relax(unsigned *spins)
-{
-    if (++*spins < 2000) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    } else {
-        sched_yield();
-    }
-}
-
-/* Run fn(arg, t, nt) on every team thread t (the caller is t = 0) and wait. */
-static void par(mf_workspace *ws, void (*fn)(void *, int, int), void *arg)
-{
-    const int nt = ws->team;
-    if (nt <= 1) {
-        fn(arg, 0, 1);
-        return;
-    }
-    ws->task_fn = fn;
-    ws->task_arg = arg;
-    atomic_store_explicit(&ws->task_done, 0, memory_order_relaxed);
-    atomic_fetch_add_explicit(&ws->task_gen, 1, memory_order_release);
-    fn(arg, 0, nt);
-    unsigned spins = 0;
-    while (atomic_load_explicit(&ws->task_done, memory_order_acquire) < nt - 1) cpu_relax(&spins);
-}
-
-/* Helper side: run tasks until thread 0 publishes the end (task_fn NULL). */
-static void team_loop(mf_workspace *ws, int t)
-{
-    unsigned seen = ws->team_gen0; /* tasks published before this thread woke still count */
-    for (;;) {
-        unsigned g, spins = 0;
-        while ((g = atomic_load_explicit(&ws->task_gen, memory_order_acquire)) == seen) cpu_relax(&spins);
-        seen = g;
-        void (*fn)(void *, int, int) = ws->task_fn;
-        if (!fn) return;
-        fn(ws->task_arg, t, ws->team);
-        atomic_fetch_add_explicit(&ws->task_done, 1, memory_order_release);
-    }
-}
-
-/* [*lo, *hi) of n items for thread t of nt, in whole units of `unit`. */
-static void split(int n, int unit, int t, int nt, int *lo, int *hi)
-{
-    int units = (n + unit - 1) / unit;
-    *lo = (int)((long)units * t / nt) * unit;
-    *hi = (int)((long)units * (t + 1) / nt) * unit;
-    if (*hi > n) *hi = n;
-    if (*lo > n) *lo = n;
-}
+#define split mf_split
 
 /* What a layer needs: the model, the workspace (team, per-thread scratch)
  * and the calling run's scratch. */
@@ -462,19 +409,16 @@ static void former(const fctx *c, const mf_former *f, float *z, int n)
         float *oi = o + (size_t)img * T * D;
         for (int hd = 0; hd < 4; hd++)
             for (int i = 0; i < T; i++) {
-                float mx = -INFINITY;
                 for (int j = 0; j < T; j++) {
                     float acc = 0.f;
                     for (int e = 0; e < dh; e++) acc += qi[(size_t)i * D + hd * dh + e] * zi[(size_t)j * D + hd * dh + e];
                     s[j] = acc * scale;
-                    mx = s[j] > mx ? s[j] : mx;
                 }
-                float sum = 0.f;
-                for (int j = 0; j < T; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+                mf_softmax(s, T, s);
                 for (int e = 0; e < dh; e++) {
                     float acc = 0.f;
                     for (int j = 0; j < T; j++) acc += s[j] * zi[(size_t)j * D + hd * dh + e];
-                    oi[(size_t)i * D + hd * dh + e] = acc / sum;
+                    oi[(size_t)i * D + hd * dh + e] = acc;
                 }
             }
     }
@@ -557,31 +501,35 @@ static void stem(const fctx *c, const float *in, int H, int W, float *out)
     pw_conv(c, &st, c->sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
 }
 
-/* The convolutions of block b for one image: x -> y (U1/U2 scratch), with
- * this image's slopes dy (hyper 1 a, b, then hyper 2 a, b; maxhid each). */
+/* The convolutions of block b for one image, as its recipe chains them
+ * (recipe.h): x -> y through the hidden maps U1/U2, with this image's slopes
+ * dy (hyper 1 a, b, then hyper 2 a, b; maxhid each). */
 static void block_convs(const fctx *c, const mf_block *b, const float *x, int h, int w, float *y, int oh, int ow,
                         const float *dy, size_t maxhid)
 {
     scratch *sc = c->sc;
-    const int hw = h * w, ohw = oh * ow;
-    const float *a1 = dy, *b1 = dy + maxhid, *a2 = dy + 2 * maxhid, *b2 = dy + 3 * maxhid;
+    const mf_block_recipe *br = &mf_block_recipes[b->type];
     float *gath = sc->gath + (size_t)sc->nimg * c->m->arch.token_dim * 5 / 4;
-    if (b->type == MF_BLOCK_A) {
-        mf_epi e = {.act = MF_ACT_RELU6, .bias = b->dw1.bias};
-        dw_conv(c, &b->dw1, x, h, w, sc->U1, oh, ow, &e);
-        pw_conv(c, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
-    } else if (b->type == MF_BLOCK_B3) {
-        mf_epi e1 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = a1, .dyb = b1};
-        dw_conv(c, &b->dw1, x, h, w, sc->U1, oh, ow, &e1);
-        pw_conv(c, &b->pw1, sc->U1, ohw, y, MF_ACT_NONE, NULL, NULL, NULL, gath);
-        mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw2.bias, .dya = a2, .dyb = b2};
-        dw_conv(c, &b->dw2, y, oh, ow, sc->U2, oh, ow, &e2);
-        pw_conv(c, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, y, gath);
-    } else {
-        pw_conv(c, &b->pw1, x, hw, sc->U1, MF_ACT_DYRELU, a1, b1, NULL, gath);
-        mf_epi e2 = {.act = MF_ACT_DYRELU, .bias = b->dw1.bias, .dya = a2, .dyb = b2};
-        dw_conv(c, &b->dw1, sc->U1, h, w, sc->U2, oh, ow, &e2);
-        pw_conv(c, &b->pw2, sc->U2, ohw, y, MF_ACT_NONE, NULL, NULL, b->identity ? x : NULL, gath);
+    float *maps[4] = {[MF_MAP_X] = (float *)x, [MF_MAP_Y] = y, [MF_MAP_U1] = sc->U1, [MF_MAP_U2] = sc->U2};
+    int ch = h, cw = w; /* the map size where the row runs: the input's until the strided depthwise */
+    for (int i = 0; i < br->n_layers; i++) {
+        const mf_layer_recipe *r = &br->layers[i];
+        if (r->kind != MF_LAYER_DW && r->kind != MF_LAYER_PW) continue;
+        const void *layer = mf_recipe_target_const(c->m, b, r);
+        const float *src = maps[r->src];
+        float *dst = maps[r->dst];
+        const float *da = r->dy ? dy + (size_t)(2 * (r->dy - 1)) * maxhid : NULL, *db = da ? da + maxhid : NULL;
+        const float *res = r->res == MF_RES_DST ? dst : r->res == MF_RES_X_IF_IDENTITY && b->identity ? x : NULL;
+        if (r->kind == MF_LAYER_DW) {
+            const mf_dw *d = layer;
+            int nh = r->strided ? oh : ch, nw = r->strided ? ow : cw;
+            mf_epi e = {.act = r->act, .bias = d->bias, .dya = da, .dyb = db};
+            dw_conv(c, d, src, ch, cw, dst, nh, nw, &e);
+            ch = nh;
+            cw = nw;
+        } else {
+            pw_conv(c, layer, src, ch * cw, dst, r->act, da, db, res, gath);
+        }
     }
 }
 
@@ -622,7 +570,7 @@ static void head(const fctx *c, const float *feat, int n, float *fcbuf, float *l
 }
 
 /* Images [b0, b1) of the job, block by block, on scratch sc (with the team
- * when ws->team > 1). */
+ * when the pass is a team pass). */
 static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
 {
     const job *jb = &ws->cur;
@@ -645,7 +593,8 @@ static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
         const mf_block *b = &m->blocks[i];
         int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
         const size_t dyld = 4 * maxhid;
-        if (b->type != MF_BLOCK_A) {
+        const mf_block_recipe *br = &mf_block_recipes[b->type];
+        if (br->bridges) {
             mobile_to_former(c, &b->m2f, X, fs, n, b->cin, h * w, sc->z);
             former(c, &b->former, sc->z, n);
             hyper(c, &b->hy1, sc->z, n, sc->gath, sc->dy, dyld, maxhid);
@@ -653,9 +602,9 @@ static void run_images(mf_workspace *ws, scratch *sc, int b0, int b1)
         }
         for (int j = 0; j < n; j++)
             block_convs(c, b, X + fs * j, h, w, Y + fs * j, oh, ow, sc->dy + dyld * j, maxhid);
-        if (b->type != MF_BLOCK_A) {
+        if (br->bridges) {
             former_to_mobile(c, &b->f2m, sc->z, Y, fs, n, b->cout, oh * ow);
-            if (b->type == MF_BLOCK_B3 && b->identity)
+            if (br->post_residual && b->identity)
                 for (int j = 0; j < n; j++) {
                     float *y = Y + fs * j;
                     const float *x = X + fs * j;
@@ -695,26 +644,7 @@ static void run_share(mf_workspace *ws, int t)
     if (b0 < b1) run_images(ws, &ws->sc[t], b0, b1);
 }
 
-static void *helper_main(void *arg)
-{
-    mf_workspace *ws = ((void **)arg)[0];
-    int t = (int)(intptr_t)((void **)arg)[1];
-    free(arg);
-    unsigned seen = 0;
-    pthread_mutex_lock(&ws->mu);
-    for (;;) {
-        while (ws->generation == seen && !ws->quit) pthread_cond_wait(&ws->cv_start, &ws->mu);
-        if (ws->quit) break;
-        seen = ws->generation;
-        pthread_mutex_unlock(&ws->mu);
-        if (ws->team > 1) team_loop(ws, t);
-        else run_share(ws, t);
-        pthread_mutex_lock(&ws->mu);
-        if (--ws->pending == 0) pthread_cond_signal(&ws->cv_done);
-    }
-    pthread_mutex_unlock(&ws->mu);
-    return NULL;
-}
+static void share_cb(void *ctx, int t) { run_share(ctx, t); }
 
 mf_status mf_workspace_new(const mf_model *m, int threads, mf_workspace **out)
 {
@@ -725,22 +655,12 @@ mf_status mf_workspace_new(const mf_model *m, int threads, mf_workspace **out)
     ws->m = m;
     ws->threads = threads;
     ws->sc = calloc((size_t)threads, sizeof *ws->sc);
-    ws->tids = calloc((size_t)threads, sizeof *ws->tids);
-    if (!ws->sc || !ws->tids) { free(ws->sc); free(ws->tids); free(ws); return MF_ERR_NOMEM; }
-    pthread_mutex_init(&ws->mu, NULL);
-    pthread_cond_init(&ws->cv_start, NULL);
-    pthread_cond_init(&ws->cv_done, NULL);
-    for (int t = 1; t < threads; t++) {
-        void **arg = malloc(2 * sizeof *arg);
-        if (!arg) { ws->threads = t; mf_workspace_free(ws); return MF_ERR_NOMEM; }
-        arg[0] = ws;
-        arg[1] = (void *)(intptr_t)t;
-        if (pthread_create(&ws->tids[t], NULL, helper_main, arg) != 0) {
-            free(arg);
-            ws->threads = t;
-            mf_workspace_free(ws);
-            return MF_ERR_THREAD;
-        }
+    if (!ws->sc) { free(ws); return MF_ERR_NOMEM; }
+    mf_status st = mf_team_init(&ws->team, threads, share_cb, ws);
+    if (st != MF_OK) {
+        free(ws->sc);
+        free(ws);
+        return st;
     }
     *out = ws;
     return MF_OK;
@@ -749,17 +669,9 @@ mf_status mf_workspace_new(const mf_model *m, int threads, mf_workspace **out)
 void mf_workspace_free(mf_workspace *ws)
 {
     if (!ws) return;
-    pthread_mutex_lock(&ws->mu);
-    ws->quit = 1;
-    pthread_cond_broadcast(&ws->cv_start);
-    pthread_mutex_unlock(&ws->mu);
-    for (int t = 1; t < ws->threads; t++) pthread_join(ws->tids[t], NULL);
-    pthread_mutex_destroy(&ws->mu);
-    pthread_cond_destroy(&ws->cv_start);
-    pthread_cond_destroy(&ws->cv_done);
+    mf_team_destroy(&ws->team);
     mf_free(ws->mem);
     free(ws->sc);
-    free(ws->tids);
     free(ws);
 }
 
@@ -775,23 +687,10 @@ mf_status mf_forward(const mf_model *m, mf_workspace *ws, const float *input, in
     }
     /* As many images as threads or more: each thread takes a run of images.
      * Fewer: all threads work on every layer together (a team). */
-    ws->team = b < ws->threads ? ws->threads : 1;
-    ws->team_gen0 = atomic_load_explicit(&ws->task_gen, memory_order_relaxed);
-    pthread_mutex_lock(&ws->mu);
-    ws->pending = ws->threads - 1;
-    ws->generation++;
-    pthread_cond_broadcast(&ws->cv_start);
-    pthread_mutex_unlock(&ws->mu);
-    if (ws->team > 1) {
-        run_images(ws, &ws->sc[0], 0, b);
-        ws->task_fn = NULL; /* the end of the team's work */
-        atomic_fetch_add_explicit(&ws->task_gen, 1, memory_order_release);
-    } else {
-        run_share(ws, 0);
-    }
-    pthread_mutex_lock(&ws->mu);
-    while (ws->pending > 0) pthread_cond_wait(&ws->cv_done, &ws->mu);
-    pthread_mutex_unlock(&ws->mu);
-    ws->team = 1;
+    const int together = b < ws->threads;
+    mf_team_begin(&ws->team, together);
+    if (together) run_images(ws, &ws->sc[0], 0, b);
+    else run_share(ws, 0);
+    mf_team_end(&ws->team);
     return MF_OK;
 }

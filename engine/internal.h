@@ -1,13 +1,27 @@
-/* internal.h -- engine-private types: folded weights, the kernel table,
- * helpers shared by model.c, forward.c and the kernels.  Not installed. */
+/* internal.h -- engine-private types: the folded weights of a model, the
+ * kernel table, and the helpers model.c, forward.c and the kernels share.
+ * Not installed; the public API is mf.h.
+ *
+ * Files of the engine, by job:
+ *   recipe.c     the network's structure (recipe.h): every layer of every block kind
+ *   arch.c       presets, JSON descriptions, validation, tensor list, counts
+ *   loader.c     safetensors file -> tensors -> model.c
+ *   model.c      folding and packing, from the recipe
+ *   forward.c    the forward pass and the workspace plan
+ *   team.c       a workspace's helper threads (team.h)
+ *   kernels.c    CPU features and the choice of kernel set
+ *   kernels_ref.c, kernels_avx512.c   the kernel sets
+ *   mathfn.c     softmax, LayerNorm, hard sigmoid (scalar)
+ *   synthetic.c  deterministic weights (mf_synthetic.h)
+ *   status.c, alloc.c, clock.c   status text and error messages, aligned memory, the clock
+ */
 #ifndef MF_INTERNAL_H
 #define MF_INTERNAL_H
 
 #include "mf.h"
+#include "mf_util.h"
 
 #include <stddef.h>
-
-void mf_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* 64-byte aligned allocation (NULL on failure); free with mf_free. */
 void *mf_alloc(size_t bytes);
@@ -34,9 +48,9 @@ typedef struct mf_epi {
 typedef struct mf_pw {
     int cout, cin, groups; /* channels out / in, groups */
     int shuffle_out;       /* 1: apply shuffle(groups) to the output */
-    float *w;              /* [cout][cin/groups] (portable kernels) or NULL */
-    float *wp;             /* packed per group for the vector kernels, or NULL */
-    size_t wp_group;       /* floats per group in wp */
+    float *w;              /* [cout][cin/groups] plain (kernels without pw_pack) or NULL */
+    void *wp;              /* packed per group by the kernel set's pw_pack, or NULL */
+    size_t wp_group;       /* bytes per group in wp */
     float *bias;           /* [cout], in pre-shuffle order */
 } mf_pw;
 
@@ -52,8 +66,8 @@ typedef struct mf_dw {
 /* Linear layer stored transposed for the token kernels: y = x W^T + b. */
 typedef struct mf_lin {
     int out, in;  /* features out / in */
-    float *wt;    /* [in][out] (portable kernels) or NULL */
-    float *wp;    /* packed in column panels for the vector kernels, or NULL */
+    float *wt;    /* [in][out] plain (kernels without lin_pack) or NULL */
+    void *wp;     /* packed by the kernel set's lin_pack, or NULL */
     float *b;     /* [out] */
     int stream;   /* 1: large and read once per run, prefetched non-temporally */
 } mf_lin;
@@ -141,27 +155,27 @@ struct mf_kernels {
      * output rows [oy0, oy1); NULL: im2col + pw instead.  w: [c][27]. */
     void (*stem)(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out,
                  int oh, int ow, int oy0, int oy1);
-    int pw_pack;  /* 1: 1x1 weights are used packed (mf_pw_pack), else plain in w */
-    int lin_pack; /* 1: linear weights are used packed (mf_lin_pack), else plain in wt */
+    /* Weight layouts, private to each kernel set.  pw_pack: one group's
+     * folded weights [m][k] into pw_packed_bytes(m, k) bytes at out (64-byte
+     * aligned); NULL: the pw kernel reads plain rows in mf_pw.w.  lin_pack:
+     * a linear's transposed weights [in][out]; NULL: plain in mf_lin.wt. */
+    size_t (*pw_packed_bytes)(int m, int k);
+    void (*pw_pack)(const float *w, int m, int k, void *dst);
+    size_t (*lin_packed_bytes)(int in, int out);
+    void (*lin_pack)(const float *wt, int in, int out, void *dst);
 };
 
-extern const mf_kernels mf_kernels_ref;  /* plain scalar twins */
-extern const mf_kernels mf_kernels_blas; /* portable: OpenBLAS GEMM + plain loops */
+extern const mf_kernels mf_kernels_ref;    /* plain scalar twins */
+extern const mf_kernels mf_kernels_blas;   /* portable: OpenBLAS GEMM + plain loops */
 extern const mf_kernels mf_kernels_avx512; /* only when mf_cpu_has_avx512() */
+
+/* kernels.c: CPU features, and the set MF_KERNELS or the CPU selects. */
 int mf_cpu_has_avx512(void);
 const mf_kernels *mf_kernels_select(void);
 
-/* Pack a group's weights [m][k] for the vector pw kernel, and a linear's
- * transposed weights [in][out] for the vector linear kernel (layouts private
- * to kernels_avx512.c). */
-size_t mf_pw_packed_floats(int m, int k);
-void mf_pw_pack(const float *w, int m, int k, float *out);
-size_t mf_lin_packed_floats(int in, int out);
-void mf_lin_pack(const float *wt, int in, int out, float *packed);
-
 /* Token-side helpers (tiny tensors, T x D); mf_linear_ref is the plain twin. */
 void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1);
-void mf_layernorm(float *x, int rows, int d, const mf_norm *n);
-float mf_hsig(float x);
+void mf_layernorm(float *x, int rows, int d, const mf_norm *n); /* mathfn.c */
+float mf_hsig(float x);                                         /* mathfn.c */
 
 #endif

@@ -21,10 +21,11 @@ static inline __mmask16 mask_n(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__
  * Packed weights: for each block of MR rows, for each k, MR values (rows
  * past M are zero).  y[M][n] = W x[K][n] in tiles of MR rows x 16*NV columns. */
 
-size_t mf_pw_packed_floats(int m, int k) { return (size_t)((m + MR - 1) / MR) * MR * (size_t)k; }
+static size_t pw_packed_bytes(int m, int k) { return (size_t)((m + MR - 1) / MR) * MR * (size_t)k * sizeof(float); }
 
-void mf_pw_pack(const float *w, int m, int k, float *out)
+static void pw_pack(const float *w, int m, int k, void *dst)
 {
+    float *out = dst;
     for (int mb = 0; mb < (m + MR - 1) / MR; mb++)
         for (int kk = 0; kk < k; kk++)
             for (int r = 0; r < MR; r++) {
@@ -158,7 +159,7 @@ static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, 
                       const mf_epi *e)
 {
     const int M = p->cout / p->groups, K = p->cin / p->groups;
-    const float *wp = p->wp + p->wp_group * (size_t)g;
+    const float *wp = (const float *)((const char *)p->wp + p->wp_group * (size_t)g);
     const int mblocks = (M + MR - 1) / MR;
     /* columns in 48-wide tiles; a tail of fewer than 8 goes to pw_tail_cols */
     const int tail = n > 48 && n % 48 < 8 ? n % 48 : 0, nt = n - tail, tiles = (nt + 47) / 48;
@@ -550,13 +551,15 @@ static void f2m_attn_avx512(float *y, int ch, int hw, const float *k, const floa
 /* Width of the panel starting at column o0: 48, or the rest rounded up to 16. */
 static inline int lin_panel_width(int out, int o0) { return out - o0 >= LP ? LP : ((out - o0 + 15) / 16) * 16; }
 
-size_t mf_lin_packed_floats(int in, int out)
+static size_t lin_packed_bytes(int in, int out)
 {
-    return ((size_t)(out / LP) * LP + (size_t)(out % LP ? lin_panel_width(out, out - out % LP) : 0)) * (size_t)in;
+    return ((size_t)(out / LP) * LP + (size_t)(out % LP ? lin_panel_width(out, out - out % LP) : 0)) * (size_t)in *
+           sizeof(float);
 }
 
-void mf_lin_pack(const float *wt, int in, int out, float *packed)
+static void lin_pack(const float *wt, int in, int out, void *dst)
 {
+    float *packed = dst;
     for (int o0 = 0; o0 < out; o0 += LP) {
         const int pw = lin_panel_width(out, o0);
         float *panel = packed + (size_t)o0 * in;
@@ -573,7 +576,7 @@ static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *
 {
     __m512 acc[8][3] = {{_mm512_setzero_ps()}};
     const int pw = lin_panel_width(l->out, o0);
-    const float *panel = l->wp + (size_t)o0 * l->in;
+    const float *panel = (const float *)l->wp + (size_t)o0 * l->in;
 #pragma GCC unroll 3
     for (int v = 0; v < 3; v++) {
         if (v >= nv) break;
@@ -709,5 +712,16 @@ static void stem_avx512(const float *in, int h, int w, const float *wt, const fl
     }
 }
 
-const mf_kernels mf_kernels_avx512 = {"avx512", pw_avx512, dw_avx512, m2f_attn_avx512, f2m_attn_avx512, linear_avx512,
-                                      stem_avx512, 1, 1};
+const mf_kernels mf_kernels_avx512 = {
+    .name = "avx512",
+    .pw = pw_avx512,
+    .dw = dw_avx512,
+    .m2f_attn = m2f_attn_avx512,
+    .f2m_attn = f2m_attn_avx512,
+    .linear = linear_avx512,
+    .stem = stem_avx512,
+    .pw_packed_bytes = pw_packed_bytes,
+    .pw_pack = pw_pack,
+    .lin_packed_bytes = lin_packed_bytes,
+    .lin_pack = lin_pack,
+};

@@ -1,6 +1,5 @@
 /* kernels_ref.c -- plain scalar reference kernels (the twins every optimized
- * kernel is tested against), the portable BLAS kernel set, the token-side
- * helpers, and the choice of kernel set. */
+ * kernel is tested against) and the portable BLAS kernel set. */
 #include "internal.h"
 
 #include <cblas.h>
@@ -9,7 +8,6 @@
 #include <string.h>
 
 static inline float relu6f(float x) { return x < 0.f ? 0.f : (x > 6.f ? 6.f : x); }
-float mf_hsig(float x) { return relu6f(x + 3.f) / 6.f; }
 
 /* Epilogue of one element of output row o: bias, activation, residual. */
 static inline float epilogue1(float acc, int o, const mf_epi *e, const float *res)
@@ -95,19 +93,6 @@ static void dw_ref(const mf_dw *d, int c0, int c1, const float *x, int h, int w,
     }
 }
 
-static void softmax_inplace(float *v, int n)
-{
-    float mx = v[0];
-    for (int i = 1; i < n; i++) mx = v[i] > mx ? v[i] : mx;
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        v[i] = expf(v[i] - mx);
-        sum += v[i];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) v[i] *= inv;
-}
-
 static void m2f_attn_ref(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale,
                          float *o, int ldo, float *scratch)
 {
@@ -118,7 +103,7 @@ static void m2f_attn_ref(const float *x, int ch, int hw, const float *q, int ldq
             for (int c = 0; c < ch; c++) acc += (double)q[(size_t)i * ldq + c] * x[(size_t)c * hw + p];
             s[p] = (float)acc * scale;
         }
-        softmax_inplace(s, hw);
+        mf_softmax(s, hw, s);
         for (int c = 0; c < ch; c++) {
             double acc = 0.0;
             for (int p = 0; p < hw; p++) acc += (double)s[p] * x[(size_t)c * hw + p];
@@ -136,7 +121,7 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
             for (int c = 0; c < ch; c++) acc += (double)y[(size_t)c * hw + p] * k[(size_t)i * ldk + c];
             a[i] = (float)acc * scale;
         }
-        softmax_inplace(a, t);
+        mf_softmax(a, t, a);
         for (int c = 0; c < ch; c++) {
             double acc = 0.0;
             for (int i = 0; i < t; i++) acc += (double)a[i] * v[(size_t)i * ldk + c];
@@ -173,44 +158,22 @@ static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int
                 1.0f, y + o0, l->out);
 }
 
-const mf_kernels mf_kernels_ref = {"reference", pw_ref, dw_ref, m2f_attn_ref, f2m_attn_ref, mf_linear_ref, NULL, 0, 0};
-const mf_kernels mf_kernels_blas = {"portable", pw_blas, dw_ref, m2f_attn_ref, f2m_attn_ref, linear_blas, NULL, 0, 0};
+/* Weights stay plain (no pack functions): pw reads mf_pw.w, linear mf_lin.wt.
+ * No direct stem: the forward pass uses im2col + pw. */
+const mf_kernels mf_kernels_ref = {
+    .name = "reference",
+    .pw = pw_ref,
+    .dw = dw_ref,
+    .m2f_attn = m2f_attn_ref,
+    .f2m_attn = f2m_attn_ref,
+    .linear = mf_linear_ref,
+};
 
-void mf_layernorm(float *x, int rows, int d, const mf_norm *n)
-{
-    for (int r = 0; r < rows; r++) {
-        float *v = x + (size_t)r * d;
-        double mean = 0.0, var = 0.0;
-        for (int i = 0; i < d; i++) mean += v[i];
-        mean /= d;
-        for (int i = 0; i < d; i++) var += (v[i] - mean) * (v[i] - mean);
-        var /= d;
-        float inv = (float)(1.0 / sqrt(var + 1e-5));
-        for (int i = 0; i < d; i++) v[i] = (float)(v[i] - mean) * inv * n->g[i] + n->b[i];
-    }
-}
-
-/* ---- kernel choice ------------------------------------------------------ */
-
-int mf_cpu_has_avx512(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
-
-const mf_kernels *mf_kernels_select(void)
-{
-    const char *env = getenv("MF_KERNELS");
-    if (env && strcmp(env, "reference") == 0) return &mf_kernels_ref;
-    if (env && strcmp(env, "portable") == 0) return &mf_kernels_blas;
-    if (mf_cpu_has_avx512()) return &mf_kernels_avx512;
-    return &mf_kernels_blas;
-}
-
-const char *mf_kernels_name(void) { return mf_kernels_select()->name; }
+const mf_kernels mf_kernels_blas = {
+    .name = "portable",
+    .pw = pw_blas,
+    .dw = dw_ref,
+    .m2f_attn = m2f_attn_ref,
+    .f2m_attn = f2m_attn_ref,
+    .linear = linear_blas,
+};

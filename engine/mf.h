@@ -134,10 +134,7 @@ mf_status mf_model_load(const char *path, mf_model **out, char *err, size_t errl
 /* Same from a buffer in memory (not kept after the call). */
 mf_status mf_model_load_buffer(const void *buf, size_t len, mf_model **out, char *err, size_t errlen);
 
-/* A model with deterministic synthetic weights (splitmix64, see tests/golden):
- * for benchmarks on an architecture without a checkpoint. */
-mf_status mf_model_synthetic(const mf_arch *a, int num_classes, uint64_t seed, mf_model **out,
-                             char *err, size_t errlen);
+/* Models with deterministic weights, for benchmarks: mf_synthetic.h. */
 
 void mf_model_free(mf_model *m);
 
@@ -176,9 +173,6 @@ mf_status mf_forward(const mf_model *m, mf_workspace *ws, const float *input, in
 /* Which kernels this process uses ("avx512" or "portable"); MF_KERNELS=portable
  * in the environment forces the portable ones (tests run both). */
 const char *mf_kernels_name(void);
-
-/* splitmix64 weights as in ../shared/golden/README.md: fill out[0..n) */
-void mf_fill_uniform(float *out, size_t n, uint64_t seed, double offset, double scale);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
  * transposes token-side linears and packs 1x1 weights for the kernel set in
  * use.  The model is read-only afterwards. */
 #include "internal.h"
+#include "recipe.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -27,17 +28,7 @@ typedef struct build_ctx {
     int nallocs, capallocs;
 } build_ctx;
 
-void *mf_alloc(size_t bytes)
-{
-    void *p = NULL;
-    if (bytes == 0) bytes = 64;
-    if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) != 0) return NULL;
-    return p;
-}
-
-void mf_free(void *p) { free(p); }
-
-static float *walloc(build_ctx *c, size_t n)
+static void *walloc_bytes(build_ctx *c, size_t bytes)
 {
     if (c->failed) return NULL;
     if (c->nallocs == c->capallocs) {
@@ -47,12 +38,14 @@ static float *walloc(build_ctx *c, size_t n)
         c->allocs = a;
         c->capallocs = cap;
     }
-    float *p = mf_alloc(n * sizeof(float));
+    void *p = mf_alloc(bytes);
     if (!p) { c->failed = 1; mf_set_err(c->err, c->errlen, "out of memory"); return NULL; }
     c->allocs[c->nallocs++] = p;
-    c->m->bytes += n * sizeof(float);
+    c->m->bytes += bytes;
     return p;
 }
+
+static float *walloc(build_ctx *c, size_t n) { return walloc_bytes(c, n * sizeof(float)); }
 
 /* The tensor named by fmt, checked for presence and finite values. */
 static const float *get(build_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -141,11 +134,12 @@ static void set_pw(build_ctx *c, mf_pw *p, const char *conv, const char *bn, int
     p->bias = walloc(c, (size_t)cout);
     if (p->bias) memcpy(p->bias, b, (size_t)cout * sizeof(float));
     int M = cout / groups, K = cin / groups;
-    if (c->m->k->pw_pack) {
-        p->wp_group = mf_pw_packed_floats(M, K);
-        p->wp = walloc(c, p->wp_group * (size_t)groups);
+    const mf_kernels *k = c->m->k;
+    if (k->pw_pack) {
+        p->wp_group = (k->pw_packed_bytes(M, K) + 63) & ~(size_t)63;
+        p->wp = walloc_bytes(c, p->wp_group * (size_t)groups);
         for (int g = 0; p->wp && g < groups; g++)
-            mf_pw_pack(w + (size_t)g * M * K, M, K, p->wp + p->wp_group * (size_t)g);
+            k->pw_pack(w + (size_t)g * M * K, M, K, (char *)p->wp + p->wp_group * (size_t)g);
     } else {
         p->w = walloc(c, (size_t)cout * K);
         if (p->w) memcpy(p->w, w, (size_t)cout * K * sizeof(float));
@@ -184,9 +178,10 @@ static void set_dw(build_ctx *c, mf_dw *d, const char *conv, const char *bn, int
 /* Transposed weight [in][out] -> the layout of the kernel set (plain or packed). */
 static void store_lin(build_ctx *c, mf_lin *l, float *wt)
 {
-    if (c->m->k->lin_pack) {
-        l->wp = walloc(c, mf_lin_packed_floats(l->in, l->out));
-        if (l->wp) mf_lin_pack(wt, l->in, l->out, l->wp);
+    const mf_kernels *k = c->m->k;
+    if (k->lin_pack) {
+        l->wp = walloc_bytes(c, k->lin_packed_bytes(l->in, l->out));
+        if (l->wp) k->lin_pack(wt, l->in, l->out, l->wp);
     } else {
         l->wt = walloc(c, (size_t)l->out * l->in);
         if (l->wt) memcpy(l->wt, wt, (size_t)l->out * l->in * sizeof(float));
@@ -231,126 +226,29 @@ static void set_norm(build_ctx *c, mf_norm *n, const char *prefix, int d)
     memcpy(n->b, b, (size_t)d * sizeof(float));
 }
 
-static void set_m2f(build_ctx *c, mf_m2f *b, const char *p, int C, int D)
+static void set_hyper(build_ctx *c, mf_hyper *h, const char *p, int D, int C)
 {
-    char s[128];
-    snprintf(s, sizeof s, "%s.q", p); set_lin(c, &b->q, s, C, D);
-    snprintf(s, sizeof s, "%s.alpha.0", p); set_lin(c, &b->alpha, s, C, D);
-    snprintf(s, sizeof s, "%s.proj", p); set_lin(c, &b->proj, s, D, C);
-    snprintf(s, sizeof s, "%s.layer_norm", p); set_norm(c, &b->ln, s, D);
+    char s[192];
+    snprintf(s, sizeof s, "%s.hyper.0", p); set_lin(c, &h->l1, s, D / 4, D);
+    snprintf(s, sizeof s, "%s.hyper.2", p); set_lin(c, &h->l2, s, 2 * C, D / 4);
 }
 
-static void set_bridges(build_ctx *c, mf_block *bl, int i, int D)
-{
-    char p[128];
-    snprintf(p, sizeof p, "features.%d.local_global", i);
-    set_m2f(c, &bl->m2f, p, bl->cin, D);
-    snprintf(p, sizeof p, "features.%d.global_block.q", i); set_lin(c, &bl->former.q, p, D, D);
-    snprintf(p, sizeof p, "features.%d.global_block.channel_mlp", i); set_lin(c, &bl->former.mlp, p, D, D);
-    snprintf(p, sizeof p, "features.%d.global_block.layer_norm", i); set_norm(c, &bl->former.ln, p, D);
-    snprintf(p, sizeof p, "features.%d.global_block.ffn.0", i); set_lin(c, &bl->former.ffn1, p, 2 * D, D);
-    snprintf(p, sizeof p, "features.%d.global_block.ffn.2", i); set_lin(c, &bl->former.ffn2, p, D, 2 * D);
-    snprintf(p, sizeof p, "features.%d.global_block.ffn_norm", i); set_norm(c, &bl->former.ffn_ln, p, D);
-    snprintf(p, sizeof p, "features.%d.global_local.k", i); set_lin(c, &bl->f2m.k, p, bl->cout, D);
-    snprintf(p, sizeof p, "features.%d.global_local.proj", i); set_lin(c, &bl->f2m.v, p, bl->cout, D);
-}
-
-static void set_hyper(build_ctx *c, mf_hyper *h, int i, const char *name, int D, int C)
-{
-    char p[128];
-    snprintf(p, sizeof p, "features.%d.%s.hyper.0", i, name); set_lin(c, &h->l1, p, D / 4, D);
-    snprintf(p, sizeof p, "features.%d.%s.hyper.2", i, name); set_lin(c, &h->l2, p, 2 * C, D / 4);
-}
-
-static void build_blocks(build_ctx *c)
+static void set_tokens(build_ctx *c, const char *name)
 {
     mf_model *m = c->m;
-    const mf_arch *a = &m->arch;
-    const int D = a->token_dim, G = a->groups;
-    char s1[128], s2[128];
-    int in = a->stem;
-    for (int i = 0; i < a->n_blocks && !c->failed; i++) {
-        const mf_block_desc *d = &a->blocks[i];
-        mf_block *b = &m->blocks[i];
-        b->type = d->type;
-        b->cin = in;
-        b->cout = d->c;
-        b->stride = d->s;
-        b->identity = d->s == 1 && in == d->c;
-        if (d->type == MF_BLOCK_A) {
-            b->hid1 = in * d->e1;
-            snprintf(s1, sizeof s1, "features.%d.conv.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv.1", i);
-            set_dw(c, &b->dw1, s1, s2, in, d->e1, d->s, G > 1);
-            snprintf(s1, sizeof s1, "features.%d.conv.4", i);
-            snprintf(s2, sizeof s2, "features.%d.conv.5", i);
-            set_pw(c, &b->pw1, s1, s2, d->c, b->hid1, G, 0);
-        } else if (d->type == MF_BLOCK_B3) {
-            b->hid1 = in * d->e1;
-            b->hid2 = d->c * d->e2;
-            snprintf(s1, sizeof s1, "features.%d.conv1.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv1.1", i);
-            set_dw(c, &b->dw1, s1, s2, in, d->e1, d->s, G > 1);
-            set_hyper(c, &b->hy1, i, "hyper1", D, b->hid1);
-            snprintf(s1, sizeof s1, "features.%d.conv2.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv2.1", i);
-            set_pw(c, &b->pw1, s1, s2, d->c, b->hid1, G, 0);
-            snprintf(s1, sizeof s1, "features.%d.conv3.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv3.1", i);
-            set_dw(c, &b->dw2, s1, s2, d->c, d->e2, 1, G > 1);
-            set_hyper(c, &b->hy2, i, "hyper3", D, b->hid2);
-            snprintf(s1, sizeof s1, "features.%d.conv4.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv4.1", i);
-            set_pw(c, &b->pw2, s1, s2, d->c, b->hid2, G, 0);
-            set_bridges(c, b, i, D);
-        } else {
-            b->hid1 = in * d->e1;
-            snprintf(s1, sizeof s1, "features.%d.conv1.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv1.1", i);
-            set_pw(c, &b->pw1, s1, s2, b->hid1, in, G, 1);
-            set_hyper(c, &b->hy1, i, "hyper1", D, b->hid1);
-            snprintf(s1, sizeof s1, "features.%d.conv2.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv2.1", i);
-            set_dw(c, &b->dw1, s1, s2, b->hid1, 1, d->s, 0);
-            set_hyper(c, &b->hy2, i, "hyper2", D, b->hid1);
-            snprintf(s1, sizeof s1, "features.%d.conv3.0", i);
-            snprintf(s2, sizeof s2, "features.%d.conv3.1", i);
-            set_pw(c, &b->pw2, s1, s2, d->c, b->hid1, G, 1);
-            set_bridges(c, b, i, D);
-        }
-        in = d->c;
-    }
-}
-
-static void build_head(build_ctx *c, int num_classes)
-{
-    mf_model *m = c->m;
-    const mf_arch *a = &m->arch;
-    const int D = a->token_dim;
-    int C = a->blocks[a->n_blocks - 1].c, hid = C * a->last_exp, W = a->classifier_width;
-    set_m2f(c, &m->final_m2f, "local_global", C, D);
-    set_pw(c, &m->cls_pw, "classifier.conv.1", "classifier.conv.2", hid, C, a->groups, 0);
-    /* fc.0 followed by BatchNorm1d fc.1, folded */
-    double *s = malloc((size_t)W * 2 * sizeof(double));
-    if (!s) { c->failed = 1; mf_set_err(c->err, c->errlen, "out of memory"); return; }
-    if (!c->failed && bn_scale_shift(c, "classifier.fc.1", W, s, s + W) == 0)
-        set_lin_bn(c, &m->fc, "classifier.fc.0", W, hid + D, s, s + W);
-    free(s);
-    set_lin(c, &m->head, "classifier.classifier.1", num_classes, W);
-    m->fc.stream = m->head.stream = 1; /* read once per run: do not let them evict the rest */
-}
-
-static void build_stem(build_ctx *c)
-{
-    mf_model *m = c->m;
-    const float *tok = get(c, "tokens.weight");
+    const float *tok = get(c, "%s", name);
     size_t n = (size_t)m->arch.tokens * m->arch.token_dim;
     m->tokens = walloc(c, n);
     if (!c->failed) memcpy(m->tokens, tok, n * sizeof(float));
-    /* the stem conv [stem][3][3][3], BN folded, plain: read by the direct
-     * stem kernel, or as a 1x1 conv over a 27-row im2col by the portable ones */
+}
+
+/* The stem conv [stem][3][3][3], BN folded, plain: read by the direct stem
+ * kernel, or as a 1x1 conv over a 27-row im2col by the portable ones. */
+static void set_stem(build_ctx *c, const char *conv, const char *bn)
+{
+    mf_model *m = c->m;
     float *w, *b;
-    if (c->failed || fold_conv(c, "stem.0", "stem.1", m->arch.stem, 27, &w, &b)) return;
+    if (c->failed || fold_conv(c, conv, bn, m->arch.stem, 27, &w, &b)) return;
     m->stem_w = walloc(c, (size_t)m->arch.stem * 27);
     m->stem_b = walloc(c, (size_t)m->arch.stem);
     if (!c->failed) {
@@ -359,6 +257,78 @@ static void build_stem(build_ctx *c)
     }
     free(w);
     free(b);
+}
+
+/* A linear followed by a BatchNorm1d, folded: y = (W x + b) * scale + shift. */
+static void set_lin_then_bn(build_ctx *c, mf_lin *l, const char *lin, const char *bn, int out, int in)
+{
+    double *s = malloc((size_t)out * 2 * sizeof(double));
+    if (!s) { c->failed = 1; mf_set_err(c->err, c->errlen, "out of memory"); return; }
+    if (!c->failed && bn_scale_shift(c, bn, out, s, s + out) == 0) set_lin_bn(c, l, lin, out, in, s, s + out);
+    free(s);
+}
+
+/* Fold and pack the layers of recipe rows under prefix p into block b (or
+ * into the model when b is NULL: stem, head, last bridge). */
+static void build_rows(build_ctx *c, const mf_layer_recipe *rows, int n, const char *p, const mf_widths *w,
+                       mf_block *b, int stride)
+{
+    const int G = c->m->arch.groups, D = c->m->arch.token_dim;
+    char s1[160], s2[160];
+    for (int i = 0; i < n && !c->failed; i++) {
+        const mf_layer_recipe *r = &rows[i];
+        void *dst = mf_recipe_target(c->m, b, r);
+        const int in = mf_dim_eval(r->in, w), out = mf_dim_eval(r->out, w);
+        snprintf(s1, sizeof s1, "%s%s", p, r->name ? r->name : "");
+        snprintf(s2, sizeof s2, "%s%s", p, r->bn ? r->bn : "");
+        switch (r->kind) {
+        case MF_LAYER_DW: set_dw(c, dst, s1, s2, in, out / in, r->strided ? stride : 1, r->shuffled && G > 1); break;
+        case MF_LAYER_PW: set_pw(c, dst, s1, s2, out, in, G, r->shuffled); break;
+        case MF_LAYER_HYPER: set_hyper(c, dst, s1, D, out); break;
+        case MF_LAYER_LINEAR:
+            set_lin(c, dst, s1, out, in);
+            /* read once per run: streamed past the caches, not kept */
+            if (r->per_image) ((mf_lin *)dst)->stream = 1;
+            break;
+        case MF_LAYER_LINEAR_BN:
+            set_lin_then_bn(c, dst, s1, s2, out, in);
+            if (r->per_image) ((mf_lin *)dst)->stream = 1;
+            break;
+        case MF_LAYER_NORM: set_norm(c, dst, s1, out); break;
+        case MF_LAYER_TOKENS: set_tokens(c, s1); break;
+        case MF_LAYER_STEM: set_stem(c, s1, s2); break;
+        case MF_LAYER_ATTN: break;
+        }
+    }
+}
+
+static void build_all(build_ctx *c, int num_classes)
+{
+    mf_model *m = c->m;
+    const mf_arch *a = &m->arch;
+    const mf_widths top = mf_recipe_top_widths(a, num_classes);
+    build_rows(c, mf_stem_recipe.rows, mf_stem_recipe.n, "", &top, NULL, 1);
+    int in = a->stem;
+    for (int i = 0; i < a->n_blocks && !c->failed; i++) {
+        const mf_block_desc *d = &a->blocks[i];
+        const mf_block_recipe *br = &mf_block_recipes[d->type];
+        const mf_widths w = mf_recipe_block_widths(a, i, in);
+        mf_block *b = &m->blocks[i];
+        b->type = d->type;
+        b->cin = in;
+        b->cout = d->c;
+        b->stride = d->s;
+        b->identity = d->s == 1 && in == d->c;
+        b->hid1 = w.v[MF_DIM_H1];
+        b->hid2 = w.v[MF_DIM_H2];
+        char p[32];
+        snprintf(p, sizeof p, "features.%d.", i);
+        build_rows(c, br->layers, br->n_layers, p, &w, b, d->s);
+        if (br->bridges) build_rows(c, mf_bridge_recipe.rows, mf_bridge_recipe.n, p, &w, b, d->s);
+        in = d->c;
+    }
+    build_rows(c, mf_final_m2f_recipe.rows, mf_final_m2f_recipe.n, "", &top, NULL, 1);
+    build_rows(c, mf_head_recipe.rows, mf_head_recipe.n, "", &top, NULL, 1);
 }
 
 void mf_preprocess_default(mf_preprocess *p)
@@ -410,9 +380,7 @@ mf_status mf_model_build(const mf_arch *a, int num_classes, mf_tensor_lookup loo
     build_ctx c = {.m = m, .lookup = lookup, .lctx = ctx, .err = err, .errlen = errlen};
     c.nspecs = mf_arch_tensor_specs(a, num_classes, &c.specs);
     if (c.nspecs < 0) { free(m); return MF_ERR_NOMEM; }
-    build_stem(&c);
-    build_blocks(&c);
-    build_head(&c, num_classes);
+    build_all(&c, num_classes);
     free(c.specs);
 
     /* the allocation list, NULL-terminated, is kept to free the weights */
@@ -456,88 +424,4 @@ const char *mf_model_label(const mf_model *m, int i)
 {
     if (i < 0 || i >= m->num_classes) return "";
     return m->labels[i];
-}
-
-/* ---- synthetic weights --------------------------------------------------- */
-
-void mf_fill_uniform(float *out, size_t n, uint64_t seed, double offset, double scale)
-{
-    uint64_t s = seed;
-    for (size_t i = 0; i < n; i++) {
-        s += 0x9E3779B97F4A7C15ULL;
-        uint64_t z = s;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
-        double u = (double)(z >> 40) * (1.0 / 16777216.0);
-        out[i] = (float)(offset + scale * (2.0 * u - 1.0));
-    }
-}
-
-typedef struct synth_ctx {
-    uint64_t seed;
-    const mf_tensor_spec *specs; /* the architecture's list: index = seed offset */
-    int n;
-    float **bufs;                /* [n] generated tensors, freed after the build */
-} synth_ctx;
-
-/* Offset/scale per tensor kind, the rule the golden manifests follow (and
- * tools/mfweights.py): weights uniform with variance 1/fan_in, i.e.
- * +- sqrt(3/fan_in); tokens +- 1; BN / LayerNorm weight 1 +- .25; biases
- * +- .02; running_mean +- .05; running_var 1 +- .4. */
-static void synthetic_rule(const mf_tensor_spec *s, double *offset, double *scale)
-{
-    size_t len = strlen(s->name);
-#define ENDS(x) (len >= sizeof(x) - 1 && strcmp(s->name + len - (sizeof(x) - 1), x) == 0)
-    *offset = 0.0;
-    if (strcmp(s->name, "tokens.weight") == 0) { *scale = 1.0; return; }
-    if (ENDS(".running_mean")) { *scale = 0.05; return; }
-    if (ENDS(".running_var")) { *offset = 1.0; *scale = 0.4; return; }
-    if (ENDS(".bias")) { *scale = 0.02; return; }
-    if (s->ndim == 1) { *offset = 1.0; *scale = 0.25; return; } /* BN / LayerNorm gain */
-    size_t fan_in = s->numel / (size_t)s->shape[0];
-    *scale = sqrt(3.0 / (double)fan_in);
-#undef ENDS
-}
-
-static const float *synth_lookup(void *ctx, const mf_tensor_spec *spec)
-{
-    synth_ctx *c = ctx;
-    int idx = -1;
-    for (int i = 0; i < c->n; i++)
-        if (strcmp(c->specs[i].name, spec->name) == 0) { idx = i; break; }
-    if (idx < 0) return NULL;
-    /* seeds count the reference's state_dict slots, including each BatchNorm's
-     * num_batches_tracked (after its running_var), which the list omits */
-    uint64_t slot = (uint64_t)idx;
-    for (int i = 0; i < idx; i++) {
-        size_t len = strlen(c->specs[i].name);
-        if (len > 12 && strcmp(c->specs[i].name + len - 12, ".running_var") == 0) slot++;
-    }
-    if (!c->bufs[idx]) {
-        c->bufs[idx] = malloc(spec->numel * sizeof(float));
-        if (!c->bufs[idx]) return NULL;
-        double off, sc;
-        synthetic_rule(spec, &off, &sc);
-        mf_fill_uniform(c->bufs[idx], spec->numel, c->seed + slot, off, sc);
-    }
-    return c->bufs[idx];
-}
-
-mf_status mf_model_synthetic(const mf_arch *a, int num_classes, uint64_t seed, mf_model **out, char *err,
-                             size_t errlen)
-{
-    mf_tensor_spec *specs;
-    *out = NULL;
-    mf_status st = mf_arch_validate(a, err, errlen);
-    if (st != MF_OK) return st;
-    int n = mf_arch_tensor_specs(a, num_classes, &specs);
-    if (n < 0) return MF_ERR_NOMEM;
-    synth_ctx c = {.seed = seed, .specs = specs, .n = n, .bufs = calloc((size_t)n, sizeof(float *))};
-    if (!c.bufs) { free(specs); return MF_ERR_NOMEM; }
-    st = mf_model_build(a, num_classes, synth_lookup, &c, NULL, NULL, out, err, errlen);
-    for (int i = 0; i < n; i++) free(c.bufs[i]);
-    free(c.bufs);
-    free(specs);
-    return st;
 }

@@ -33,6 +33,7 @@
 #include "preprocess.h"
 #include "topk.h"
 #include "web.h"
+#include "mf_util.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -135,14 +136,8 @@ struct route {
     enum MHD_Result (*handle)(request *r); /* answers, or starts the body for predict */
 };
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double ms_since(uint64_t t0) { return (double)(now_ns() - t0) * 1e-6; }
+#define now_ns mf_now_ns
+#define ms_since mf_ms_since
 
 const char *mf_http_status_str(mf_http_status s)
 {
@@ -444,23 +439,10 @@ static json_t *latency_json(const image_slot *sl, double total_ms)
                      sl->job.inference_s * 1e3, "total", total_ms);
 }
 
-static json_t *predictions_json(request *r, image_slot *sl, int *idx)
+static json_t *predictions_json(request *r, image_slot *sl)
 {
-    const mf_model *m = r->srv->model;
-    int classes = r->srv->classes;
-    mf_softmax(sl->logits, classes, sl->logits);
-    int k = mf_topk(sl->logits, classes, r->top_k, idx);
-    json_t *a = json_array();
-    for (int i = 0; a && i < k; i++) {
-        float p = sl->logits[idx[i]];
-        if (!isfinite(p)) {
-            json_decref(a);
-            return NULL;
-        }
-        json_array_append_new(a, json_pack("{s:i,s:s,s:f}", "index", idx[i], "label",
-                                           mf_model_label(m, idx[i]), "probability", (double)p));
-    }
-    return a;
+    mf_softmax(sl->logits, r->srv->classes, sl->logits);
+    return mf_predictions_json(r->srv->model, sl->logits, r->top_k);
 }
 
 /* Resumed (or never suspended): every job is finished; answer. */
@@ -488,11 +470,8 @@ static enum MHD_Result predict_answer(request *r)
                                "the inference engine failed: %s", mf_batcher_status_str(j->status));
         }
     }
-    int *idx = malloc((size_t)s->classes * sizeof *idx);
     json_t *o = json_object();
-    if (!idx || !o) {
-        free(idx);
-        json_decref(o);
+    if (!o) {
         return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
                            "cannot allocate the answer");
     }
@@ -501,9 +480,8 @@ static enum MHD_Result predict_answer(request *r)
     json_t *results = r->n_images > 1 ? json_array() : NULL;
     for (int i = 0; i < r->n_images; i++) {
         image_slot *sl = &r->slots[i];
-        json_t *preds = predictions_json(r, sl, idx);
+        json_t *preds = predictions_json(r, sl);
         if (!preds) {
-            free(idx);
             json_decref(o);
             json_decref(results);
             return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "inference_failed",
@@ -519,7 +497,6 @@ static enum MHD_Result predict_answer(request *r)
         json_object_set_new(dst, "batch_size", json_integer(sl->job.batch_size));
     }
     if (results) json_object_set_new(o, "results", results);
-    free(idx);
     return reply_json(r, MHD_HTTP_OK, o);
 }
 

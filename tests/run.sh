@@ -1,7 +1,10 @@
 #!/bin/sh
 # Runs every test suite: the Check binaries (build/tests/test_*), then the
-# Python and black-box suites (tests/py/test_*.py, run by Debian's python3).
+# Python and black-box suites (tests/py/test_*.py, run by Debian's python3)
+# and the shell suites (tests/sh/test_*.sh).
 # Prints one line per suite and a summary; exits non-zero if any failed.
+#   MF_TEST_ONLY=name   only the suites whose name contains it
+#   MF_TEST_KIND=unit   only the Check binaries (`make check`)
 set -u
 BUILD=${MF_BUILD:-build}
 export MF_BUILD="$BUILD"
@@ -12,6 +15,7 @@ PY=/usr/bin/python3
 failed=""
 total=0
 only=${MF_TEST_ONLY:-}
+kind=${MF_TEST_KIND:-all}
 
 run_one() {
   name=$1; shift
@@ -34,11 +38,11 @@ for t in "$BUILD"/tests/test_*; do
   [ -x "$t" ] || continue
   run_one "$(basename "$t")" "$t"
 done
-for t in tests/py/test_*.py; do
+[ "$kind" = unit ] || for t in tests/py/test_*.py; do
   [ -f "$t" ] || continue
   run_one "$(basename "$t" .py)" "$PY" "$t"
 done
-for t in tests/sh/test_*.sh; do
+[ "$kind" = unit ] || for t in tests/sh/test_*.sh; do
   [ -f "$t" ] || continue
   run_one "$(basename "$t" .sh)" sh "$t"
 done

@@ -5,6 +5,7 @@
  * blocks until the test lets it go (callbacks run on the worker). */
 #include "batcher.h"
 #include "testutil.h"
+#include "mf_synthetic.h"
 
 #include <math.h>
 #include <pthread.h>

@@ -5,6 +5,7 @@
  * Without the golden directory the cases are skipped (tests/py covers all
  * seven variants with references computed by the PyTorch twin). */
 #include "testutil.h"
+#include "mf_synthetic.h"
 #include "mf.h"
 
 #include <jansson.h>

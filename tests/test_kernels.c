@@ -69,11 +69,11 @@ START_TEST(pw_random)
             const mf_kernels *k = kernel_sets[s];
             mf_pw pr = {.cout = M, .cin = K, .groups = G, .shuffle_out = shuffle, .w = w, .bias = b};
             mf_pw pk = pr;
-            if (k == &mf_kernels_avx512) {
+            if (k->pw_pack) { /* the kernel set's own layout, as model.c packs it */
                 int Mg = M / G, Kg = K / G;
-                pk.wp_group = mf_pw_packed_floats(Mg, Kg);
-                pk.wp = mf_alloc(pk.wp_group * (size_t)G * sizeof(float));
-                for (int g = 0; g < G; g++) mf_pw_pack(w + (size_t)g * Mg * Kg, Mg, Kg, pk.wp + pk.wp_group * g);
+                pk.wp_group = (k->pw_packed_bytes(Mg, Kg) + 63) & ~(size_t)63;
+                pk.wp = mf_alloc(pk.wp_group * (size_t)G);
+                for (int g = 0; g < G; g++) k->pw_pack(w + (size_t)g * Mg * Kg, Mg, Kg, (char *)pk.wp + pk.wp_group * g);
                 pk.w = NULL;
             }
             const mf_pw *ps[2] = {&pr, &pk};
@@ -218,8 +218,8 @@ START_TEST(linear_random)
         for (int s = 0; s < n_sets; s++) {
             mf_lin lk = l;
             if (kernel_sets[s]->lin_pack) {
-                lk.wp = mf_alloc(mf_lin_packed_floats(in, out) * sizeof(float));
-                mf_lin_pack(l.wt, in, out, lk.wp);
+                lk.wp = mf_alloc(kernel_sets[s]->lin_packed_bytes(in, out));
+                kernel_sets[s]->lin_pack(l.wt, in, out, lk.wp);
             }
             /* in two column ranges (split at a multiple of 48), as a team would */
             int mid = out > 48 ? 48 * ((out / 48 + 1) / 2) : out;

@@ -6,6 +6,7 @@
  * `make test SANITIZE=address,undefined`).  Also: one model shared by several
  * threads, each with its own workspace, gives the serial results. */
 #include "testutil.h"
+#include "mf_synthetic.h"
 #include "internal.h"
 
 #include <jansson.h>

@@ -1,6 +1,7 @@
-/* test_topk.c -- softmax and top-k (server/topk.h). */
+/* test_topk.c -- softmax (engine/mf_util.h) and top-k (vision/topk.h). */
 #include "testutil.h"
 #include "topk.h"
+#include "mf_util.h"
 
 #include <math.h>
 #include <string.h>

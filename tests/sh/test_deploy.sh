@@ -3,7 +3,7 @@
 #
 #   sh tests/sh/test_deploy.sh [MODEL]        (run by tests/run.sh, so by `make test`)
 #
-# 1. tests/sh/check_deploy_files.py: docker/Dockerfile, .dockerignore,
+# 1. tests/support/check_deploy_files.py: docker/Dockerfile, .dockerignore,
 #    deploy/docker-compose.yml, deploy/nginx.conf and deploy/k8s/*.yaml against
 #    the server's real settings, and their probe paths against a running replica;
 #    the Dockerfile's build stage is run in a temporary directory holding what
@@ -24,7 +24,7 @@
 #
 # MODEL defaults to models/fashion_mnist_mobileformer.safetensors; while that file
 # does not exist, a stand-in with the same architecture and synthetic weights is
-# made (tests/sh/make_stand_in_model.py).  Every process started here is stopped
+# made (tests/support/make_stand_in_model.py).  Every process started here is stopped
 # on exit, whatever the outcome.  Needs nginx, wrk, curl, python3-yaml
 # (scripts/install-deps.sh test).
 set -eu
@@ -84,7 +84,7 @@ $PY -c 'import yaml' 2>/dev/null || fail "python3-yaml is missing (sh scripts/in
 if [ ! -f "$MODEL" ]; then
   [ "$MODEL" = models/fashion_mnist_mobileformer.safetensors ] || fail "no model $MODEL"
   echo "note: $MODEL is not there yet; using a stand-in (same architecture, synthetic weights)"
-  $PY tests/sh/make_stand_in_model.py "$tmp/stand_in.safetensors"
+  $PY tests/support/make_stand_in_model.py "$tmp/stand_in.safetensors"
   MODEL=$tmp/stand_in.safetensors
 fi
 
@@ -94,7 +94,7 @@ free_port() {
 
 # start_replica NAME [PORT]: a server with the compose service's environment, on
 # PORT or an ephemeral loopback port; sets $started_pid and $started_port
-$PY tests/sh/check_deploy_files.py --server "$SERVER" --print-compose-env > "$tmp/compose.env"
+$PY tests/support/check_deploy_files.py --server "$SERVER" --print-compose-env > "$tmp/compose.env"
 start_replica() {
   : > "$tmp/$1.log"
   (
@@ -121,7 +121,7 @@ echo "replicas: a on 127.0.0.1:$a_port (pid $a_pid), b on 127.0.0.1:$b_port (pid
 
 echo "== deployment files"
 mkdir "$tmp/image"
-$PY tests/sh/check_deploy_files.py --server "$SERVER" --url "http://127.0.0.1:$a_port" \
+$PY tests/support/check_deploy_files.py --server "$SERVER" --url "http://127.0.0.1:$a_port" \
   --build-stage-root "$tmp/image" || fail "deployment file checks"
 rm -rf "$tmp/image"
 

@@ -37,7 +37,7 @@ for t in test_batcher test_deadline; do
   fi
 done
 
-$PY tests/sh/make_stand_in_model.py "$tmp/model.safetensors" > /dev/null
+$PY tests/support/make_stand_in_model.py "$tmp/model.safetensors" > /dev/null
 "$BUILD/mobileformer-server" --bind 127.0.0.1 --port 0 --model "$tmp/model.safetensors" \
   --http_threads 2 --workers 2 --connection_timeout_s 2 --log_requests false 2> "$tmp/server.log" &
 pid=$!

@@ -21,8 +21,8 @@ The setting names and defaults come from `mobileformer-server --print-config-jso
 values are validated by starting the server with them and a model path that does
 not exist: exit status 2 means a setting was refused, 1 that only the model failed.
 
-    /usr/bin/python3 tests/sh/check_deploy_files.py --server BUILD/mobileformer-server [--url URL]
-    /usr/bin/python3 tests/sh/check_deploy_files.py --server S --print-compose-env
+    /usr/bin/python3 tests/support/check_deploy_files.py --server BUILD/mobileformer-server [--url URL]
+    /usr/bin/python3 tests/support/check_deploy_files.py --server S --print-compose-env
 Prints one line per check ("ok", "FAIL", "SKIP"); exits 1 if any failed.
 """
 import argparse

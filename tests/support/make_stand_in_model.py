@@ -6,7 +6,7 @@ PyTorch twin via tools/make_reference.py): the answers are meaningless, the
 work per image is the real one.  tests/sh/test_deploy.sh uses it while the
 bundled model is absent; bench/loadtest.sh --model accepts its output.
 
-    /usr/bin/python3 tests/sh/make_stand_in_model.py OUT.safetensors
+    /usr/bin/python3 tests/support/make_stand_in_model.py OUT.safetensors
 """
 import json
 import os
