@@ -347,35 +347,27 @@ typedef struct attn_task {
     float *o;         /* M->F output [n*T][C] */
 } attn_task;
 
-static void m2f_run(void *arg, int t, int nt)
+/* Both bridges' attention: one (image, head) item at a time; M->F writes
+ * o, F->M updates the maps y in place. */
+static void attn_run(const attn_task *k, int t, int nt, int m2f)
 {
-    const attn_task *k = arg;
     const int T = k->c->m->arch.tokens, ch = k->C / 2;
     const float scale = 1.0f / sqrtf((float)ch);
     int i0, i1;
     split(2 * k->n, 1, t, nt, &i0, &i1);
     for (int it = i0; it < i1; it++) {
-        int j = it / 2, hd = it % 2;
-        k->c->m->k->m2f_attn(k->x + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + (size_t)j * T * k->C + hd * ch,
-                             k->C, T, scale, k->o + (size_t)j * T * k->C + hd * ch, k->C,
-                             t == 0 ? k->c->sc->attn : k->c->ws->sc[t].attn);
+        const int j = it / 2, hd = it % 2;
+        const size_t tok = (size_t)j * T * k->C + hd * ch, map = k->fs * j + (size_t)hd * ch * k->hw;
+        if (m2f)
+            k->c->m->k->m2f_attn(k->x + map, ch, k->hw, k->q + tok, k->C, T, scale, k->o + tok, k->C,
+                                 t == 0 ? k->c->sc->attn : k->c->ws->sc[t].attn);
+        else
+            k->c->m->k->f2m_attn(k->y + map, ch, k->hw, k->q + tok, k->v + tok, k->C, T, scale);
     }
 }
 
-static void f2m_run(void *arg, int t, int nt)
-{
-    const attn_task *k = arg;
-    const int T = k->c->m->arch.tokens, ch = k->C / 2;
-    const float scale = 1.0f / sqrtf((float)ch);
-    int i0, i1;
-    split(2 * k->n, 1, t, nt, &i0, &i1);
-    for (int it = i0; it < i1; it++) {
-        int j = it / 2, hd = it % 2;
-        size_t tok = (size_t)j * T * k->C + hd * ch;
-        k->c->m->k->f2m_attn(k->y + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + tok, k->v + tok, k->C, T,
-                             scale);
-    }
-}
+static void m2f_run(void *arg, int t, int nt) { attn_run(arg, t, nt, 1); }
+static void f2m_run(void *arg, int t, int nt) { attn_run(arg, t, nt, 0); }
 
 /* z = LayerNorm(z + proj(alpha * attention(q(z), x))) for the run's images:
  * tokens read their own image's map (maps at x, stride fs floats). */

@@ -93,22 +93,22 @@ static void dw_ref(const mf_dw *d, int c0, int c1, const float *x, int h, int w,
     }
 }
 
+/* sum_i a[i * sa] * b[i * sb], i < n, accumulated in double */
+static double dot(const float *a, size_t sa, const float *b, size_t sb, int n)
+{
+    double acc = 0.0;
+    for (int i = 0; i < n; i++) acc += (double)a[(size_t)i * sa] * b[(size_t)i * sb];
+    return acc;
+}
+
 static void m2f_attn_ref(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale,
                          float *o, int ldo, float *scratch)
 {
     for (int i = 0; i < t; i++) {
         float *s = scratch + (size_t)i * hw;
-        for (int p = 0; p < hw; p++) {
-            double acc = 0.0;
-            for (int c = 0; c < ch; c++) acc += (double)q[(size_t)i * ldq + c] * x[(size_t)c * hw + p];
-            s[p] = (float)acc * scale;
-        }
+        for (int p = 0; p < hw; p++) s[p] = (float)dot(q + (size_t)i * ldq, 1, x + p, (size_t)hw, ch) * scale;
         mf_softmax(s, hw, s);
-        for (int c = 0; c < ch; c++) {
-            double acc = 0.0;
-            for (int p = 0; p < hw; p++) acc += (double)s[p] * x[(size_t)c * hw + p];
-            o[(size_t)i * ldo + c] = (float)acc;
-        }
+        for (int c = 0; c < ch; c++) o[(size_t)i * ldo + c] = (float)dot(s, 1, x + (size_t)c * hw, 1, hw);
     }
 }
 
@@ -116,17 +116,9 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
 {
     float a[64];
     for (int p = 0; p < hw; p++) {
-        for (int i = 0; i < t; i++) {
-            double acc = 0.0;
-            for (int c = 0; c < ch; c++) acc += (double)y[(size_t)c * hw + p] * k[(size_t)i * ldk + c];
-            a[i] = (float)acc * scale;
-        }
+        for (int i = 0; i < t; i++) a[i] = (float)dot(y + p, (size_t)hw, k + (size_t)i * ldk, 1, ch) * scale;
         mf_softmax(a, t, a);
-        for (int c = 0; c < ch; c++) {
-            double acc = 0.0;
-            for (int i = 0; i < t; i++) acc += (double)a[i] * v[(size_t)i * ldk + c];
-            y[(size_t)c * hw + p] += (float)acc;
-        }
+        for (int c = 0; c < ch; c++) y[(size_t)c * hw + p] += (float)dot(a, 1, v + c, (size_t)ldk, t);
     }
 }
 
@@ -159,21 +151,10 @@ static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int
 }
 
 /* Weights stay plain (no pack functions): pw reads mf_pw.w, linear mf_lin.wt.
- * No direct stem: the forward pass uses im2col + pw. */
-const mf_kernels mf_kernels_ref = {
-    .name = "reference",
-    .pw = pw_ref,
-    .dw = dw_ref,
-    .m2f_attn = m2f_attn_ref,
-    .f2m_attn = f2m_attn_ref,
-    .linear = mf_linear_ref,
-};
+ * No direct stem: the forward pass uses im2col + pw.  Both sets run the
+ * depthwise convolution and the attention bridges with the plain loops. */
+#define PLAIN_LOOPS .dw = dw_ref, .m2f_attn = m2f_attn_ref, .f2m_attn = f2m_attn_ref
 
-const mf_kernels mf_kernels_blas = {
-    .name = "portable",
-    .pw = pw_blas,
-    .dw = dw_ref,
-    .m2f_attn = m2f_attn_ref,
-    .f2m_attn = f2m_attn_ref,
-    .linear = linear_blas,
-};
+const mf_kernels mf_kernels_ref = {.name = "reference", .pw = pw_ref, .linear = mf_linear_ref, PLAIN_LOOPS};
+
+const mf_kernels mf_kernels_blas = {.name = "portable", .pw = pw_blas, .linear = linear_blas, PLAIN_LOOPS};

@@ -14,7 +14,7 @@
  *     several workers running batches side by side, not from threads inside
  *     one forward pass.  engine_threads > 1 trades throughput for latency with
  *     fewer workers (e.g. workers = 1, engine_threads = N).
- *   - `http_threads` = N libmicrohttpd threads (http.c).  They own the
+ *   - `http_threads` = N libmicrohttpd threads (http.c, predict.c).  They own the
  *     sockets and do everything before and after the queue: reading the body,
  *     decoding, resizing and normalizing the image, and writing the JSON
  *     answer.  That work is a few percent of a forward pass, so they share the
@@ -66,6 +66,7 @@
  * stops, and no callback can touch a freed connection.
  */
 #include "batcher.h"
+#include "mf_util.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -138,12 +139,7 @@ const char *mf_batcher_status_str(mf_batcher_status s)
     return "unknown";
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+#define now_ns mf_now_ns
 
 static struct timespec to_timespec(uint64_t ns)
 {
@@ -321,7 +317,7 @@ static int cond_init_monotonic(pthread_cond_t *c)
 
 static void set_err(char *err, size_t errlen, const char *msg, const char *detail)
 {
-    if (err && errlen) snprintf(err, errlen, "%s%s%s", msg, detail ? ": " : "", detail ? detail : "");
+    mf_set_err(err, errlen, "%s%s%s", msg, detail ? ": " : "", detail ? detail : "");
 }
 
 /* Stop and join started threads, free workers and sync objects. */

@@ -6,6 +6,7 @@
  * are all loops over that table, so they cannot drift apart.
  */
 #include "config.h"
+#include "mf_util.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -85,16 +86,8 @@ static const setting settings[] = {
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
 
-static mf_config_status fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return MF_CONFIG_ERROR;
-}
+/* The error text (mf_set_err's convention) and the status, in one. */
+#define fail(err, errlen, ...) (mf_set_err((err), (errlen), __VA_ARGS__), MF_CONFIG_ERROR)
 
 static const char *type_name(setting_type t)
 {

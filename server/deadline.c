@@ -5,6 +5,7 @@
  * microseconds per thousand connections and shuts a slow client down within
  * 25% of its deadline. */
 #include "deadline.h"
+#include "mf_util.h"
 
 #include "log.h"
 
@@ -33,12 +34,7 @@ struct mf_deadline {
     pthread_t reaper;        /* the reaper thread */
 };
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+#define now_ns mf_now_ns
 
 static void *reaper_main(void *arg)
 {

@@ -1,5 +1,6 @@
 /* log.c -- JSON lines on stderr; see log.h. */
 #include "log.h"
+#include "mf_util.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -62,12 +63,7 @@ static int out_kind = -1;        /* kind of stderr, looked at once (guarded by l
 static unsigned long dropped;    /* lines dropped since the last one written (log_mu) */
 static int broken_line;          /* a dropped line was partly written (log_mu) */
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+static uint64_t now_ms(void) { return mf_now_ns() / 1000000u; }
 
 /* Write [p, p + left) to stderr, waiting at most wait_ms in all for room on a
  * pipe or socket.  Returns the bytes written (all of them on success). */

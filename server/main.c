@@ -18,6 +18,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mf.h"
+#include "mf_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,12 +33,7 @@
 
 extern char **environ;
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+static uint64_t now_ms(void) { return mf_now_ns() / 1000000u; }
 
 /* Every connection is a file descriptor: take the hard limit. */
 static void raise_fd_limit(const mf_config *cfg)

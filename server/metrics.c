@@ -40,11 +40,6 @@ struct mf_metrics {
     double start_time;                     /* process_start_time_seconds */
 };
 
-static const char *const endpoint_names[MF_ENDPOINT_COUNT] = {
-    "predict", "health_live", "health_ready", "model_metadata",
-    "model_ready", "metrics", "options", "web", "other",
-};
-
 static const struct {
     const char *name; /* metric family name */
     const char *help; /* HELP text */
@@ -55,11 +50,6 @@ static const struct {
     {"mobileformer_inference_seconds", "Time of one forward pass of a batch."},
     {"mobileformer_batch_size", "Images per forward pass."},
 };
-
-const char *mf_endpoint_name(mf_endpoint e)
-{
-    return (unsigned)e < MF_ENDPOINT_COUNT ? endpoint_names[e] : "other";
-}
 
 static void hist_init(histogram *h, const double *bounds, int n)
 {
@@ -223,7 +213,7 @@ char *mf_metrics_render(mf_metrics *m, size_t *len)
             unsigned long long v = atomic_load_explicit(&m->requests[e][s], memory_order_relaxed);
             if (v)
                 fprintf(f, "mobileformer_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n",
-                        endpoint_names[e], s + STATUS_MIN, v);
+                        mf_endpoint_labels[e], s + STATUS_MIN, v);
         }
 
     fputs("# HELP mobileformer_request_duration_seconds Time from request headers to answer.\n"
@@ -235,7 +225,7 @@ char *mf_metrics_render(mf_metrics *m, size_t *len)
         pthread_mutex_unlock(&m->duration[e].mu);
         if (!c && e != MF_ENDPOINT_PREDICT) continue;
         char labels[64];
-        snprintf(labels, sizeof labels, "endpoint=\"%s\",", endpoint_names[e]);
+        snprintf(labels, sizeof labels, "endpoint=\"%s\",", mf_endpoint_labels[e]);
         put_histogram(f, "mobileformer_request_duration_seconds", labels, &m->duration[e]);
     }
 

@@ -8,24 +8,13 @@
 #ifndef MF_METRICS_H
 #define MF_METRICS_H
 
+#include "route.h"
+
 #include <stddef.h>
 
-/* The endpoint label of mobileformer_requests_total and of the request
- * duration histogram. */
-typedef enum mf_endpoint {
-    MF_ENDPOINT_PREDICT = 0,     /* POST /v1/predict, /v1/models/{name}/predict */
-    MF_ENDPOINT_HEALTH_LIVE,     /* GET /v2/health/live */
-    MF_ENDPOINT_HEALTH_READY,    /* GET /v2/health/ready */
-    MF_ENDPOINT_MODEL_METADATA,  /* GET /v2/models/{name} */
-    MF_ENDPOINT_MODEL_READY,     /* GET /v2/models/{name}/ready */
-    MF_ENDPOINT_METRICS,         /* GET /metrics */
-    MF_ENDPOINT_OPTIONS,         /* OPTIONS (CORS preflight) */
-    MF_ENDPOINT_WEB,             /* GET /, /index.html, /app.css, /app.js (web.h) */
-    MF_ENDPOINT_OTHER,           /* no route matched */
-    MF_ENDPOINT_COUNT
-} mf_endpoint;
-
-const char *mf_endpoint_name(mf_endpoint e);
+/* Requests are counted by endpoint: the labels are the route table's
+ * (route.h, mf_endpoint and mf_endpoint_labels), so a route and its
+ * metrics label are written in one place. */
 
 typedef enum mf_histogram {
     MF_HIST_DECODE = 0,   /* mobileformer_decode_seconds, per image */

@@ -5,6 +5,7 @@
  * blocks until the test lets it go (callbacks run on the worker). */
 #include "batcher.h"
 #include "testutil.h"
+#include "mf_util.h"
 #include "mf_synthetic.h"
 
 #include <math.h>
@@ -230,12 +231,7 @@ START_TEST(burst_forms_full_batches)
 }
 END_TEST
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+static double now_s(void) { return (double)mf_now_ns() * 1e-9; }
 
 /* Nothing else on its way: a lone job runs at once, not after max_delay_us. */
 START_TEST(lone_job_does_not_wait)

@@ -3,6 +3,7 @@
  * is left alone, re-arming starts a new period, closing forgets it. */
 #include "deadline.h"
 #include "testutil.h"
+#include "mf_util.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -19,12 +20,7 @@ static int sees_eof(int peer, int ms)
     return recv(peer, &c, 1, MSG_DONTWAIT) == 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+static double now_s(void) { return (double)mf_now_ns() * 1e-9; }
 
 START_TEST(null_and_zero)
 {

@@ -29,22 +29,7 @@
 #endif
 #endif
 
-static uint8_t *load(const char *name, size_t *len)
-{
-    char path[256];
-    snprintf(path, sizeof path, DIR "%s", name);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "missing fixture %s (run tools/make_test_images.py)", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    ck_assert_ptr_nonnull(buf);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
+static uint8_t *load(const char *name, size_t *len) { return tu_load_fixture(DIR, name, len); }
 
 /* name.ext -> name + suffix */
 static void sibling(const char *name, const char *suffix, char *out, size_t outlen)

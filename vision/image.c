@@ -142,6 +142,17 @@ static int tiff_orientation(const uint8_t *t, size_t n)
     return orient;
 }
 
+/* The decoded image, w x h before orientation o is applied, becomes *out:
+ * its pixels are taken from *pix. */
+static mf_img_status hand_over(mf_image *out, uint8_t **pix, int w, int h, int o)
+{
+    out->w = o >= 5 ? h : w;
+    out->h = o >= 5 ? w : h;
+    out->rgb = *pix;
+    *pix = NULL;
+    return MF_IMG_OK;
+}
+
 /* Copy source row y (w RGB pixels of a w x h image) to where EXIF
  * orientation o puts it in dst, which is h x w for o >= 5 and w x h
  * otherwise.  The eight cases are PIL's exif_transpose(): 2 mirror,
@@ -366,11 +377,7 @@ static mf_img_status jpeg_run(jpeg_job *job, const uint8_t *buf, size_t len, siz
     }
     jpeg_finish_decompress(ci);
 
-    out->w = orient >= 5 ? oh : ow;
-    out->h = orient >= 5 ? ow : oh;
-    out->rgb = job->pix;
-    job->pix = NULL;
-    return MF_IMG_OK;
+    return hand_over(out, &job->pix, ow, oh, orient);
 }
 
 static mf_img_status decode_jpeg(const uint8_t *buf, size_t len, size_t max_pixels, mf_image *out,
@@ -554,11 +561,7 @@ static mf_img_status png_run(png_job *job, size_t max_pixels, mf_image *out)
         job->pix = dst;
     }
 
-    out->w = (int)(orient >= 5 ? h : w);
-    out->h = (int)(orient >= 5 ? w : h);
-    out->rgb = job->pix;
-    job->pix = NULL;
-    return MF_IMG_OK;
+    return hand_over(out, &job->pix, (int)w, (int)h, orient);
 }
 
 static mf_img_status decode_png(const uint8_t *buf, size_t len, size_t max_pixels, mf_image *out,

@@ -10,7 +10,8 @@
  */
 #include "fuzz.h"
 
-#include "http.h"
+#include "route.h"
+#include "validate.h"
 #include "multipart.h"
 
 #include <ctype.h>
@@ -49,28 +50,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int n = fuzz_split(data, size, '\n', f, 5, &block);
     const char *method = f[0], *path = n > 1 ? f[1] : "";
 
-    mf_http_route_match m;
+    mf_route_match m;
     memset(&m, 0xa5, sizeof m);
-    mf_http_route_find(method, path, &m);
+    mf_route_find(method, path, &m);
     switch (m.status) {
-    case MF_HTTP_ROUTE_FOUND:
-        FUZZ_CHECK(m.route >= 0 && m.endpoint >= 0 && m.endpoint < MF_ENDPOINT_OTHER);
+    case MF_ROUTE_FOUND:
+        FUZZ_CHECK(m.route != NULL && m.endpoint >= 0 && m.endpoint < MF_ENDPOINT_OTHER);
         FUZZ_CHECK(strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
                    strcmp(method, "POST") == 0);
         FUZZ_CHECK(path[0] == '/');
-        if (m.name) {
-            FUZZ_CHECK(m.name > path && m.name + m.name_len <= path + strlen(path));
-            FUZZ_CHECK(m.name_len >= 1 && !memchr(m.name, '/', m.name_len));
+        if (m.model) {
+            FUZZ_CHECK(m.model > path && m.model + m.model_len <= path + strlen(path));
+            FUZZ_CHECK(m.model_len >= 1 && !memchr(m.model, '/', m.model_len));
         }
         break;
-    case MF_HTTP_ROUTE_OPTIONS:
+    case MF_ROUTE_OPTIONS:
         FUZZ_CHECK(strcmp(method, "OPTIONS") == 0 && m.endpoint == MF_ENDPOINT_OPTIONS);
         break;
-    case MF_HTTP_ROUTE_NOT_FOUND:
-        FUZZ_CHECK(m.route == -1 && m.endpoint == MF_ENDPOINT_OTHER);
+    case MF_ROUTE_NOT_FOUND:
+        FUZZ_CHECK(m.route == NULL && m.endpoint == MF_ENDPOINT_OTHER);
         break;
-    case MF_HTTP_ROUTE_METHOD_NOT_ALLOWED:
-        FUZZ_CHECK(m.route >= 0 && m.allow && m.allow[0]);
+    case MF_ROUTE_METHOD_NOT_ALLOWED:
+        FUZZ_CHECK(m.route != NULL && m.allow && m.allow[0]);
         FUZZ_CHECK(strcmp(method, "POST") != 0 || strstr(m.allow, "POST") == NULL);
         break;
     default: FUZZ_CHECK(!"route status out of range");
@@ -78,17 +79,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* the same path with each other method agrees on whether the path exists */
     static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE"};
     for (int i = 0; i < 5; i++) {
-        mf_http_route_match o;
-        mf_http_route_find(methods[i], path, &o);
-        if (m.status == MF_HTTP_ROUTE_FOUND || m.status == MF_HTTP_ROUTE_METHOD_NOT_ALLOWED)
-            FUZZ_CHECK(o.status == MF_HTTP_ROUTE_FOUND || o.status == MF_HTTP_ROUTE_METHOD_NOT_ALLOWED);
-        if (m.status == MF_HTTP_ROUTE_NOT_FOUND) FUZZ_CHECK(o.status == MF_HTTP_ROUTE_NOT_FOUND);
+        mf_route_match o;
+        mf_route_find(methods[i], path, &o);
+        if (m.status == MF_ROUTE_FOUND || m.status == MF_ROUTE_METHOD_NOT_ALLOWED)
+            FUZZ_CHECK(o.status == MF_ROUTE_FOUND || o.status == MF_ROUTE_METHOD_NOT_ALLOWED);
+        if (m.status == MF_ROUTE_NOT_FOUND) FUZZ_CHECK(o.status == MF_ROUTE_NOT_FOUND);
     }
 
     const char *tk = n > 2 ? f[2] : NULL;
     size_t tk_len = tk ? strlen(tk) : 0;
     for (int classes = 1; classes <= 1000; classes *= CLASSES) {
-        int k = mf_http_parse_top_k(tk, tk_len, classes);
+        int k = mf_parse_top_k(tk, tk_len, classes);
         FUZZ_CHECK(k == -1 || (k >= 1 && k <= classes));
         int ref = top_k_reference(tk, tk_len, classes);
         if (ref != -2) FUZZ_CHECK(k == ref);
@@ -96,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     const char *ct = n > 3 ? f[3] : "";
     char mt[128];
-    mf_http_media_type(ct, mt, sizeof mt);
+    mf_media_type(ct, mt, sizeof mt);
     FUZZ_CHECK(strlen(mt) < sizeof mt);
     for (const char *p = mt; *p; p++) FUZZ_CHECK(*p != ';' && *p != ' ' && !isupper((unsigned char)*p));
     char boundary[MF_MULTIPART_MAX_BOUNDARY + 1];
@@ -104,8 +105,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(strlen(boundary) >= 1 && strlen(boundary) <= MF_MULTIPART_MAX_BOUNDARY);
 
     const char *auth = n > 4 ? f[4] : NULL;
-    FUZZ_CHECK(mf_http_bearer_ok(auth, API_KEY) == bearer_reference(auth, API_KEY));
-    FUZZ_CHECK(mf_http_bearer_ok(auth, "") == 1);
+    FUZZ_CHECK(mf_bearer_ok(auth, API_KEY) == bearer_reference(auth, API_KEY));
+    FUZZ_CHECK(mf_bearer_ok(auth, "") == 1);
     free(block);
     return 0;
 }

@@ -1,0 +1,242 @@
+/* predict.c -- /v1 predict orchestration; see predict.h. */
+#include "predict.h"
+
+#include "image.h"
+#include "mf_util.h"
+#include "multipart.h"
+#include "preprocess.h"
+#include "reply.h"
+#include "request.h"
+#include "topk.h"
+#include "validate.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_IMAGES 32 /* parts of one multipart request */
+
+typedef struct image_slot {
+    mf_request *req;     /* owner */
+    mf_job job;          /* the image's place in the batcher */
+    float *input;        /* [3, H, W], preprocessed */
+    float *logits;       /* [classes]; probabilities after softmax */
+    double decode_s;     /* decode time */
+    double preprocess_s; /* preprocess time */
+} image_slot;
+
+struct mf_predict {
+    int top_k;                 /* predictions per image */
+    char content_type[256];    /* multipart Content-Type (longer ones are refused) */
+    int multipart;             /* body is multipart/form-data */
+    int n_images;              /* images in this request */
+    image_slot *slots;         /* [n_images] */
+    float *tensors;            /* inputs and logits of all slots */
+};
+
+void mf_predict_free(mf_request *r)
+{
+    mf_predict *p = r->predict;
+    if (!p) return;
+    free(p->slots);
+    free(p->tensors);
+    free(p);
+    r->predict = NULL;
+}
+
+/* top_k of the query string (libmicrohttpd has split and unescaped it);
+ * "?top_k" without a value counts as empty. */
+static int query_top_k(mf_request *r)
+{
+    const char *v = NULL;
+    size_t len = 0;
+    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, "top_k", 5, &v, &len) != MHD_YES)
+        return mf_parse_top_k(NULL, 0, r->srv->classes);
+    return mf_parse_top_k(v ? v : "", v ? len : 0, r->srv->classes);
+}
+
+enum MHD_Result mf_predict_begin(mf_request *r)
+{
+    struct mf_http *s = r->srv;
+    /* While draining, a request that arrives on a connection opened before
+     * the signal (keep-alive) is still served, with "Connection: close"
+     * (reply.c): rolling restarts then lose nothing.  Once the batcher has
+     * stopped accepting, submit answers 503 shutting_down. */
+    mf_predict *p = calloc(1, sizeof *p);
+    if (!p) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the request");
+    r->predict = p;
+    p->top_k = query_top_k(r);
+    if (p->top_k < 0) return mf_reply_error(r, MF_E_BAD_TOP_K, "top_k must be an integer from 1 to %d", s->classes);
+
+    const char *ct = mf_request_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    char mt[128];
+    mf_media_type(ct ? ct : "", mt, sizeof mt);
+    if (strcmp(mt, "multipart/form-data") == 0) {
+        char boundary[MF_MULTIPART_MAX_BOUNDARY + 1];
+        if (mf_multipart_boundary(ct, boundary, sizeof boundary) != MF_MULTIPART_OK)
+            return mf_reply_error(r, MF_E_MULTIPART_NO_BOUNDARY,
+                                  "multipart/form-data needs a boundary parameter of 1 to 70 characters");
+        if (strlen(ct) >= sizeof p->content_type)
+            return mf_reply_error(r, MF_E_BAD_CONTENT_TYPE, "Content-Type is too long");
+        strcpy(p->content_type, ct);
+        p->multipart = 1;
+    } else if (mt[0] && strcmp(mt, "image/jpeg") != 0 && strcmp(mt, "image/jpg") != 0 &&
+               strcmp(mt, "image/png") != 0 && strcmp(mt, "application/octet-stream") != 0) {
+        return mf_reply_error(r, MF_E_UNSUPPORTED_MEDIA_TYPE,
+                              "Content-Type %s is not supported; send image/jpeg, image/png, "
+                              "application/octet-stream or multipart/form-data",
+                              mt);
+    }
+    /* from here until its submit (or failure) the batcher knows an image is
+     * on its way, and a batch leader may wait for it */
+    mf_request_expect(r);
+    return MHD_YES;
+}
+
+/* Worker thread: one image finished.  The last one resumes the connection. */
+static void on_job_done(mf_job *job, void *user)
+{
+    (void)job;
+    image_slot *slot = user;
+    mf_request_job_done(slot->req);
+}
+
+static json_t *latency_json(const image_slot *sl, double total_ms)
+{
+    return json_pack("{s:f,s:f,s:f,s:f,s:f}", "decode", sl->decode_s * 1e3, "preprocess", sl->preprocess_s * 1e3,
+                     "queue", sl->job.queue_s * 1e3, "inference", sl->job.inference_s * 1e3, "total", total_ms);
+}
+
+/* Resumed (or never suspended): every job is finished; answer. */
+static enum MHD_Result predict_answer(mf_request *r)
+{
+    struct mf_http *s = r->srv;
+    mf_predict *p = r->predict;
+    for (int i = 0; i < p->n_images; i++) {
+        mf_job *j = &p->slots[i].job;
+        if (j->batch_size > r->batch_size) r->batch_size = j->batch_size;
+        char which[32] = "";
+        if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+        switch (j->status) {
+        case MF_BATCHER_OK: break;
+        case MF_BATCHER_TIMEOUT:
+            return mf_reply_error(r, MF_E_TIMEOUT, "%snot started within request_timeout_ms (%d ms)", which,
+                                  s->cfg->request_timeout_ms);
+        case MF_BATCHER_DRAINING:
+            return mf_reply_error(r, MF_E_SHUTTING_DOWN, "the server shut down before the image was processed");
+        default:
+            return mf_reply_error(r, mf_err_of_batcher(j->status), "the inference engine failed: %s",
+                                  mf_batcher_status_str(j->status));
+        }
+    }
+    json_t *o = json_object();
+    if (!o) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the answer");
+    double total_ms = mf_ms_since(r->start_ns);
+    json_object_set_new(o, "model", json_string(s->cfg->model_name));
+    json_t *results = p->n_images > 1 ? json_array() : NULL;
+    for (int i = 0; i < p->n_images; i++) {
+        image_slot *sl = &p->slots[i];
+        mf_softmax(sl->logits, s->classes, sl->logits);
+        json_t *preds = mf_predictions_json(s->model, sl->logits, p->top_k);
+        if (!preds) {
+            json_decref(o);
+            json_decref(results);
+            return mf_reply_error(r, MF_E_INFERENCE_FAILED, "the model produced non-finite scores");
+        }
+        json_t *dst = o;
+        if (results) {
+            dst = json_object();
+            json_array_append_new(results, dst);
+        }
+        json_object_set_new(dst, "predictions", preds);
+        json_object_set_new(dst, "latency_ms", latency_json(sl, total_ms));
+        json_object_set_new(dst, "batch_size", json_integer(sl->job.batch_size));
+    }
+    if (results) json_object_set_new(o, "results", results);
+    return mf_reply_json(r, MHD_HTTP_OK, o);
+}
+
+/* An image decode failure's answer. */
+static enum MHD_Result image_error(mf_request *r, int image, mf_img_status st, const char *detail)
+{
+    if (r->predict->n_images > 1)
+        return mf_reply_error(r, mf_err_of_image(st), "image %d: %s", image + 1, detail);
+    return mf_reply_error(r, mf_err_of_image(st), "%s", detail);
+}
+
+/* Body complete: split, decode, preprocess, queue, suspend. */
+enum MHD_Result mf_predict_body(mf_request *r)
+{
+    struct mf_http *s = r->srv;
+    mf_predict *p = r->predict;
+    mf_multipart_part parts[MAX_IMAGES];
+    int n = 1;
+    if (p->multipart) {
+        mf_multipart_status ms =
+            mf_multipart_parse(p->content_type, r->body, r->body_len, "image", parts, MAX_IMAGES, &n);
+        if (ms == MF_MULTIPART_TOO_MANY_PARTS)
+            return mf_reply_error(r, mf_err_of_multipart(ms), "multipart body has more than %d parts", MAX_IMAGES);
+        if (ms != MF_MULTIPART_OK)
+            return mf_reply_error(r, mf_err_of_multipart(ms), "malformed multipart/form-data body");
+        if (n == 0) return mf_reply_error(r, MF_E_MULTIPART_NO_IMAGE, "multipart body has no part named \"image\"");
+    } else {
+        parts[0].data = r->body;
+        parts[0].len = r->body_len;
+    }
+    p->n_images = n;
+
+    size_t in_floats = (size_t)3 * s->in_h * s->in_w;
+    size_t per_image = in_floats + (size_t)s->classes;
+    p->slots = calloc((size_t)n, sizeof *p->slots);
+    p->tensors = malloc((size_t)n * per_image * sizeof(float));
+    if (!p->slots || !p->tensors) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the image tensors");
+
+    const mf_preprocess *pre = mf_model_preprocess(s->model);
+    mf_job *jobs[MAX_IMAGES];
+    for (int i = 0; i < n; i++) {
+        image_slot *sl = &p->slots[i];
+        sl->req = r;
+        sl->input = p->tensors + (size_t)i * per_image;
+        sl->logits = sl->input + in_floats;
+        char err[256] = "";
+        mf_image img = {0, 0, NULL};
+        uint64_t t0 = mf_now_ns();
+        mf_img_status st =
+            mf_image_decode(parts[i].data, parts[i].len, (size_t)s->cfg->max_pixels, &img, err, sizeof err);
+        uint64_t t1 = mf_now_ns();
+        if (st != MF_IMG_OK) return image_error(r, i, st, err[0] ? err : mf_img_status_code(st));
+        int rc = mf_preprocess_image(&img, pre, sl->input);
+        uint64_t t2 = mf_now_ns();
+        mf_image_free(&img);
+        if (rc == MF_PREPROCESS_NOMEM)
+            return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate memory to preprocess image %d", i + 1);
+        if (rc != 0) return mf_reply_error(r, MF_E_PREPROCESS_FAILED, "could not preprocess image %d", i + 1);
+        sl->decode_s = (double)(t1 - t0) * 1e-9;
+        sl->preprocess_s = (double)(t2 - t1) * 1e-9;
+        mf_metrics_observe(s->metrics, MF_HIST_DECODE, sl->decode_s);
+        mf_metrics_observe(s->metrics, MF_HIST_PREPROCESS, sl->preprocess_s);
+        sl->job.input = sl->input;
+        sl->job.logits = sl->logits;
+        sl->job.done = on_job_done;
+        sl->job.user = sl;
+        jobs[i] = &sl->job;
+    }
+    /* the pixels are in the tensors now; the upload can go */
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+
+    mf_request_jobs_begin(r, n);
+    mf_batcher_status bs = mf_batcher_submit(s->batcher, jobs, n);
+    mf_request_unexpect(r);
+    if (bs != MF_BATCHER_OK) {
+        mf_request_jobs_cancel(r);
+        if (bs == MF_BATCHER_QUEUE_FULL)
+            return mf_reply_error(r, MF_E_QUEUE_FULL, "the inference queue is full (max_queue %d); retry later",
+                                  s->cfg->max_queue);
+        if (bs == MF_BATCHER_DRAINING) return mf_reply_error(r, MF_E_SHUTTING_DOWN, "the server is shutting down");
+        return mf_reply_error(r, MF_E_INTERNAL, "could not queue the image: %s", mf_batcher_status_str(bs));
+    }
+    return mf_request_wait(r, predict_answer);
+}
