@@ -17,7 +17,7 @@
 CC       ?= cc
 OPT      ?= -O2
 SANITIZE ?=
-PKGS      = jansson libmicrohttpd libpng libjpeg openblas
+PKGS      = jansson libpng libjpeg openblas
 WARN      = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
 FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP $(OPT) $(WARN) \
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Ivision -Iserver $(CFLAGS)
@@ -53,9 +53,6 @@ SERVER_LIB  := $(BUILD)/libmfserver.a
 CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
-# the CLI's libraries: no libmicrohttpd
-CLI_PKGS      = jansson libpng libjpeg openblas
-CLI_LDLIBS    = $(shell pkg-config --libs $(CLI_PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
 
 .PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline
 all: $(CLI_BIN) $(SERVER_BIN)
@@ -82,7 +79,7 @@ $(SERVER_LIB): $(SERVER_OBJ)
 	ar rcs $@ $^
 
 $(CLI_BIN): $(CLI_OBJ) $(VISION_LIB) $(ENGINE_LIB)
-	$(CC) $(FINAL_CFLAGS) -Wl,--as-needed -o $@ $^ $(CLI_LDLIBS)
+	$(CC) $(FINAL_CFLAGS) -o $@ $^ $(FINAL_LDLIBS)
 
 $(SERVER_BIN): $(BUILD)/obj/server/main.o $(SERVER_LIB) $(VISION_LIB) $(ENGINE_LIB)
 	$(CC) $(FINAL_CFLAGS) -o $@ $^ $(FINAL_LDLIBS)
@@ -172,7 +169,7 @@ fuzz: deps
 
 tsan: deps
 	@$(MAKE) --no-print-directory SANITIZE=thread all build/san-thread/tests/test_batcher \
-	    build/san-thread/tests/test_deadline
+	    build/san-thread/tests/test_httpparse
 	@MF_BUILD=build/san-thread sh tests/sh/tsan.sh
 
 soak: deps

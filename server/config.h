@@ -36,7 +36,11 @@ typedef struct mf_config {
     char api_key[MF_CONFIG_STR];     /* "" = no authentication */
     char cors_origin[MF_CONFIG_STR]; /* "" = no CORS headers */
     int max_connections;             /* simultaneous connections */
-    int connection_timeout_s;        /* idle connection timeout; 0 = never */
+    int connection_timeout_s;        /* idle timeout, and the whole head's deadline; 0 = never */
+    int max_connections_per_client;  /* open connections per client address; 0 = no limit */
+    int body_timeout_s;              /* the whole body's deadline; 0 = none */
+    int min_body_rate;               /* bytes/s a body must keep up after 5 s; 0 = none */
+    long long max_inflight_body_bytes; /* bytes all bodies being received may hold */
     bool log_requests;               /* one JSON line per request on stderr */
     bool web_ui;                     /* serve the embedded page at / */
 } mf_config;

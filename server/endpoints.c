@@ -11,49 +11,49 @@
 
 #define JSON_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9))
 
-enum MHD_Result mf_handle_live(mf_request *r)
+int mf_handle_live(mf_request *r)
 {
-    return mf_reply_json(r, MHD_HTTP_OK, json_pack("{s:s}", "status", "live"));
+    return mf_reply_json(r, 200, json_pack("{s:s}", "status", "live"));
 }
 
-enum MHD_Result mf_handle_ready(mf_request *r)
+int mf_handle_ready(mf_request *r)
 {
     if (atomic_load(&r->srv->draining)) return mf_reply_error(r, MF_E_NOT_READY, "the server is shutting down");
-    return mf_reply_json(r, MHD_HTTP_OK, json_pack("{s:s,s:s}", "status", "ready", "model", r->srv->cfg->model_name));
+    return mf_reply_json(r, 200, json_pack("{s:s,s:s}", "status", "ready", "model", r->srv->cfg->model_name));
 }
 
-enum MHD_Result mf_handle_model_ready(mf_request *r)
+int mf_handle_model_ready(mf_request *r)
 {
     if (atomic_load(&r->srv->draining)) return mf_reply_error(r, MF_E_NOT_READY, "the server is shutting down");
-    return mf_reply_json(r, MHD_HTTP_OK, json_pack("{s:s,s:b}", "name", r->srv->cfg->model_name, "ready", 1));
+    return mf_reply_json(r, 200, json_pack("{s:s,s:b}", "name", r->srv->cfg->model_name, "ready", 1));
 }
 
-enum MHD_Result mf_handle_metadata(mf_request *r)
+int mf_handle_metadata(mf_request *r)
 {
-    return mf_reply(r, MHD_HTTP_OK, MF_JSON_TYPE, r->srv->metadata, r->srv->metadata_len, MHD_RESPMEM_PERSISTENT,
+    return mf_reply(r, 200, MF_JSON_TYPE, r->srv->metadata, r->srv->metadata_len, 0,
                     NULL);
 }
 
-enum MHD_Result mf_handle_metrics(mf_request *r)
+int mf_handle_metrics(mf_request *r)
 {
     size_t len = 0;
     char *text = mf_metrics_render(r->srv->metrics, &len);
     if (!text) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot render the metrics");
-    return mf_reply(r, MHD_HTTP_OK, MF_METRICS_CONTENT_TYPE, text, len, MHD_RESPMEM_MUST_FREE, NULL);
+    return mf_reply(r, 200, MF_METRICS_CONTENT_TYPE, text, len, 1, NULL);
 }
 
 /* The embedded page, open without the API key: the page asks for the key
  * and sends it with its own requests.  Only the table's exact paths are
  * routed here, so no path can reach the file system. */
-enum MHD_Result mf_handle_web(mf_request *r)
+int mf_handle_web(mf_request *r)
 {
     const mf_web_asset *a = r->srv->cfg->web_ui ? mf_web_find(r->path) : NULL;
     if (!a) return mf_reply_error(r, MF_E_NOT_FOUND, "no endpoint at %s", r->path);
     r->headers = a->headers;
-    const char *inm = mf_request_header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    const char *inm = mf_request_header(r, "If-None-Match");
     if (inm && strstr(inm, a->etag))
-        return mf_reply(r, MHD_HTTP_NOT_MODIFIED, NULL, NULL, 0, MHD_RESPMEM_PERSISTENT, NULL);
-    return mf_reply(r, MHD_HTTP_OK, a->content_type, (char *)a->data, a->len, MHD_RESPMEM_PERSISTENT, NULL);
+        return mf_reply(r, 304, NULL, NULL, 0, 0, NULL);
+    return mf_reply(r, 200, a->content_type, (char *)a->data, a->len, 0, NULL);
 }
 
 char *mf_metadata_build(const mf_config *cfg, const mf_model *m, size_t *len)

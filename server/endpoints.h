@@ -11,17 +11,16 @@
 #include "config.h"
 #include "mf.h"
 
-#include <microhttpd.h>
 #include <stddef.h>
 
-struct mf_request;
+typedef struct mf_request mf_request;
 
-enum MHD_Result mf_handle_live(struct mf_request *r);
-enum MHD_Result mf_handle_ready(struct mf_request *r);
-enum MHD_Result mf_handle_metadata(struct mf_request *r);
-enum MHD_Result mf_handle_model_ready(struct mf_request *r);
-enum MHD_Result mf_handle_metrics(struct mf_request *r);
-enum MHD_Result mf_handle_web(struct mf_request *r);
+int mf_handle_live(mf_request *r);
+int mf_handle_ready(mf_request *r);
+int mf_handle_metadata(mf_request *r);
+int mf_handle_model_ready(mf_request *r);
+int mf_handle_metrics(mf_request *r);
+int mf_handle_web(mf_request *r);
 
 /* GET /v2/models/{name}: the model's name, architecture, classes,
  * preprocessing, labels, inputs and outputs (malloc'd JSON, *len its

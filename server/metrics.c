@@ -34,6 +34,7 @@ struct mf_metrics {
     histogram duration[MF_ENDPOINT_COUNT]; /* request duration by endpoint */
     histogram hist[MF_HIST_COUNT];         /* stage histograms */
     _Atomic long gauges[MF_GAUGE_COUNT];   /* current gauge values */
+    _Atomic unsigned long long counters[MF_COUNTER_COUNT]; /* MF_COUNTERS */
     char *model, *arch;                    /* model_info labels (owned) */
     int num_classes;                       /* model_info label */
     int input_h, input_w;                  /* model_info label input_size="HxW" */
@@ -152,6 +153,25 @@ void mf_metrics_gauge_set(mf_metrics *m, mf_gauge g, long value)
         atomic_store_explicit(&m->gauges[g], value, memory_order_relaxed);
 }
 
+static const struct {
+    const char *family, *labels, *help;
+} counter_info[MF_COUNTER_COUNT] = {
+#define MF_COUNTER_ROW(name, f, l, h) [MF_COUNTER_##name] = {f, l, h},
+    MF_COUNTERS(MF_COUNTER_ROW)
+#undef MF_COUNTER_ROW
+};
+
+void mf_metrics_count(mf_metrics *m, mf_counter c, unsigned long long n)
+{
+    if (m && (unsigned)c < MF_COUNTER_COUNT) atomic_fetch_add_explicit(&m->counters[c], n, memory_order_relaxed);
+}
+
+unsigned long long mf_metrics_counter(mf_metrics *m, mf_counter c)
+{
+    if (!m || (unsigned)c >= MF_COUNTER_COUNT) return 0;
+    return atomic_load_explicit(&m->counters[c], memory_order_relaxed);
+}
+
 long mf_metrics_gauge_get(mf_metrics *m, mf_gauge g)
 {
     if (!m || (unsigned)g >= MF_GAUGE_COUNT) return 0;
@@ -243,6 +263,24 @@ char *mf_metrics_render(mf_metrics *m, size_t *len)
             "# TYPE mobileformer_inflight_requests gauge\n"
             "mobileformer_inflight_requests %ld\n",
             mf_metrics_gauge_get(m, MF_GAUGE_QUEUE_DEPTH), mf_metrics_gauge_get(m, MF_GAUGE_INFLIGHT));
+    fprintf(f,
+            "# HELP mobileformer_open_connections Client connections open now.\n"
+            "# TYPE mobileformer_open_connections gauge\n"
+            "mobileformer_open_connections %ld\n"
+            "# HELP mobileformer_inflight_body_bytes Bytes reserved by request bodies being received.\n"
+            "# TYPE mobileformer_inflight_body_bytes gauge\n"
+            "mobileformer_inflight_body_bytes %ld\n",
+            mf_metrics_gauge_get(m, MF_GAUGE_CONNECTIONS), mf_metrics_gauge_get(m, MF_GAUGE_BODY_BYTES));
+    for (int c = 0; c < MF_COUNTER_COUNT; c++) {
+        if (c == 0 || strcmp(counter_info[c].family, counter_info[c - 1].family) != 0)
+            fprintf(f, "# HELP %s %s\n# TYPE %s counter\n", counter_info[c].family, counter_info[c].help,
+                    counter_info[c].family);
+        unsigned long long v = atomic_load_explicit(&m->counters[c], memory_order_relaxed);
+        if (counter_info[c].labels[0])
+            fprintf(f, "%s{%s} %llu\n", counter_info[c].family, counter_info[c].labels, v);
+        else
+            fprintf(f, "%s %llu\n", counter_info[c].family, v);
+    }
 
     fputs("# HELP mobileformer_model_info The model being served (always 1).\n"
           "# TYPE mobileformer_model_info gauge\n"

@@ -28,10 +28,44 @@ typedef enum mf_histogram {
 typedef enum mf_gauge {
     MF_GAUGE_QUEUE_DEPTH = 0, /* mobileformer_queue_depth: images waiting */
     MF_GAUGE_INFLIGHT,        /* mobileformer_inflight_requests */
+    MF_GAUGE_CONNECTIONS,     /* mobileformer_open_connections */
+    MF_GAUGE_BODY_BYTES,      /* mobileformer_inflight_body_bytes: reserved by bodies being read */
     MF_GAUGE_COUNT
 } mf_gauge;
 
+/* Counters: enum suffix, family, labels, help.  A family may span rows
+ * (one row per label value); its HELP is taken from its first row. */
+#define MF_COUNTERS(X)                                                                                  \
+    X(REJECT_MAX_CONN, "mobileformer_connections_rejected_total", "reason=\"max_connections\"",        \
+      "Connections refused at once, by the limit they hit.")                                          \
+    X(REJECT_PER_CLIENT, "mobileformer_connections_rejected_total", "reason=\"max_connections_per_client\"", "") \
+    X(REJECT_RESERVE, "mobileformer_connections_rejected_total", "reason=\"reserve_only\"", "")         \
+    X(TIMEOUT_HEAD, "mobileformer_request_timeouts_total", "phase=\"headers\"",                       \
+      "Connections closed for sending their request too slowly, by phase.")                            \
+    X(TIMEOUT_BODY, "mobileformer_request_timeouts_total", "phase=\"body\"", "")                         \
+    X(TIMEOUT_WRITE, "mobileformer_request_timeouts_total", "phase=\"answer\"", "")                      \
+    X(BODY_BUDGET, "mobileformer_body_budget_rejections_total", "",                                    \
+      "Requests refused because max_inflight_body_bytes was reached.")                                 \
+    X(MALFORMED, "mobileformer_malformed_requests_total", "",                                          \
+      "Request heads or bodies refused by the HTTP parser.")                                           \
+    X(ABORT_HEAD, "mobileformer_client_aborts_total", "stage=\"headers\"",                              \
+      "Requests whose client went away before the answer, by stage.")                                  \
+    X(ABORT_BODY, "mobileformer_client_aborts_total", "stage=\"body\"", "")                              \
+    X(ABORT_WAIT, "mobileformer_client_aborts_total", "stage=\"waiting\"", "")                           \
+    X(ABORT_ANSWER, "mobileformer_client_aborts_total", "stage=\"answer\"", "")
+
+typedef enum mf_counter {
+#define MF_COUNTER_ENUM(name, family, labels, help) MF_COUNTER_##name,
+    MF_COUNTERS(MF_COUNTER_ENUM)
+#undef MF_COUNTER_ENUM
+    MF_COUNTER_COUNT
+} mf_counter;
+
+
 typedef struct mf_metrics mf_metrics; /* opaque */
+
+void mf_metrics_count(mf_metrics *m, mf_counter c, unsigned long long n);
+unsigned long long mf_metrics_counter(mf_metrics *m, mf_counter c);
 
 /* Model labels of mobileformer_model_info (copied). NULL on out of memory. */
 mf_metrics *mf_metrics_new(const char *model, const char *arch, int num_classes, int input_h,

@@ -51,12 +51,11 @@ static int query_top_k(mf_request *r)
 {
     const char *v = NULL;
     size_t len = 0;
-    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, "top_k", 5, &v, &len) != MHD_YES)
-        return mf_parse_top_k(NULL, 0, r->srv->classes);
-    return mf_parse_top_k(v ? v : "", v ? len : 0, r->srv->classes);
+    v = mf_request_query(r, "top_k", &len);
+    return mf_parse_top_k(v, len, r->srv->classes);
 }
 
-enum MHD_Result mf_predict_begin(mf_request *r)
+int mf_predict_begin(mf_request *r)
 {
     struct mf_http *s = r->srv;
     /* While draining, a request that arrives on a connection opened before
@@ -69,7 +68,7 @@ enum MHD_Result mf_predict_begin(mf_request *r)
     p->top_k = query_top_k(r);
     if (p->top_k < 0) return mf_reply_error(r, MF_E_BAD_TOP_K, "top_k must be an integer from 1 to %d", s->classes);
 
-    const char *ct = mf_request_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    const char *ct = mf_request_header(r, "Content-Type");
     char mt[128];
     mf_media_type(ct ? ct : "", mt, sizeof mt);
     if (strcmp(mt, "multipart/form-data") == 0) {
@@ -91,7 +90,7 @@ enum MHD_Result mf_predict_begin(mf_request *r)
     /* from here until its submit (or failure) the batcher knows an image is
      * on its way, and a batch leader may wait for it */
     mf_request_expect(r);
-    return MHD_YES;
+    return 0;
 }
 
 /* Worker thread: one image finished.  The last one resumes the connection. */
@@ -109,7 +108,7 @@ static json_t *latency_json(const image_slot *sl, double total_ms)
 }
 
 /* Resumed (or never suspended): every job is finished; answer. */
-static enum MHD_Result predict_answer(mf_request *r)
+static int predict_answer(mf_request *r)
 {
     struct mf_http *s = r->srv;
     mf_predict *p = r->predict;
@@ -154,11 +153,11 @@ static enum MHD_Result predict_answer(mf_request *r)
         json_object_set_new(dst, "batch_size", json_integer(sl->job.batch_size));
     }
     if (results) json_object_set_new(o, "results", results);
-    return mf_reply_json(r, MHD_HTTP_OK, o);
+    return mf_reply_json(r, 200, o);
 }
 
 /* An image decode failure's answer. */
-static enum MHD_Result image_error(mf_request *r, int image, mf_img_status st, const char *detail)
+static int image_error(mf_request *r, int image, mf_img_status st, const char *detail)
 {
     if (r->predict->n_images > 1)
         return mf_reply_error(r, mf_err_of_image(st), "image %d: %s", image + 1, detail);
@@ -166,7 +165,7 @@ static enum MHD_Result image_error(mf_request *r, int image, mf_img_status st, c
 }
 
 /* Body complete: split, decode, preprocess, queue, suspend. */
-enum MHD_Result mf_predict_body(mf_request *r)
+int mf_predict_body(mf_request *r)
 {
     struct mf_http *s = r->srv;
     mf_predict *p = r->predict;

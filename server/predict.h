@@ -15,14 +15,13 @@
 #ifndef MF_PREDICT_H
 #define MF_PREDICT_H
 
-#include <microhttpd.h>
 
-struct mf_request;
+typedef struct mf_request mf_request;
 
-enum MHD_Result mf_predict_begin(struct mf_request *r);
-enum MHD_Result mf_predict_body(struct mf_request *r);
+int mf_predict_begin(mf_request *r);
+int mf_predict_body(mf_request *r);
 
 /* Release the request's predict state (NULL state is fine). */
-void mf_predict_free(struct mf_request *r);
+void mf_predict_free(mf_request *r);
 
 #endif

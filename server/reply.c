@@ -77,19 +77,27 @@ char *mf_err_render(mf_err e, mf_dialect d, const char *msg)
     return text;
 }
 
-static void add_cors(mf_request *r, struct MHD_Response *resp)
+void mf_reply_header(mf_request *r, const char *name, const char *value)
+{
+    mf_response *p = &r->resp;
+    size_t room = sizeof p->extra - p->extra_len;
+    int n = snprintf(p->extra + p->extra_len, room, "%s: %s\r\n", name, value);
+    if (n > 0 && (size_t)n < room) p->extra_len += (size_t)n;
+}
+
+static void add_cors(mf_request *r)
 {
     const char *origin = r->srv->cfg->cors_origin;
     if (!origin[0]) return;
-    MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
-    MHD_add_response_header(resp, "Access-Control-Expose-Headers", "Retry-After");
-    if (strcmp(origin, "*") != 0) MHD_add_response_header(resp, "Vary", "Origin");
+    mf_reply_header(r, "Access-Control-Allow-Origin", origin);
+    mf_reply_header(r, "Access-Control-Expose-Headers", "Retry-After");
+    if (strcmp(origin, "*") != 0) mf_reply_header(r, "Vary", "Origin");
 }
 
 /* Finish the request's bookkeeping and count the answer. */
 static void settle(mf_request *r, unsigned status, size_t len, const char *error_code)
 {
-    r->state = MF_REQ_DONE;
+    r->answered = 1;
     r->status = (int)status;
     r->bytes_out = len;
     r->error_code = error_code;
@@ -97,51 +105,50 @@ static void settle(mf_request *r, unsigned status, size_t len, const char *error
     mf_metrics_request(r->srv->metrics, r->endpoint, (int)status, r->latency_ms * 1e-3);
 }
 
-enum MHD_Result mf_reply(mf_request *r, unsigned status, const char *ctype, char *body, size_t len,
-                         enum MHD_ResponseMemoryMode mode, const char *error_code)
+int mf_reply(mf_request *r, unsigned status, const char *ctype, char *body, size_t len, int owned,
+             const char *error_code)
 {
-    struct mf_http *s = r->srv;
-    settle(r, status, len, error_code);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, mode);
-    if (!resp) {
-        if (mode == MHD_RESPMEM_MUST_FREE) free(body);
-        return MHD_NO;
+    if (r->answered) { /* one answer per request: a second one is a bug upstream */
+        if (owned) free(body);
+        return 0;
     }
-    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    add_cors(r, resp);
-    if (status == MHD_HTTP_SERVICE_UNAVAILABLE) MHD_add_response_header(resp, "Retry-After", "1");
-    if (status == MHD_HTTP_UNAUTHORIZED)
-        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"mobileformer\"");
-    if (status == MHD_HTTP_METHOD_NOT_ALLOWED && r->allow) MHD_add_response_header(resp, "Allow", r->allow);
-    for (const char *const *h = r->headers; h && h[0]; h += 2) MHD_add_response_header(resp, h[0], h[1]);
-    if (atomic_load(&s->draining)) MHD_add_response_header(resp, "Connection", "close");
-    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    settle(r, status, len, error_code);
+    mf_response *p = &r->resp;
+    p->status = status;
+    p->ctype = ctype;
+    p->body = body;
+    p->len = len;
+    p->owned = owned;
+    add_cors(r);
+    if (status == 503) mf_reply_header(r, "Retry-After", "1");
+    if (status == 401) mf_reply_header(r, "WWW-Authenticate", "Bearer realm=\"mobileformer\"");
+    if (status == 405 && r->allow) mf_reply_header(r, "Allow", r->allow);
+    for (const char *const *h = r->headers; h && h[0]; h += 2) mf_reply_header(r, h[0], h[1]);
+    mf_http_send(r);
+    return 0;
 }
 
 /* The answer when even the JSON of an answer cannot be built: a fixed body,
  * so running out of memory is still a counted 503, not a dropped connection. */
-static enum MHD_Result reply_oom(mf_request *r)
+static int reply_oom(mf_request *r)
 {
     static const char v1[] =
         "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
     static const char oip[] = "{\"error\":\"the server is out of memory\",\"code\":\"out_of_memory\"}";
     const char *body = r->dialect == MF_DIALECT_OIP ? oip : v1;
     size_t len = r->dialect == MF_DIALECT_OIP ? sizeof oip - 1 : sizeof v1 - 1;
-    return mf_reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, MF_JSON_TYPE, (char *)body, len, MHD_RESPMEM_PERSISTENT,
-                    "out_of_memory");
+    return mf_reply(r, 503, MF_JSON_TYPE, (char *)body, len, 0, "out_of_memory");
 }
 
-enum MHD_Result mf_reply_json(mf_request *r, unsigned status, json_t *o)
+int mf_reply_json(mf_request *r, unsigned status, json_t *o)
 {
     char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
     json_decref(o);
     if (!text) return reply_oom(r);
-    return mf_reply(r, status, MF_JSON_TYPE, text, strlen(text), MHD_RESPMEM_MUST_FREE, NULL);
+    return mf_reply(r, status, MF_JSON_TYPE, text, strlen(text), 1, NULL);
 }
 
-enum MHD_Result mf_reply_error(mf_request *r, mf_err e, const char *fmt, ...)
+int mf_reply_error(mf_request *r, mf_err e, const char *fmt, ...)
 {
     char msg[512];
     mf_request_unexpect(r); /* a failed upload will not submit: no batch waits for it */
@@ -154,22 +161,16 @@ enum MHD_Result mf_reply_error(mf_request *r, mf_err e, const char *fmt, ...)
         if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20) *p = '?';
     char *text = mf_err_render(e, r->dialect, msg);
     if (!text) return reply_oom(r);
-    return mf_reply(r, mf_err_status(e), MF_JSON_TYPE, text, strlen(text), MHD_RESPMEM_MUST_FREE, mf_err_code(e));
+    return mf_reply(r, mf_err_status(e), MF_JSON_TYPE, text, strlen(text), 1, mf_err_code(e));
 }
 
-enum MHD_Result mf_reply_options(mf_request *r)
+int mf_reply_options(mf_request *r)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-    if (!resp) return MHD_NO;
-    settle(r, MHD_HTTP_NO_CONTENT, 0, NULL);
-    MHD_add_response_header(resp, "Allow", "GET, HEAD, POST, OPTIONS");
-    add_cors(r, resp);
+    mf_reply_header(r, "Allow", "GET, HEAD, POST, OPTIONS");
     if (r->srv->cfg->cors_origin[0]) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
-        MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
-        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+        mf_reply_header(r, "Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
+        mf_reply_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+        mf_reply_header(r, "Access-Control-Max-Age", "600");
     }
-    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return mf_reply(r, 204, NULL, NULL, 0, 0, NULL);
 }

@@ -23,7 +23,6 @@
 #include "request.h"
 
 #include <jansson.h>
-#include <microhttpd.h>
 
 /* name, code, HTTP status */
 #define MF_ERRORS(X)                                                    \
@@ -55,6 +54,12 @@
     X(TIMEOUT, "timeout", 504)                                          \
     X(INFERENCE_FAILED, "inference_failed", 500)                        \
     X(PREPROCESS_FAILED, "preprocess_failed", 500)                      \
+    X(BAD_REQUEST, "bad_request", 400)                                  \
+    X(REQUEST_TIMEOUT, "request_timeout", 408)                          \
+    X(HEAD_TOO_LARGE, "request_header_too_large", 431)                  \
+    X(BAD_VERSION, "http_version_not_supported", 505)                   \
+    X(TOO_MANY_CONNECTIONS, "too_many_connections", 503)                \
+    X(BODY_BUDGET, "too_many_uploads", 503)                             \
     X(INTERNAL, "internal_error", 500)
 
 typedef enum mf_err {
@@ -78,21 +83,23 @@ mf_err mf_err_of_batcher(mf_batcher_status s);
 char *mf_err_render(mf_err e, mf_dialect d, const char *msg);
 
 /* Queue an answer and count it: status, Content-Type (may be NULL), body of
- * len bytes; libmicrohttpd frees body when mode is MHD_RESPMEM_MUST_FREE
- * (also on failure).  error_code is the code to log, or NULL. */
-enum MHD_Result mf_reply(mf_request *r, unsigned status, const char *ctype, char *body, size_t len,
-                         enum MHD_ResponseMemoryMode mode, const char *error_code);
+ * len bytes; owned: free(body) once written (also on failure).  error_code
+ * is the code to log, or NULL.  One answer per request.  Returns 0. */
+int mf_reply(mf_request *r, unsigned status, const char *ctype, char *body, size_t len, int owned,
+             const char *error_code);
 
-/* A JSON object (reference stolen) as the 200 or other answer; out of
- * memory (o NULL) answers out_of_memory. */
-enum MHD_Result mf_reply_json(mf_request *r, unsigned status, json_t *o);
+/* One more header line on the answer being built (before mf_reply). */
+void mf_reply_header(mf_request *r, const char *name, const char *value);
+
+/* A JSON object (reference stolen) as the answer; out of memory (o NULL)
+ * answers out_of_memory. */
+int mf_reply_json(mf_request *r, unsigned status, json_t *o);
 
 /* An error from the table, message from fmt (client bytes in it are made
  * safe); also tells the batcher this request will submit no image. */
-enum MHD_Result mf_reply_error(mf_request *r, mf_err e, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int mf_reply_error(mf_request *r, mf_err e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* 204 to a CORS preflight. */
-enum MHD_Result mf_reply_options(mf_request *r);
+int mf_reply_options(mf_request *r);
 
 #endif

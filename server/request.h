@@ -1,30 +1,32 @@
 /* request.h -- the server's state and one request's context (server-private).
  *
  * Shared by the modules a request passes through:
- *   http.c      libmicrohttpd callbacks, body reading, suspend/resume glue
+ *   http.c      connections: the event loops, reading heads and bodies,
+ *               deadlines, limits, writing answers, suspend/resume
+ *   httpparse.c the strict parser of heads and chunked bodies
  *   route.c     which handler serves a method and path
+ *   validate.c  API key, top_k, media type
  *   reply.c     every answer and error (the error table)
  *   predict.c   /v1 predict: body -> images -> jobs -> answer
- *   endpoints.c health, metadata, metrics, CORS preflight, the page
+ *   endpoints.c health, metadata, metrics, the page
  *
- * Ownership and threads: a request is created when its headers are complete
- * and freed when libmicrohttpd reports it completed; it is touched by the
- * HTTP thread serving its connection, except its jobs, which workers finish
- * (mf_request_job_done).  The mutex orders those completions against the
- * suspend, so a job that finishes before the connection is suspended is
- * simply answered without suspending.
+ * Ownership and threads: a request is created when its head has been read
+ * and freed when its answer has been written (or its connection has gone and
+ * none of its jobs is still queued or running).  Everything in it is touched
+ * only by the I/O thread of its connection, except the job count, which
+ * workers decrement under `mu` (mf_request_job_done); the thread that brings
+ * the count to zero hands the request back to its I/O thread, which then
+ * runs r->answer.
  */
 #ifndef MF_REQUEST_H
 #define MF_REQUEST_H
 
 #include "batcher.h"
 #include "config.h"
-#include "deadline.h"
 #include "metrics.h"
 #include "mf.h"
 #include "route.h"
 
-#include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -32,71 +34,99 @@
 #include <stdint.h>
 
 #define MF_JSON_TYPE "application/json"
+#define MF_MAX_HEAD (32 * 1024)  /* request line + headers of one request; larger gets 431 */
+
+typedef struct mf_loop mf_loop; /* one I/O thread (http.c) */
+typedef struct mf_conn mf_conn; /* one client connection (http.c) */
 
 struct mf_http {
     const mf_config *cfg;        /* borrowed settings */
     const mf_model *model;       /* borrowed, read-only */
     mf_batcher *batcher;         /* borrowed */
     mf_metrics *metrics;         /* borrowed */
-    struct MHD_Daemon *daemon;   /* the libmicrohttpd daemon */
     int port;                    /* bound port */
+    int listen_fd;               /* the listening socket (-1 once closed) */
     int in_h, in_w;              /* model input size */
     int classes;                 /* model classes */
     atomic_int draining;         /* set once by mf_http_begin_drain */
-    MHD_socket listen_fd;        /* after the drain began: the quiesced listening socket */
-    atomic_long inflight;        /* requests between request_new and completion */
-    mf_deadline *deadline;       /* request-head deadlines (slow clients); NULL = none */
+    atomic_int stopping;         /* the loops must exit */
+    atomic_long inflight;        /* requests between their head and their end */
+    atomic_int conns;            /* open connections, reserve ones included */
+    atomic_llong body_bytes;     /* bytes reserved by request bodies being read (max_inflight_body_bytes) */
+    int reserve;                 /* connections beyond max_connections kept for health and metrics */
+    pthread_mutex_t ip_mu;       /* guards ip_table */
+    struct mf_ip_count *ip_table;/* open connections per client address (max_connections_per_client) */
+    size_t ip_cap;               /* slots in ip_table (power of two) */
+    mf_loop *loops;              /* [n_loops] */
+    int n_loops;                 /* http_threads */
     char *metadata;              /* GET /v2/models/{name} body, built once */
     size_t metadata_len;         /* its length */
 };
 
-typedef enum mf_req_state {
-    MF_REQ_NEW = 0, /* headers seen, not routed yet */
-    MF_REQ_BODY,    /* receiving the body */
-    MF_REQ_WAITING, /* jobs queued, connection suspended */
-    MF_REQ_DONE,    /* answer queued */
-} mf_req_state;
-
-typedef struct mf_request mf_request;
 typedef struct mf_predict mf_predict; /* predict.c's part of a request */
+
+/* The answer being built (reply.c) and written (http.c). */
+typedef struct mf_response {
+    unsigned status;         /* HTTP status */
+    const char *ctype;       /* Content-Type, or NULL */
+    char *body;              /* the body bytes */
+    size_t len;              /* their number */
+    int owned;               /* free(body) once written */
+    char extra[1536];        /* more header lines, "Name: value\r\n" each */
+    size_t extra_len;        /* bytes used in extra */
+    int close;               /* Connection: close after this answer */
+} mf_response;
 
 struct mf_request {
     struct mf_http *srv;          /* server */
-    struct MHD_Connection *conn;  /* its connection */
+    mf_conn *conn;                /* its connection; NULL once the client has gone */
     const mf_route *route;        /* matched route, NULL if none */
     mf_route_match match;         /* the path's model and version segments */
     mf_endpoint endpoint;         /* metrics label */
     mf_dialect dialect;           /* the error body's shape (route's API) */
-    mf_req_state state;           /* where it is in its life */
-    uint64_t start_ns;            /* headers received (mf_now_ns) */
+    uint64_t start_ns;            /* head received (mf_now_ns) */
+    int minor;                    /* HTTP/1.<minor> */
+    int head_only;                /* HEAD: the answer's body is not sent */
     char method[16];              /* HTTP method (truncated) */
-    char *path;                   /* URL path (owned) */
+    char *path;                   /* URL path, percent-decoded (owned) */
+    char *query;                  /* raw query string, "" if none (owned, with path) */
     char remote[INET6_ADDRSTRLEN];/* client address */
+    char *head;                   /* a copy of the head, fields NUL-terminated (owned) */
+    const char *hname[64];        /* field names, into head */
+    const char *hvalue[64];       /* field values, into head */
+    int n_headers;                /* fields */
     const char *allow;            /* Allow header of a 405 */
     const char *const *headers;   /* more headers for the answer: name, value, ..., NULL */
     /* body (routes with MF_ROUTE_BODY) */
     uint8_t *body;                /* received body (owned) */
     size_t body_len, body_cap;    /* bytes in body, capacity */
-    size_t bytes_in;              /* body bytes received, kept or not */
-    int body_too_large;           /* passed max_body_bytes: discarding */
-    int body_nomem;               /* could not grow the buffer: discarding */
+    size_t bytes_in;              /* body bytes received */
+    size_t budget;                /* bytes of max_inflight_body_bytes reserved for the body */
     int expected;                 /* counted in the batcher's images on their way */
-    /* jobs (guarded by mu) */
-    pthread_mutex_t mu;           /* orders job completion against suspend */
+    /* jobs */
+    pthread_mutex_t mu;           /* guards pending and waiting */
     int pending;                  /* jobs not finished */
-    int suspended;                /* connection suspended */
-    mf_handler answer;            /* runs when the last job is done (mf_request_wait) */
+    int waiting;                  /* the I/O thread waits for them (mf_request_wait) */
+    mf_handler answer;            /* runs when the last job is done */
     mf_predict *predict;          /* predict.c's state (owned; freed by mf_predict_free) */
     /* the answer */
+    mf_response resp;             /* being built / written */
+    int answered;                 /* mf_reply has run */
     int status;                   /* answer status, 0 before */
     size_t bytes_out;             /* answer body bytes */
     const char *error_code;       /* answer's error code, NULL if none */
     int batch_size;               /* largest batch of its images */
-    double latency_ms;            /* headers to answer */
+    double latency_ms;            /* head to answer */
 };
 
-/* A request header's value, or NULL. */
+/* A request header's value (the first one; names compare case-insensitively),
+ * or NULL. */
 const char *mf_request_header(mf_request *r, const char *name);
+
+/* A query parameter's raw value (not NUL-terminated: *len bytes, percent
+ * escapes decoded into a per-request copy) or NULL if absent.  "?k" without
+ * '=' gives an empty value. */
+const char *mf_request_query(mf_request *r, const char *key, size_t *len);
 
 /* The request will submit images: the batcher counts it among the images
  * on their way until it submits or fails (mf_request_unexpect, idempotent). */
@@ -109,8 +139,12 @@ void mf_request_jobs_begin(mf_request *r, int n);
 void mf_request_job_done(mf_request *r);
 void mf_request_jobs_cancel(mf_request *r);
 
-/* After a successful submit: suspend the connection until the last job is
- * done (returns MHD_YES), or, when all are done already, run answer(r). */
-enum MHD_Result mf_request_wait(mf_request *r, enum MHD_Result (*answer)(mf_request *r));
+/* After a successful submit: wait for the last job (the connection is left
+ * alone meanwhile), then run answer(r) on this I/O thread; when every job is
+ * done already, run it now.  Returns what answer returns, or 0. */
+int mf_request_wait(mf_request *r, mf_handler answer);
+
+/* Write r->resp (reply.c has filled it) on the request's connection. */
+void mf_http_send(mf_request *r);
 
 #endif

@@ -14,7 +14,6 @@
 #ifndef MF_ROUTE_H
 #define MF_ROUTE_H
 
-#include <microhttpd.h>
 #include <stddef.h>
 
 /* label, enum suffix: the endpoint label of mobileformer_requests_total */
@@ -45,8 +44,12 @@ typedef enum mf_dialect {
     MF_DIALECT_OIP,    /* Open Inference Protocol: {"error": "<message>", "code": "..."} */
 } mf_dialect;
 
-struct mf_request;
-typedef enum MHD_Result (*mf_handler)(struct mf_request *r);
+typedef struct mf_request mf_request;
+
+/* A handler answers through reply.h (now, or later from r->answer) and
+ * returns 0; -1 drops the connection unanswered (nothing else can be done,
+ * e.g. no memory for the request). */
+typedef int (*mf_handler)(mf_request *r);
 
 /* Route flags */
 #define MF_ROUTE_AUTH 1u /* needs the API key when one is set */

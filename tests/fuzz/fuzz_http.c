@@ -1,9 +1,8 @@
 /* fuzz_http.c -- libFuzzer target: raw bytes on a TCP connection to the real
- * HTTP front end (server/http.c on libmicrohttpd, with the batcher and a model
- * behind it), the whole path of a request: request line and headers (parsed
- * by libmicrohttpd), routing, query, body (Content-Length, chunked,
- * pipelined), multipart, decoding, preprocessing, queueing, suspend/resume,
- * the answer.
+ * HTTP front end (server/http.c, with the batcher and a model behind it), the
+ * whole path of a request: request line and headers (server/httpparse.c),
+ * routing, query, body (Content-Length, chunked, pipelined), multipart,
+ * decoding, preprocessing, queueing, waiting for the batch, the answer.
  *
  * Started once: a server on 127.0.0.1 (ephemeral port), one HTTP thread, one
  * worker, the micro model of tests/fuzz/seeds/model/micro_gray_labels (or
