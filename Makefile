@@ -128,8 +128,13 @@ $(BUILD)/tests/libfailmalloc.so: tests/support/failmalloc.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 $(WARN) -shared -fPIC -o $@ $<
 
+# writer of the decode bombs the black-box tests send (plain C, libjpeg)
+$(BUILD)/tests/make_bombs: tests/support/make_bombs.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 $(WARN) -o $@ $< -ljpeg
+
 # the fuzz targets are sanitized already: a SANITIZE run does not rebuild them
-test-bins: all $(TEST_BIN) $(BUILD)/tests/libfailmalloc.so $(if $(SANITIZE),,$(FUZZ_BIN))
+test-bins: all $(TEST_BIN) $(BUILD)/tests/libfailmalloc.so $(BUILD)/tests/make_bombs $(if $(SANITIZE),,$(FUZZ_BIN))
 
 # Every test: C suites (Check), then the Python/black-box suites.
 test: deps
@@ -173,7 +178,7 @@ tsan: deps
 	@MF_BUILD=build/san-thread sh tests/sh/tsan.sh
 
 soak: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(BUILD)/tests/make_bombs
 	@MF_BUILD=$(BUILD) sh bench/soak.sh $(SOAK_ARGS)
 
 clean:

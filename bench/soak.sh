@@ -10,10 +10,16 @@
 # (bench/soak.lua): 70% a valid image (JPEG and PNG fixtures of tests/data/images),
 # 20% a corrupt one (truncated, bad CRC, random bytes, a zero-size header), 5% an
 # image whose header claims 60000x60000 pixels (413 image_too_large), 5% a 2 MiB
-# body, over max_body_bytes (413 body_too_large).  The server's VmRSS is sampled
-# every second.  Checks, one REPORT line each; exits 1 if any fails:
-#   - statuses: only 200, 400, 413, and 503 if the queue overflows, counted;
-#     every 200/400 matches the share of valid/corrupt requests sent;
+# body, over max_body_bytes (413 body_too_large), and decode bombs: a 65-scan
+# progressive JPEG (422 image_too_complex), a 5000x5000 64-scan one past the
+# decode budget (decode_timeout_ms 250: 422 decode_timeout) and a 1 x 40,000,000
+# PNG (413 from its header).  Beside wrk, 40 slow clients (from 127.0.0.2-5) each
+# announce a 1 MB body and send a byte a second; each must get its 408 and is
+# replaced by a new one.  The server's VmRSS is sampled every second.  Checks,
+# one REPORT line each; exits 1 if any fails:
+#   - statuses: only 200, 400, 413, 422, and 503 if the queue overflows, counted;
+#     every 200/400/422 matches the share of valid/corrupt/bomb requests sent;
+#   - slow bodies: every slow client that finished got a 408;
 #   - socket errors: at most one per 2 MiB body (the server answers 413 before
 #     reading such a body and closes the connection; the client may see the reset
 #     before the answer), none otherwise;
@@ -96,19 +102,35 @@ fi
 # payloads
 img=tests/data/images
 head -c $((2 * MAX_BODY)) /dev/zero > "$tmp/big.bin"
+[ -x "$BUILD/tests/make_bombs" ] || die "$BUILD/tests/make_bombs is not built (make $BUILD/tests/make_bombs)"
+"$BUILD/tests/make_bombs" scans 512 512 65 "$tmp/scans65.jpg"
+"$BUILD/tests/make_bombs" scans 5000 5000 64 "$tmp/slow64.jpg"
+$PY - "$tmp/thin.png" <<'EOF'
+import struct, sys, zlib
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+c = zlib.compressobj(9)
+idat = b"".join(c.compress(b"\0\0" * 100000) for _ in range(400)) + c.flush()
+ihdr = struct.pack(">IIBBBBB", 1, 40000000, 8, 0, 0, 0, 0)
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+EOF
+# weights out of 2005: the bombs are rare (one in 400) because each costs up to
+# decode_timeout_ms of an HTTP thread's time
 set -- \
-  14:valid:image/jpeg:$img/photo.jpg 12:valid:image/jpeg:$img/base.jpg \
-  10:valid:image/jpeg:$img/exif_6.jpg 10:valid:image/jpeg:$img/base_progressive.jpg \
-  12:valid:image/png:$img/png_rgb.png 12:valid:image/png:$img/png_palette.png \
+  280:valid:image/jpeg:$img/photo.jpg 240:valid:image/jpeg:$img/base.jpg \
+  200:valid:image/jpeg:$img/exif_6.jpg 200:valid:image/jpeg:$img/base_progressive.jpg \
+  240:valid:image/png:$img/png_rgb.png 240:valid:image/png:$img/png_palette.png \
   \
-  4:corrupt:image/jpeg:$img/trunc.jpg 4:corrupt:image/png:$img/trunc.png \
-  4:corrupt:image/png:$img/badcrc.png 4:corrupt:application/octet-stream:$img/random.bin \
-  4:corrupt:image/jpeg:$img/zero.jpg \
+  80:corrupt:image/jpeg:$img/trunc.jpg 80:corrupt:image/png:$img/trunc.png \
+  80:corrupt:image/png:$img/badcrc.png 80:corrupt:application/octet-stream:$img/random.bin \
+  80:corrupt:image/jpeg:$img/zero.jpg \
   \
-  3:huge_header:image/jpeg:$img/huge.jpg 2:huge_header:image/png:$img/huge.png \
-  5:big_body:application/octet-stream:$tmp/big.bin
+  60:huge_header:image/jpeg:$img/huge.jpg 40:huge_header:image/png:$img/huge.png \
+  100:big_body:application/octet-stream:$tmp/big.bin \
+  \
+  2:bomb:image/jpeg:$tmp/scans65.jpg 1:bomb:image/jpeg:$tmp/slow64.jpg 2:thin_png:image/png:$tmp/thin.png
 
-"$SERVER" --bind 127.0.0.1 --port 0 --model "$MODEL" --max_body_bytes $MAX_BODY \
+"$SERVER" --bind 127.0.0.1 --port 0 --model "$MODEL" --max_body_bytes $MAX_BODY --decode_timeout_ms 250 \
   2> "$tmp/server.log" &
 pid=$!
 port=""
@@ -134,8 +156,57 @@ fd_before=$(fds)
 ) > "$out/rss.txt" 2>/dev/null &
 sampler=$!
 
+# the slow clients, for as long as wrk runs
+$PY - "$port" "$DURATION" > "$out/slow.json" <<'EOF' &
+import json, select, socket, sys, time
+port, duration = int(sys.argv[1]), float(sys.argv[2])
+head = b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n"
+n_opened = [0]
+def open_one():
+    # four source addresses: a whole batch is replaced at once while the old
+    # ones still close, which one address's max_connections_per_client would refuse
+    s = socket.socket()
+    n_opened[0] += 1
+    s.bind(("127.0.0.%d" % (2 + n_opened[0] % 4), 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(head)
+    s.setblocking(False)
+    return [s, b""]
+live, done, got408, t0, last, other = [open_one() for _ in range(40)], 0, 0, time.time(), 0, {}
+while time.time() - t0 < duration - 2:
+    now = time.time()
+    if now - last >= 1:
+        last = now
+        for c in live:
+            try:
+                c[0].send(b"\0")
+            except OSError:
+                pass
+    r, _, _ = select.select([c[0] for c in live], [], [], 0.2)
+    for c in [c for c in live if c[0] in r]:
+        try:
+            d = c[0].recv(65536)
+        except OSError:
+            d = b""
+        c[1] += d
+        if not d:
+            done += 1
+            got408 += c[1].startswith(b"HTTP/1.1 408 ")
+            if not c[1].startswith(b"HTTP/1.1 408 "):
+                k = repr(c[1][:60])
+                other[k] = other.get(k, 0) + 1
+            c[0].close()
+            live.remove(c)
+            live.append(open_one())
+for c in live:
+    c[0].close()
+print(json.dumps({"finished": done, "got_408": got408, "other": other}))
+EOF
+slow=$!
 wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s bench/soak.lua \
   "http://127.0.0.1:$port" -- "$@" > "$out/wrk.txt" 2>&1 || true
+wait "$slow" || true
 sleep 2 # wrk's connections are closed; let the server see it
 fd_after=$(fds)
 kill "$sampler" 2>/dev/null || true
@@ -147,9 +218,13 @@ echo "$line" > "$out/summary.json"
 # every figure from wrk's summary and the RSS samples, checked in one place
 # (a sanitizer's allocator keeps freed memory in quarantine: RSS is reported, not judged)
 san=$(ldd "$SERVER" | grep -o 'lib[at]san' | head -n 1 || true)
-if $PY - "$out/summary.json" "$out/rss.txt" "$WARMUP" "$fd_before" "$fd_after" "$san" > "$out/checks.txt" <<'EOF'
+if $PY - "$out/summary.json" "$out/rss.txt" "$WARMUP" "$fd_before" "$fd_after" "$san" "$out/slow.json" > "$out/checks.txt" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
+try:
+    slow = json.load(open(sys.argv[7]))
+except ValueError:
+    slow = {"finished": 0, "got_408": 0}
 warmup, fd_before, fd_after = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 sanitizer = sys.argv[6]
 rss = [tuple(map(int, l.split())) for l in open(sys.argv[2]) if len(l.split()) == 2]
@@ -165,13 +240,14 @@ sent = s["sent"]
 answered = sum(st.values())
 errors = s["errors"]
 sock_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
-check(set(st) <= {200, 400, 413, 503},
+check(set(st) <= {200, 400, 413, 422, 503},
       "statuses over %d answers in %.0f s (%.0f req/s, p50 %.1f ms, p99 %.1f ms): %s"
       % (answered, s["seconds"], s["rps"], s["p50_ms"], s["p99_ms"],
          ", ".join("%d: %d" % kv for kv in sorted(st.items()))))
 check(st.get(200, 0) + st.get(503, 0) >= 0.98 * sent.get("valid", 0) - 64 and
-      st.get(400, 0) >= 0.98 * sent.get("corrupt", 0) - 64,
-      "sent %s; 200 answers match the valid images, 400 the corrupt ones"
+      st.get(400, 0) >= 0.98 * sent.get("corrupt", 0) - 64 and
+      st.get(422, 0) >= 0.98 * sent.get("bomb", 0) - 64,
+      "sent %s; 200 answers match the valid images, 400 the corrupt ones, 422 the decode bombs"
       % ", ".join("%s %d" % kv for kv in sorted(sent.items())))
 check(sock_errors <= sent.get("big_body", 0),
       "socket errors %d (connect %d, read %d, write %d, timeout %d) <= %d oversized bodies sent"
@@ -190,6 +266,8 @@ if base and after:
 else:
     check(False, "too few RSS samples (%d)" % len(rss))
 check(fd_before == fd_after, "open descriptors before wrk %d, after %d" % (fd_before, fd_after))
+check(slow["finished"] > 0 and slow["got_408"] == slow["finished"],
+      "slow bodies (1 byte/s, 40 at a time): %d cut, %d of them with a 408" % (slow["finished"], slow["got_408"]))
 print("\n".join(out))
 sys.exit(0 if ok else 1)
 EOF

@@ -32,6 +32,8 @@ typedef struct mf_config {
     int request_timeout_ms;          /* queued longer than this -> 504; 0 = never */
     long long max_body_bytes;        /* largest request body */
     long long max_pixels;            /* largest decoded image, width * height */
+    int max_image_side;              /* largest width or height */
+    int decode_timeout_ms;           /* the time one image may take to decode; 0 = no limit */
     int drain_timeout_ms;            /* time given to in-flight requests at shutdown */
     char api_key[MF_CONFIG_STR];     /* "" = no authentication */
     char cors_origin[MF_CONFIG_STR]; /* "" = no CORS headers */

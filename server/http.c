@@ -27,7 +27,10 @@
  *     body, and min_body_rate: after a 5 s allowance the body must keep
  *     arriving at that many bytes per second (mod_reqtimeout's MinRate) --
  *     both answered 408;
- *   - max_inflight_body_bytes across all connections (503 + Retry-After);
+ *   - max_inflight_body_bytes across all connections (503 + Retry-After):
+ *     counted as body buffers grow with the bytes that arrive (64 KiB at
+ *     first), not from what Content-Length announces, so a client that
+ *     announces much and sends little holds little;
  *   - max_connections_per_client per client address (503, connection closed);
  *   - max_connections, plus a reserve of 16 + max_connections/64 connections
  *     that serve only health and metrics (a short head deadline, one request
@@ -72,7 +75,7 @@
 
 #define READ_CHUNK (16 * 1024)     /* bytes read at a time into a connection's buffer */
 #define READ_BUDGET (256 * 1024)   /* bytes read per wakeup, so one client cannot hog a loop */
-#define BODY_RESERVE (1u << 20)    /* most body bytes allocated up front from Content-Length */
+#define BODY_FIRST (64u * 1024)    /* body bytes allocated up front; more as they arrive */
 #define BODY_GRACE_NS 5000000000ull /* the allowance before min_body_rate applies */
 #define RESERVE_HEAD_NS 2000000000ull /* head deadline of a reserve connection */
 #define LINGER_NS 2000000000ull    /* how long a closing connection's input is drained */
@@ -844,8 +847,8 @@ static void dispatch(mf_conn *c, const mf_hp_request *hp, mf_hp_status st)
                            (unsigned long long)hp->content_length, s->cfg->max_body_bytes);
             return;
         }
-        size_t first = hp->content_length > BODY_RESERVE ? BODY_RESERVE : (size_t)hp->content_length;
-        if (budget_grow(r, (size_t)hp->content_length) != 0) {
+        size_t first = hp->content_length > BODY_FIRST ? BODY_FIRST : (size_t)hp->content_length;
+        if (budget_grow(r, first) != 0) {
             mf_metrics_count(s->metrics, MF_COUNTER_BODY_BUDGET, 1);
             r->resp.close = 1;
             mf_reply_error(r, MF_E_BODY_BUDGET,

@@ -10,7 +10,7 @@
  * readiness turns 503 and the listening socket closes, requests in flight
  * (and new ones on connections already open) get up to drain_timeout_ms to
  * finish, what is still queued then is answered 503, and the process exits 0.
- * A second signal skips the rest of the wait.
+ * A second signal skips the rest of the wait.  SIGHUP is logged and ignored.
  */
 #include "batcher.h"
 #include "config.h"
@@ -70,7 +70,8 @@ static int install_signals(void)
     sa.sa_handler = on_signal;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0) return -1;
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGHUP, &sa, NULL) != 0)
+        return -1;
     signal(SIGPIPE, SIG_IGN);
     return 0;
 }
@@ -164,7 +165,14 @@ int main(int argc, char **argv)
                            "max_batch", cfg.max_batch, "kernels", mf_kernels_name()));
 
     int sig = 0;
-    while (!sig) sig = wait_signal(-1);
+    while (!sig) {
+        sig = wait_signal(-1);
+        if (sig == SIGHUP) {
+            /* a reload request: nothing to reload yet, so it must not stop the service */
+            mf_log_event("info", "SIGHUP received: ignored (the model is fixed for this process's life)", NULL);
+            sig = 0;
+        }
+    }
     mf_log_event("info", "draining",
                  json_pack("{s:s,s:I,s:i}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
                            "inflight", (json_int_t)mf_http_inflight(http), "drain_timeout_ms",
@@ -173,7 +181,8 @@ int main(int argc, char **argv)
     uint64_t deadline = now_ms() + (uint64_t)cfg.drain_timeout_ms;
     int forced = 0;
     while (mf_http_inflight(http) > 0 && now_ms() < deadline) {
-        if (wait_signal(10)) {
+        int again = wait_signal(10);
+        if (again && again != SIGHUP) {
             forced = 1;
             break;
         }

@@ -201,8 +201,11 @@ int mf_predict_body(mf_request *r)
         char err[256] = "";
         mf_image img = {0, 0, NULL};
         uint64_t t0 = mf_now_ns();
-        mf_img_status st =
-            mf_image_decode(parts[i].data, parts[i].len, (size_t)s->cfg->max_pixels, &img, err, sizeof err);
+        mf_image_limits lim = {.max_pixels = (size_t)s->cfg->max_pixels, .max_side = s->cfg->max_image_side,
+                               .deadline_ns = s->cfg->decode_timeout_ms
+                                                  ? t0 + (uint64_t)s->cfg->decode_timeout_ms * 1000000u
+                                                  : 0};
+        mf_img_status st = mf_image_decode_limited(parts[i].data, parts[i].len, &lim, &img, err, sizeof err);
         uint64_t t1 = mf_now_ns();
         if (st != MF_IMG_OK) return image_error(r, i, st, err[0] ? err : mf_img_status_code(st));
         int rc = mf_preprocess_image(&img, pre, sl->input);

@@ -31,6 +31,8 @@ mf_err mf_err_of_image(mf_img_status s)
     case MF_IMG_CORRUPT: return MF_E_CORRUPT_IMAGE;
     case MF_IMG_TOO_LARGE: return MF_E_IMAGE_TOO_LARGE;
     case MF_IMG_NOMEM: return MF_E_OUT_OF_MEMORY;
+    case MF_IMG_TOO_COMPLEX: return MF_E_IMAGE_TOO_COMPLEX;
+    case MF_IMG_TOO_SLOW: return MF_E_DECODE_TIMEOUT;
     case MF_IMG_OK: break;
     }
     return MF_E_INTERNAL;

@@ -34,6 +34,8 @@
     X(CORRUPT_IMAGE, "corrupt_image", 400)                              \
     X(UNSUPPORTED_IMAGE, "unsupported_image", 400)                      \
     X(IMAGE_TOO_LARGE, "image_too_large", 413)                          \
+    X(IMAGE_TOO_COMPLEX, "image_too_complex", 422)                      \
+    X(DECODE_TIMEOUT, "decode_timeout", 422)                            \
     X(BAD_TOP_K, "bad_top_k", 400)                                      \
     X(BAD_CONTENT_TYPE, "bad_content_type", 400)                        \
     X(UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", 415)            \

@@ -16,6 +16,8 @@
  */
 #include "image.h"
 
+#include "mf_util.h"
+
 #include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,17 +31,7 @@
 
 /* Legitimate progressive files have about ten scans; thousands of tiny
  * scans are a known way to make libjpeg burn CPU on a small input. */
-#define JPEG_MAX_SCANS 256
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 mf_img_format mf_image_sniff(const uint8_t *buf, size_t len)
 {
@@ -62,6 +54,8 @@ const char *mf_img_status_code(mf_img_status s)
     case MF_IMG_CORRUPT: return "corrupt_image";
     case MF_IMG_TOO_LARGE: return "image_too_large";
     case MF_IMG_NOMEM: return "out_of_memory";
+    case MF_IMG_TOO_COMPLEX: return "image_too_complex";
+    case MF_IMG_TOO_SLOW: return "decode_timeout";
     }
     return "unknown_error";
 }
@@ -187,7 +181,8 @@ static void orient_put_row(uint8_t *dst, int w, int h, int o, int y, const uint8
 typedef struct jpeg_job {
     struct jpeg_decompress_struct cinfo; /* first: callbacks cast cinfo back to the job */
     struct jpeg_error_mgr jerr;          /* our error manager (see jpeg_on_*) */
-    struct jpeg_progress_mgr progress;   /* scan counter (JPEG_MAX_SCANS) */
+    struct jpeg_progress_mgr progress;   /* scan count and time budget (jpeg_on_progress) */
+    const mf_image_limits *lim;          /* the caller's limits */
     jmp_buf jump;                        /* where fatal errors land */
     mf_img_status status;                /* what to report after a jump */
     char msg[JMSG_LENGTH_MAX];           /* libjpeg's message for the failure */
@@ -252,14 +247,43 @@ static void jpeg_on_output(j_common_ptr c)
     (void)c; /* never print to stderr: failures are reported through the status */
 }
 
+/* Called by libjpeg about once per row of MCUs, while it reads the scans
+ * and while it writes rows: the work of a decode is bounded here, not only
+ * its pixels.  A progressive file may hold any number of scans, each of
+ * which makes libjpeg pass over the whole coefficient buffer again. */
 static void jpeg_on_progress(j_common_ptr c)
 {
     jpeg_job *job = (jpeg_job *)c;
-    if (job->cinfo.input_scan_number > JPEG_MAX_SCANS) {
-        job->status = MF_IMG_CORRUPT;
-        snprintf(job->msg, sizeof job->msg, "more than %d progressive scans", JPEG_MAX_SCANS);
+    if (job->cinfo.input_scan_number > job->lim->max_scans) {
+        job->status = MF_IMG_TOO_COMPLEX;
+        snprintf(job->msg, sizeof job->msg, "a progressive JPEG with more than %d scans", job->lim->max_scans);
         longjmp(job->jump, 1);
     }
+    if (job->lim->deadline_ns && mf_now_ns() > job->lim->deadline_ns) {
+        job->status = MF_IMG_TOO_SLOW;
+        snprintf(job->msg, sizeof job->msg, "decoding took longer than its budget");
+        longjmp(job->jump, 1);
+    }
+}
+
+/* Width and height against the limits; 0 when they fit. */
+static mf_img_status size_check(uint64_t w, uint64_t h, const mf_image_limits *lim, char *msg, size_t n)
+{
+    if (w == 0 || h == 0) {
+        snprintf(msg, n, "image has zero width or height");
+        return MF_IMG_CORRUPT;
+    }
+    if (w * h > lim->max_pixels) {
+        snprintf(msg, n, "%llux%llu pixels exceeds the limit of %zu", (unsigned long long)w, (unsigned long long)h,
+                 lim->max_pixels);
+        return MF_IMG_TOO_LARGE;
+    }
+    if (w > (uint64_t)lim->max_side || h > (uint64_t)lim->max_side) {
+        snprintf(msg, n, "%llux%llu: a side is longer than the limit of %d pixels", (unsigned long long)w,
+                 (unsigned long long)h, lim->max_side);
+        return MF_IMG_TOO_LARGE;
+    }
+    return MF_IMG_OK;
 }
 
 /* libjpeg's working-memory cap: whole-image coefficient buffers take at
@@ -290,15 +314,14 @@ static void cmyk_row_to_rgb(const uint8_t *in, uint8_t *out, int w)
 
 /* The part of the JPEG decode that may longjmp: returns a status; on
  * failure the caller releases the job. */
-static mf_img_status jpeg_run(jpeg_job *job, const uint8_t *buf, size_t len, size_t max_pixels,
-                              mf_image *out)
+static mf_img_status jpeg_run(jpeg_job *job, const uint8_t *buf, size_t len, mf_image *out)
 {
     struct jpeg_decompress_struct *ci = &job->cinfo;
     if (setjmp(job->jump))
         return job->status;
 
     jpeg_create_decompress(ci);
-    ci->mem->max_memory_to_use = jpeg_mem_limit(max_pixels);
+    ci->mem->max_memory_to_use = jpeg_mem_limit(job->lim->max_pixels);
     job->progress.progress_monitor = jpeg_on_progress;
     ci->progress = &job->progress;
     jpeg_mem_src(ci, buf, (unsigned long)len);
@@ -306,15 +329,8 @@ static mf_img_status jpeg_run(jpeg_job *job, const uint8_t *buf, size_t len, siz
     jpeg_read_header(ci, TRUE);
 
     uint64_t w = ci->image_width, h = ci->image_height;
-    if (w == 0 || h == 0) {
-        snprintf(job->msg, sizeof job->msg, "image has zero width or height");
-        return MF_IMG_CORRUPT;
-    }
-    if (w * h > max_pixels) {
-        snprintf(job->msg, sizeof job->msg, "%llux%llu pixels exceeds the limit of %zu",
-                 (unsigned long long)w, (unsigned long long)h, max_pixels);
-        return MF_IMG_TOO_LARGE;
-    }
+    mf_img_status sc = size_check(w, h, job->lim, job->msg, sizeof job->msg);
+    if (sc != MF_IMG_OK) return sc;
     switch (ci->jpeg_color_space) {
     case JCS_GRAYSCALE:
     case JCS_YCbCr:
@@ -380,21 +396,22 @@ static mf_img_status jpeg_run(jpeg_job *job, const uint8_t *buf, size_t len, siz
     return hand_over(out, &job->pix, ow, oh, orient);
 }
 
-static mf_img_status decode_jpeg(const uint8_t *buf, size_t len, size_t max_pixels, mf_image *out,
+static mf_img_status decode_jpeg(const uint8_t *buf, size_t len, const mf_image_limits *lim, mf_image *out,
                                  char *err, size_t errlen)
 {
     jpeg_job job;
     memset(&job, 0, sizeof job);
+    job.lim = lim;
     job.cinfo.err = jpeg_std_error(&job.jerr);
     job.jerr.error_exit = jpeg_on_error;
     job.jerr.emit_message = jpeg_on_message;
     job.jerr.output_message = jpeg_on_output;
 
-    mf_img_status st = len > ULONG_MAX ? MF_IMG_TOO_LARGE : jpeg_run(&job, buf, len, max_pixels, out);
+    mf_img_status st = len > ULONG_MAX ? MF_IMG_TOO_LARGE : jpeg_run(&job, buf, len, out);
     jpeg_destroy_decompress(&job.cinfo);
     if (st != MF_IMG_OK) {
         free(job.pix);
-        set_err(err, errlen, "JPEG: %s", job.msg[0] ? job.msg : "input too large");
+        mf_set_err(err, errlen, "JPEG: %s", job.msg[0] ? job.msg : "input too large");
     }
     return st;
 }
@@ -408,10 +425,23 @@ typedef struct png_job {
     size_t len, pos;     /* its length, and how much libpng has consumed */
     int nomem;           /* an allocation failed (status NOMEM) */
     int over_limit;      /* libpng refused the IHDR size by its user limits */
+    int too_slow;        /* the time budget ran out (png_on_row) */
+    const mf_image_limits *lim; /* the caller's limits */
     char msg[200];       /* the failure, for the caller's err */
     uint8_t *pix;        /* output pixels, malloc'd; freed unless handed out */
-    png_bytep *rows;     /* row pointers into pix for png_read_image */
 } png_job;
+
+/* After every row (of every pass, when interlaced): the time budget. */
+static void png_on_row(png_structp png, png_uint_32 row, int pass)
+{
+    (void)row;
+    (void)pass;
+    png_job *job = png_get_io_ptr(png);
+    if (job->lim->deadline_ns && mf_now_ns() > job->lim->deadline_ns) {
+        job->too_slow = 1;
+        png_error(png, "decoding took longer than its budget");
+    }
+}
 
 static void png_on_error(png_structp png, png_const_charp msg)
 {
@@ -471,35 +501,33 @@ static int png_chunks_fit(const uint8_t *buf, size_t len)
 }
 
 /* The part of the PNG decode that may longjmp; see jpeg_run(). */
-static mf_img_status png_run(png_job *job, size_t max_pixels, mf_image *out)
+static mf_img_status png_run(png_job *job, mf_image *out)
 {
     png_structp png = job->png;
     png_infop info = job->info;
     if (setjmp(png_jmpbuf(png)))
-        return job->nomem ? MF_IMG_NOMEM : job->over_limit ? MF_IMG_TOO_LARGE : MF_IMG_CORRUPT;
+        return job->nomem        ? MF_IMG_NOMEM
+               : job->too_slow   ? MF_IMG_TOO_SLOW
+               : job->over_limit ? MF_IMG_TOO_LARGE
+                                 : MF_IMG_CORRUPT;
 
-    /* Any width or height above max_pixels already means too many pixels. */
-    png_uint_32 lim = max_pixels < 0x7fffffff ? (png_uint_32)max_pixels : 0x7fffffff;
+    /* A side beyond max_side (or max_pixels) is refused by libpng from IHDR. */
+    size_t side = job->lim->max_pixels < (size_t)job->lim->max_side ? job->lim->max_pixels : (size_t)job->lim->max_side;
+    png_uint_32 lim = side < 0x7fffffff ? (png_uint_32)side : 0x7fffffff;
     png_set_user_limits(png, lim, lim);
     png_set_crc_action(png, PNG_CRC_ERROR_QUIT, PNG_CRC_ERROR_QUIT);
     /* Chunks we never use are skipped unparsed (their CRC is still checked). */
     static const png_byte skip[] = "iCCP\0tEXt\0zTXt\0iTXt\0sPLT";
     png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, skip, (int)(sizeof skip / 5));
     png_set_read_fn(png, job, png_on_read);
+    png_set_read_status_fn(png, png_on_row);
     png_read_info(png, info);
 
     png_uint_32 w, h;
     int depth, ctype, interlace;
     png_get_IHDR(png, info, &w, &h, &depth, &ctype, &interlace, NULL, NULL);
-    if (w == 0 || h == 0) {
-        snprintf(job->msg, sizeof job->msg, "image has zero width or height");
-        return MF_IMG_CORRUPT;
-    }
-    if ((uint64_t)w * h > max_pixels) {
-        snprintf(job->msg, sizeof job->msg, "%lux%lu pixels exceeds the limit of %zu",
-                 (unsigned long)w, (unsigned long)h, max_pixels);
-        return MF_IMG_TOO_LARGE;
-    }
+    mf_img_status sc = size_check(w, h, job->lim, job->msg, sizeof job->msg);
+    if (sc != MF_IMG_OK) return sc;
 
     /* libpng delivers 8-bit RGB, except for 16-bit gray without alpha,
      * which it delivers as is for PIL's clipping (below). */
@@ -514,7 +542,7 @@ static mf_img_status png_run(png_job *job, size_t max_pixels, mf_image *out)
         if (!(ctype & PNG_COLOR_MASK_COLOR))
             png_set_gray_to_rgb(png);
     }
-    png_set_interlace_handling(png);
+    const int passes = png_set_interlace_handling(png);
     png_read_update_info(png, info);
     size_t rowbytes = png_get_rowbytes(png, info);
     if (rowbytes != (size_t)w * (gray16 ? 2 : 3)) {
@@ -523,15 +551,15 @@ static mf_img_status png_run(png_job *job, size_t max_pixels, mf_image *out)
     }
 
     job->pix = malloc((size_t)w * h * 3);
-    job->rows = malloc((size_t)h * sizeof *job->rows);
-    if (!job->pix || !job->rows) {
+    if (!job->pix) {
         snprintf(job->msg, sizeof job->msg, "cannot allocate %lux%lu RGB pixels",
                  (unsigned long)w, (unsigned long)h);
         return MF_IMG_NOMEM;
     }
-    for (png_uint_32 y = 0; y < h; y++)
-        job->rows[y] = job->pix + (size_t)y * rowbytes;
-    png_read_image(png, job->rows);
+    /* row by row (what png_read_image does, without its array of h row
+     * pointers: 8 bytes per row is 320 MB for a 1 x 40,000,000 image) */
+    for (int p = 0; p < passes; p++)
+        for (png_uint_32 y = 0; y < h; y++) png_read_row(png, job->pix + (size_t)y * rowbytes, NULL);
 
     if (gray16) {
         /* PIL opens 16-bit gray as mode "I" and convert("RGB") clips it to
@@ -564,11 +592,12 @@ static mf_img_status png_run(png_job *job, size_t max_pixels, mf_image *out)
     return hand_over(out, &job->pix, (int)w, (int)h, orient);
 }
 
-static mf_img_status decode_png(const uint8_t *buf, size_t len, size_t max_pixels, mf_image *out,
+static mf_img_status decode_png(const uint8_t *buf, size_t len, const mf_image_limits *lim, mf_image *out,
                                 char *err, size_t errlen)
 {
     png_job job;
     memset(&job, 0, sizeof job);
+    job.lim = lim;
     job.buf = buf;
     job.len = len;
     job.png = png_create_read_struct_2(PNG_LIBPNG_VER_STRING, &job, png_on_error, png_on_warning,
@@ -576,46 +605,55 @@ static mf_img_status decode_png(const uint8_t *buf, size_t len, size_t max_pixel
     if (job.png)
         job.info = png_create_info_struct(job.png);
     mf_img_status st;
-    if (!png_chunks_fit(buf, len)) {
+    /* the size from IHDR (the first chunk) before libpng sees it, so a
+     * refusal names the limit */
+    if (len >= 24 && memcmp(buf + 12, "IHDR", 4) == 0 &&
+        (st = size_check(rd32(buf + 16, 0), rd32(buf + 20, 0), lim, job.msg, sizeof job.msg)) != MF_IMG_OK &&
+        st != MF_IMG_CORRUPT) {
+        /* too large; a zero size is left to libpng's own message */
+    } else if (!png_chunks_fit(buf, len)) {
         snprintf(job.msg, sizeof job.msg, "a chunk is longer than the data");
         st = MF_IMG_CORRUPT;
     } else if (!job.png || !job.info) {
         snprintf(job.msg, sizeof job.msg, "cannot allocate the decoder");
         st = MF_IMG_NOMEM;
     } else {
-        st = png_run(&job, max_pixels, out);
+        st = png_run(&job, out);
     }
     png_destroy_read_struct(&job.png, &job.info, NULL);
-    free(job.rows);
     if (st != MF_IMG_OK) {
         free(job.pix);
-        set_err(err, errlen, "PNG: %s", job.msg);
+        mf_set_err(err, errlen, "PNG: %s", job.msg);
     }
     return st;
 }
 
 /* ---- Entry point -------------------------------------------------------- */
 
-mf_img_status mf_image_decode(const uint8_t *buf, size_t len, size_t max_pixels, mf_image *out,
-                              char *err, size_t errlen)
+mf_img_status mf_image_decode_limited(const uint8_t *buf, size_t len, const mf_image_limits *limits, mf_image *out,
+                                      char *err, size_t errlen)
 {
     out->w = out->h = 0;
     out->rgb = NULL;
-    if (err && errlen)
-        err[0] = '\0';
+    if (err && errlen) err[0] = '\0';
     if (!buf || len == 0) {
-        set_err(err, errlen, "empty request body");
+        mf_set_err(err, errlen, "empty request body");
         return MF_IMG_EMPTY;
     }
-    if (max_pixels == 0)
-        max_pixels = MF_IMG_DEFAULT_MAX_PIXELS;
+    mf_image_limits lim = limits ? *limits : (mf_image_limits){0};
+    if (lim.max_pixels == 0) lim.max_pixels = MF_IMG_DEFAULT_MAX_PIXELS;
+    if (lim.max_side <= 0) lim.max_side = MF_IMG_DEFAULT_MAX_SIDE;
+    if (lim.max_scans <= 0) lim.max_scans = MF_IMG_DEFAULT_MAX_SCANS;
     switch (mf_image_sniff(buf, len)) {
-    case MF_IMG_FMT_JPEG:
-        return decode_jpeg(buf, len, max_pixels, out, err, errlen);
-    case MF_IMG_FMT_PNG:
-        return decode_png(buf, len, max_pixels, out, err, errlen);
-    default:
-        set_err(err, errlen, "not a JPEG or PNG image");
-        return MF_IMG_UNSUPPORTED;
+    case MF_IMG_FMT_JPEG: return decode_jpeg(buf, len, &lim, out, err, errlen);
+    case MF_IMG_FMT_PNG: return decode_png(buf, len, &lim, out, err, errlen);
+    default: mf_set_err(err, errlen, "not a JPEG or PNG image"); return MF_IMG_UNSUPPORTED;
     }
+}
+
+mf_img_status mf_image_decode(const uint8_t *buf, size_t len, size_t max_pixels, mf_image *out, char *err,
+                              size_t errlen)
+{
+    mf_image_limits lim = {.max_pixels = max_pixels};
+    return mf_image_decode_limited(buf, len, &lim, out, err, errlen);
 }

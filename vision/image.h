@@ -26,6 +26,18 @@ extern "C" {
  * (about 150 MB of decoded RGB). */
 #define MF_IMG_DEFAULT_MAX_PIXELS ((size_t)50 * 1000 * 1000)
 
+/* Longest side accepted when none is given: JPEG's own maximum (65,535),
+ * so a thin image cannot make libpng handle tens of millions of rows. */
+#define MF_IMG_DEFAULT_MAX_SIDE 65535
+
+/* Progressive JPEG scans accepted when none is given.  libjpeg's standard
+ * progression has 10 scans for colour and 6 for gray (jpeg_simple_progression),
+ * mozjpeg's optimized scripts a few more (its search considers 64 candidate
+ * scans and keeps a subset), Photoshop's "3 to 5 scans" fewer; no camera
+ * writes progressive files.  Each scan costs a pass over the whole
+ * coefficient buffer, so the limit, not the file size, bounds the work. */
+#define MF_IMG_DEFAULT_MAX_SCANS 64
+
 typedef enum mf_img_format {
     MF_IMG_FMT_UNKNOWN = 0,
     MF_IMG_FMT_JPEG,
@@ -39,7 +51,17 @@ typedef enum mf_img_status {
     MF_IMG_CORRUPT,     /* truncated, bad data, bad CRC, zero width or height */
     MF_IMG_TOO_LARGE,   /* over max_pixels (decided from the header) */
     MF_IMG_NOMEM,       /* allocation failed */
+    MF_IMG_TOO_COMPLEX, /* a progressive JPEG with more scans than max_scans */
+    MF_IMG_TOO_SLOW,    /* decoding ran past its deadline */
 } mf_img_status;
+
+/* What a decode may cost. */
+typedef struct mf_image_limits {
+    size_t max_pixels;    /* width x height, from the header (0: MF_IMG_DEFAULT_MAX_PIXELS) */
+    int max_side;         /* width and height each (0: MF_IMG_DEFAULT_MAX_SIDE) */
+    int max_scans;        /* progressive JPEG scans (0: MF_IMG_DEFAULT_MAX_SCANS) */
+    uint64_t deadline_ns; /* mf_now_ns() past which decoding stops (checked every row); 0: none */
+} mf_image_limits;
 
 typedef struct mf_image {
     int w, h;     /* size after EXIF orientation */
@@ -50,8 +72,8 @@ typedef struct mf_image {
 mf_img_format mf_image_sniff(const uint8_t *buf, size_t len);
 
 /* Stable snake_case code for JSON error replies ("empty_body",
- * "unsupported_image", "corrupt_image", "image_too_large", "out_of_memory";
- * "ok" for MF_IMG_OK). */
+ * "unsupported_image", "corrupt_image", "image_too_large", "out_of_memory",
+ * "image_too_complex", "decode_timeout"; "ok" for MF_IMG_OK). */
 const char *mf_img_status_code(mf_img_status s);
 
 /* Decode buf[0..len) into *out.  max_pixels bounds width*height
@@ -71,6 +93,12 @@ const char *mf_img_status_code(mf_img_status s);
  * Orientation tags in XMP, or PNG chunks after IDAT, are not read. */
 mf_img_status mf_image_decode(const uint8_t *buf, size_t len, size_t max_pixels, mf_image *out,
                               char *err, size_t errlen);
+
+/* The same under the given limits (NULL: the defaults, no deadline); the
+ * sizes are checked from the header before any pixel memory is allocated,
+ * the scans and the deadline while decoding. */
+mf_img_status mf_image_decode_limited(const uint8_t *buf, size_t len, const mf_image_limits *limits, mf_image *out,
+                                      char *err, size_t errlen);
 
 /* Release the pixels and reset *img to empty; NULL or empty is fine. */
 void mf_image_free(mf_image *img);
