@@ -10,8 +10,8 @@
 set -eu
 profile=${1:-test}
 
-runtime_pkgs="libmicrohttpd12 libjansson4 libjpeg62-turbo libpng16-16 libopenblas0-pthread ca-certificates"
-build_pkgs="build-essential pkg-config libmicrohttpd-dev libjansson-dev libjpeg62-turbo-dev libpng-dev libopenblas-dev check"
+runtime_pkgs="libjansson4 libjpeg62-turbo libpng16-16 libopenblas0-pthread ca-certificates"
+build_pkgs="build-essential pkg-config libjansson-dev libjpeg62-turbo-dev libpng-dev libopenblas-dev check"
 test_pkgs="python3 python3-numpy python3-torch python3-yaml python3-pil nginx-light wrk valgrind curl dataset-fashion-mnist chromium chromium-driver clang libclang-rt-14-dev"
 
 case "$profile" in

@@ -14,7 +14,7 @@
  *     several workers running batches side by side, not from threads inside
  *     one forward pass.  engine_threads > 1 trades throughput for latency with
  *     fewer workers (e.g. workers = 1, engine_threads = N).
- *   - `http_threads` = N libmicrohttpd threads (http.c, predict.c).  They own the
+ *   - `http_threads` = N HTTP threads (http.c, predict.c), each an epoll loop.  They own the
  *     sockets and do everything before and after the queue: reading the body,
  *     decoding, resizing and normalizing the image, and writing the JSON
  *     answer.  That work is a few percent of a forward pass, so they share the
@@ -25,10 +25,10 @@
  *     neither computes anything.
  *
  * Why suspend/resume.  A request waiting for its batch holds no thread: its
- * HTTP thread queues the job, suspends the connection (MHD_suspend_connection)
+ * HTTP thread queues the job, leaves the connection (watched only for the client going away)
  * and returns to serve other sockets.  The worker that ran the batch writes
  * the logits into the job's own buffer and calls the job's `done` callback,
- * which resumes the connection; libmicrohttpd then calls the request handler
+ * which hands the request back to its HTTP thread; that thread then runs the request's answer
  * again on an HTTP thread, which writes the answer.  Thousands of waiting clients
  * cost memory (their connection and tensors), never threads.
  *
@@ -62,7 +62,7 @@
  * completes what is left with DRAINING and joins every thread.  A forward pass
  * in progress is always allowed to finish.  The process shuts down in this
  * order (main.c): HTTP stops accepting, in-flight requests finish, batcher
- * drain, HTTP stop -- so no connection is still suspended when libmicrohttpd
+ * drain, HTTP stop -- so no request still waits for a job when the HTTP threads
  * stops, and no callback can touch a freed connection.
  */
 #include "batcher.h"

@@ -51,7 +51,7 @@ static const setting settings[] = {
     {"model_name", SETTING_STRING, FIELD(model_name), "", 0, MF_CONFIG_STR - 1,
      "model name in URLs and answers; empty = the model file name without extension"},
     {"http_threads", SETTING_INT, FIELD(http_threads), "0", 0, 1024,
-     "HTTP threads (I/O, decoding, preprocessing); 0 = number of online cores"},
+     "HTTP threads (epoll loops: I/O, decoding, preprocessing); 0 = number of online cores"},
     {"workers", SETTING_INT, FIELD(workers), "0", 0, 1024,
      "inference threads, each with its own engine workspace; 0 = number of online cores"},
     {"engine_threads", SETTING_INT, FIELD(engine_threads), "1", 1, 256,

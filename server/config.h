@@ -23,7 +23,7 @@ typedef struct mf_config {
     char bind[MF_CONFIG_STR];        /* numeric IPv4 or IPv6 address to listen on */
     char model[MF_CONFIG_PATH];      /* model file (safetensors) */
     char model_name[MF_CONFIG_STR];  /* name in URLs and answers; "" = file name stem */
-    int http_threads;                /* libmicrohttpd pool threads; 0 = online cores */
+    int http_threads;                /* HTTP threads (epoll loops); 0 = online cores */
     int workers;                     /* inference threads; 0 = online cores */
     int engine_threads;              /* threads per worker's engine workspace */
     int max_batch;                   /* most images per forward pass */

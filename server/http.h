@@ -1,9 +1,7 @@
-/* http.h -- the HTTP front end on libmicrohttpd.
- *
- * A libmicrohttpd daemon (internal poll() threads, a pool of http_threads)
- * serves the routes of route.c.  Requests that carry images are read whole,
- * decoded and preprocessed on the HTTP thread that received them, queued on
- * the batcher, and their connection is suspended until the batch has run
+/* http.h -- the HTTP/1.1 front end: http_threads epoll loops serving the
+ * routes of route.c (DESIGN in http.c).  Requests that carry images are read
+ * whole, decoded and preprocessed on the HTTP thread that received them,
+ * queued on the batcher, and their connection waits until the batch has run
  * (see batcher.c, DESIGN).  Every answer goes through reply.h.
  *
  *   POST /v1/predict, POST /v1/models/{name}/predict   top-k of one or more images
@@ -15,7 +13,7 @@
  *
  * Ownership: the server borrows the config, model, batcher and metrics; they
  * must outlive it.  mf_http_stop() must come after mf_batcher_drain() so no
- * connection is left suspended (libmicrohttpd refuses to stop with one).
+ * request still waits for a job when the HTTP threads stop.
  */
 #ifndef MF_HTTP_H
 #define MF_HTTP_H

@@ -45,7 +45,7 @@ void mf_predict_free(mf_request *r)
     r->predict = NULL;
 }
 
-/* top_k of the query string (libmicrohttpd has split and unescaped it);
+/* top_k of the query string (percent-decoded by mf_request_query);
  * "?top_k" without a value counts as empty. */
 static int query_top_k(mf_request *r)
 {

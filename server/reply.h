@@ -1,7 +1,7 @@
 /* reply.h -- every answer the service writes, and the one error table.
  *
  * THE reply function (mf_reply) queues every answer, success or error, and
- * counts it in the metrics; nothing else calls MHD_queue_response.  Errors
+ * counts it in the metrics; nothing else writes an answer.  Errors
  * come from one table of {code, HTTP status} (MF_ERRORS, the role of Redis's
  * shared error objects): a handler names the entry and a message, and the
  * request's API decides the body's shape from that one entry:

@@ -34,8 +34,8 @@ static const mf_route routes[] = {
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
 /* One segment: at least one byte, up to the next '/'.  A segment may not
- * hold an encoded slash: libmicrohttpd has decoded the path already, so a
- * "%2F" in a model name arrives as '/' and simply ends the segment. */
+ * hold an encoded slash: the path is percent-decoded with "%2F" kept
+ * encoded (httpparse.h), so "a%2Fready" is one segment, never two. */
 static const char *segment(const char *path, const char **start, size_t *len)
 {
     const char *e = path;

@@ -85,7 +85,7 @@ typedef struct mf_route_match {
 } mf_route_match;
 
 /* Route a request: method as sent, path is the URL path without the query
- * (as libmicrohttpd passes it). */
+ * (percent-decoded, httpparse.h). */
 void mf_route_find(const char *method, const char *path, mf_route_match *m);
 
 #endif

@@ -5,8 +5,8 @@ Uses the servers, models and images of test_server.py (same tiny model).
 
 - Slow clients: 400 connections held at once (within max_connections) -- 150
   dribbling their request headers a line at a time (each byte resets
-  libmicrohttpd's idle timeout, so only the request-head deadline of
-  server/deadline.c drops them), 150 stalled inside their headers and 100
+  the idle timeout, so only the whole-head deadline of
+  server/http.c drops them), 150 stalled inside their headers and 100
   stalled inside their body -- while a client keeps sending predictions, which
   must all succeed with bounded latency; every slow connection must be dropped
   within connection_timeout_s plus the reaper's period and some slack.
