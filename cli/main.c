@@ -248,7 +248,9 @@ static int cmd_predict(const opts *o)
     int K = mf_model_num_classes(m), k = o->top_k < K ? o->top_k : K, failures = 0;
     float *x = malloc((size_t)3 * p->input_h * p->input_w * sizeof(float));
     float *logits = malloc((size_t)K * sizeof(float)), *prob = malloc((size_t)K * sizeof(float));
-    if (!x || !logits || !prob) die("out of memory");
+    const char **labels = malloc((size_t)K * sizeof *labels);
+    if (!x || !logits || !prob || !labels) die("out of memory");
+    for (int i = 0; i < K; i++) labels[i] = mf_model_label(m, i);
     for (int i = 0; i < o->nfiles; i++) {
         size_t len;
         char err[1200] = "";
@@ -269,7 +271,7 @@ static int cmd_predict(const opts *o)
             mf_image_free(&img);
             if (mf_forward(m, ws, x, 1, p->input_h, p->input_w, logits) != MF_OK) die("inference failed");
             mf_softmax(logits, K, prob);
-            json_t *preds = mf_predictions_json(m, prob, k);
+            json_t *preds = mf_predictions_json(prob, K, labels, k);
             if (!preds) die("the model produced non-finite scores for '%s'", o->files[i]);
             json_object_set_new(r, "predictions", preds);
             if (o->logits) {
@@ -286,6 +288,7 @@ static int cmd_predict(const opts *o)
     free(x);
     free(logits);
     free(prob);
+    free(labels);
     mf_workspace_free(ws);
     mf_model_free(m);
     return failures ? 1 : 0;

@@ -26,6 +26,7 @@ typedef enum setting_type {
     SETTING_BOOL,   /* bool field */
     SETTING_STRING, /* char[size] field; min/max bound the length */
     SETTING_ADDR,   /* char[size] field holding a numeric IPv4/IPv6 address */
+    SETTING_CHOICE, /* char[size] field holding one of `choices` */
 } setting_type;
 
 typedef struct setting {
@@ -37,10 +38,14 @@ typedef struct setting {
     long long min;     /* smallest value (strings: shortest length) */
     long long max;     /* largest value (strings: longest length) */
     const char *help;  /* one line for --help and the README */
+    const char *choices; /* SETTING_CHOICE: the values, '|'-separated */
 } setting;
 
 #define FIELD(f) offsetof(mf_config, f), sizeof(((mf_config *)0)->f)
 
+/* Only SETTING_CHOICE rows name `choices`; the others leave it NULL. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 static const setting settings[] = {
     {"port", SETTING_INT, FIELD(port), "8080", 0, 65535,
      "TCP port; 0 picks a free port, reported in the \"listening\" log line"},
@@ -50,6 +55,18 @@ static const setting settings[] = {
      MF_CONFIG_PATH - 1, "model file (safetensors with mobileformer metadata)"},
     {"model_name", SETTING_STRING, FIELD(model_name), "", 0, MF_CONFIG_STR - 1,
      "model name in URLs and answers; empty = the model file name without extension"},
+    {"model_repository", SETTING_STRING, FIELD(model_repository), "", 0, MF_CONFIG_PATH - 1,
+     "directory of models, DIR/<name>/<version>/model.safetensors (+ DIR/<name>/config.json); "
+     "if set, `model` is not used"},
+    {"model_control", SETTING_CHOICE, FIELD(model_control), "none", 1, MF_CONFIG_STR - 1,
+     "none: the models of the start are fixed; explicit: load/unload API; poll: also rescan every repository_poll_s",
+     "none|explicit|poll"},
+    {"load_models", SETTING_STRING, FIELD(load_models), "", 0, MF_CONFIG_PATH - 1,
+     "explicit control: the models to load at start, comma-separated (empty = all)"},
+    {"repository_poll_s", SETTING_INT, FIELD(repository_poll_s), "10", 1, 86400,
+     "poll control: seconds between rescans of model_repository (SIGHUP rescans at once)"},
+    {"default_model", SETTING_STRING, FIELD(default_model), "", 0, MF_CONFIG_STR - 1,
+     "the model /v1/predict answers with; empty = the only model (several: 400 naming them)"},
     {"http_threads", SETTING_INT, FIELD(http_threads), "0", 0, 1024,
      "HTTP threads (epoll loops: I/O, decoding, preprocessing); 0 = number of online cores"},
     {"workers", SETTING_INT, FIELD(workers), "0", 0, 1024,
@@ -95,6 +112,7 @@ static const setting settings[] = {
     {"web_ui", SETTING_BOOL, FIELD(web_ui), "true", 0, 1,
      "serve the upload page at / (false: / answers 404 like any unknown path)"},
 };
+#pragma GCC diagnostic pop
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
 
@@ -109,6 +127,7 @@ static const char *type_name(setting_type t)
     case SETTING_BOOL: return "boolean";
     case SETTING_STRING: return "string";
     case SETTING_ADDR: return "address";
+    case SETTING_CHOICE: return "choice";
     }
     return "?";
 }
@@ -151,6 +170,16 @@ static mf_config_status store_string(mf_config *c, const setting *s, const char 
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
             return fail(err, errlen, "%s (%s): contains a control character", s->name, origin);
+    if (s->type == SETTING_CHOICE) {
+        int found = 0;
+        for (const char *p = s->choices; *p;) {
+            const char *e = strchr(p, '|');
+            size_t l = e ? (size_t)(e - p) : strlen(p);
+            if (l == len && memcmp(p, v, len) == 0) found = 1;
+            p = e ? e + 1 : p + l;
+        }
+        if (!found) return fail(err, errlen, "%s (%s): '%s' is not one of %s", s->name, origin, v, s->choices);
+    }
     if (s->type == SETTING_ADDR) {
         unsigned char buf[sizeof(struct in6_addr)];
         if (inet_pton(AF_INET, v, buf) != 1 && inet_pton(AF_INET6, v, buf) != 1)
@@ -192,7 +221,8 @@ static mf_config_status set_from_text(mf_config *c, const setting *s, const char
         return fail(err, errlen, "%s (%s): '%s' is not a boolean (true/false)", s->name, origin, v);
     }
     case SETTING_STRING:
-    case SETTING_ADDR: return store_string(c, s, v, strlen(v), origin, err, errlen);
+    case SETTING_ADDR:
+    case SETTING_CHOICE: return store_string(c, s, v, strlen(v), origin, err, errlen);
     }
     return fail(err, errlen, "%s: unknown type", s->name);
 }
@@ -248,6 +278,7 @@ mf_config_status mf_config_load_json(mf_config *c, const char *text, const char 
             break;
         case SETTING_STRING:
         case SETTING_ADDR:
+        case SETTING_CHOICE:
             if (!json_is_string(val)) {
                 st = fail(err, errlen, "%s (%s): must be a string", s->name, origin);
                 goto out;
@@ -441,6 +472,11 @@ static void range_text(const setting *s, char *out, size_t n)
     case SETTING_BOOL: snprintf(out, n, "true, false"); break;
     case SETTING_STRING:
     case SETTING_ADDR: snprintf(out, n, "up to %lld chars", s->max); break;
+    case SETTING_CHOICE:
+        snprintf(out, n, "%s", s->choices);
+        for (char *p = out; *p; p++)
+            if (*p == '|') *p = '/';
+        break;
     }
 }
 
@@ -496,7 +532,8 @@ void mf_config_print_json(FILE *f)
         case SETTING_INT64: v = json_integer(*(const long long *)field); break;
         case SETTING_BOOL: v = json_boolean(*(const bool *)field); break;
         case SETTING_STRING:
-        case SETTING_ADDR: v = json_string(field); break;
+        case SETTING_ADDR:
+        case SETTING_CHOICE: v = json_string(field); break;
         }
         json_object_set_new(o, s->name, v);
     }

@@ -23,6 +23,11 @@ typedef struct mf_config {
     char bind[MF_CONFIG_STR];        /* numeric IPv4 or IPv6 address to listen on */
     char model[MF_CONFIG_PATH];      /* model file (safetensors) */
     char model_name[MF_CONFIG_STR];  /* name in URLs and answers; "" = file name stem */
+    char model_repository[MF_CONFIG_PATH]; /* directory of models; "" = `model` alone */
+    char model_control[MF_CONFIG_STR];     /* none | explicit | poll */
+    char load_models[MF_CONFIG_PATH];      /* explicit: models to load at start, comma-separated */
+    int repository_poll_s;                 /* poll: seconds between rescans */
+    char default_model[MF_CONFIG_STR];     /* /v1/predict's model; "" = the only one */
     int http_threads;                /* HTTP threads (epoll loops); 0 = online cores */
     int workers;                     /* inference threads; 0 = online cores */
     int engine_threads;              /* threads per worker's engine workspace */

@@ -1,30 +1,35 @@
-/* endpoints.h -- the small GET endpoints: health, model metadata and
- * readiness, metrics, and the page (web.h).  Each answers at once through
- * reply.h; route.c points at them.
+/* endpoints.h -- the small endpoints: health, server and model metadata and
+ * readiness, metrics, the page (web.h), and the model repository API
+ * (Triton's extension: index, load, unload).  Each answers through reply.h;
+ * route.c points at them.
  *
- * The metadata body is built once at start (mf_metadata_build) and kept by
- * the server, since the model does not change while it serves.
+ * A model's metadata is built once per loaded version (mf_metadata_tail,
+ * kept by the repository); only its "versions" list is filled in per request.
  */
 #ifndef MF_ENDPOINTS_H
 #define MF_ENDPOINTS_H
 
-#include "config.h"
 #include "mf.h"
-
-#include <stddef.h>
 
 typedef struct mf_request mf_request;
 
 int mf_handle_live(mf_request *r);
 int mf_handle_ready(mf_request *r);
+int mf_handle_server_metadata(mf_request *r);
 int mf_handle_metadata(mf_request *r);
 int mf_handle_model_ready(mf_request *r);
 int mf_handle_metrics(mf_request *r);
 int mf_handle_web(mf_request *r);
+int mf_handle_repo_index(mf_request *r);
+int mf_handle_repo_load(mf_request *r);
+int mf_handle_repo_unload(mf_request *r);
 
-/* GET /v2/models/{name}: the model's name, architecture, classes,
- * preprocessing, labels, inputs and outputs (malloc'd JSON, *len its
- * length); NULL on out of memory. */
-char *mf_metadata_build(const mf_config *cfg, const mf_model *m, size_t *len);
+/* The begin handler of a route whose body is read whole, checks nothing. */
+int mf_body_begin(mf_request *r);
+
+/* GET /v2/models/{name} after "name" and "versions": ",\"platform\":...}" --
+ * the protocol's inputs and outputs, architecture, classes, preprocessing,
+ * labels, precision (malloc'd); NULL on out of memory. */
+char *mf_metadata_tail(const mf_model *m, const char *const *labels, int precision);
 
 #endif

@@ -48,6 +48,8 @@
 
 #include "endpoints.h"
 #include "httpparse.h"
+#include "oip.h"
+#include "repository.h"
 #include "log.h"
 #include "mf_util.h"
 #include "predict.h"
@@ -68,6 +70,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -230,16 +233,16 @@ const char *mf_request_query(mf_request *r, const char *key, size_t *len)
 
 void mf_request_expect(mf_request *r)
 {
-    if (r->expected) return;
+    if (r->expected || !r->mv) return;
     r->expected = 1;
-    mf_batcher_expect(r->srv->batcher, +1);
+    mf_batcher_expect(r->mv->queue, +1);
 }
 
 void mf_request_unexpect(mf_request *r)
 {
     if (!r->expected) return;
     r->expected = 0;
-    mf_batcher_expect(r->srv->batcher, -1);
+    mf_batcher_expect(r->mv->queue, -1);
 }
 
 void mf_request_jobs_begin(mf_request *r, int n)
@@ -327,6 +330,9 @@ static void request_free(mf_request *r)
     }
     pthread_mutex_destroy(&r->mu);
     mf_predict_free(r);
+    mf_oip_free(r);
+    free(r->control);
+    mf_version_release(s->repo, r->mv); /* after the jobs: none is left in its queue */
     if (r->resp.owned) free(r->resp.body);
     free(r->body);
     free(r->path);
@@ -357,6 +363,9 @@ static void request_end(mf_request *r, const char *abort_code)
             .batch_size = r->batch_size,
             .remote = r->remote,
             .error = r->error_code ? r->error_code : abort_code,
+            .request_id = r->request_id,
+            .model = r->mv ? r->mv->name : NULL,
+            .version = r->mv ? r->mv->version : NULL,
         };
         mf_log_request(&e);
     }
@@ -618,6 +627,31 @@ static int request_take_head(mf_request *r, const char *buf, const mf_hp_request
     return 0;
 }
 
+/* X-Request-ID: the client's if it is 1..64 visible characters, else a new
+ * random one (as hex). */
+static void set_request_id(mf_request *r)
+{
+    const char *h = mf_request_header(r, "X-Request-ID");
+    size_t n = h ? strlen(h) : 0;
+    int ok = n >= 1 && n <= 64;
+    for (size_t i = 0; ok && i < n; i++) ok = (unsigned char)h[i] > 0x20 && (unsigned char)h[i] < 0x7f && h[i] != '"';
+    if (ok) {
+        memcpy(r->request_id, h, n + 1);
+        return;
+    }
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, GRND_NONBLOCK) != (ssize_t)sizeof b) {
+        uint64_t t = mf_now_ns() ^ (uint64_t)(uintptr_t)r;
+        for (int i = 0; i < 16; i++) b[i] = (unsigned char)(t >> (8 * (i % 8))) ^ (unsigned char)(i * 37);
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        r->request_id[2 * i] = hex[b[i] >> 4];
+        r->request_id[2 * i + 1] = hex[b[i] & 15];
+    }
+    r->request_id[32] = '\0';
+}
+
 /* Routes a reserve connection may use. */
 static int reserve_ok(const mf_request *r)
 {
@@ -763,6 +797,7 @@ static void dispatch(mf_conn *c, const mf_hp_request *hp, mf_hp_status st)
         snprintf(r->method, sizeof r->method, "%.*s", (int)(hp->method.n < 15 ? hp->method.n : 15),
                  hp->method.p ? hp->method.p : "");
         r->path = strdup("-");
+        set_request_id(r);
         mf_metrics_count(s->metrics, MF_COUNTER_MALFORMED, 1);
         mf_err e = st == MF_HP_TOO_LARGE || st == MF_HP_TOO_MANY_HEADERS ? MF_E_HEAD_TOO_LARGE
                    : st == MF_HP_BAD_VERSION                            ? MF_E_BAD_VERSION
@@ -781,6 +816,7 @@ static void dispatch(mf_conn *c, const mf_hp_request *hp, mf_hp_status st)
         conn_close(c, MF_COUNTER_ABORT_HEAD);
         return;
     }
+    set_request_id(r);
     const int has_body = hp->chunked || (hp->has_length && hp->content_length > 0);
     if (took == -1) {
         r->resp.close = 1;
@@ -817,11 +853,26 @@ static void dispatch(mf_conn *c, const mf_hp_request *hp, mf_hp_status st)
         mf_reply_error(r, MF_E_UNAUTHORIZED, "this endpoint needs the header 'Authorization: Bearer <api key>'");
         return;
     }
-    if (m->model && (strlen(s->cfg->model_name) != m->model_len ||
-                     memcmp(m->model, s->cfg->model_name, m->model_len) != 0)) {
-        mf_reply_error(r, MF_E_MODEL_NOT_FOUND, "no model named '%.*s' (this server has '%s')",
-                       (int)(m->model_len > 128 ? 128 : m->model_len), m->model, s->cfg->model_name);
-        return;
+    if (r->route->flags & MF_ROUTE_MODEL) {
+        /* the version this request will use, held until its end: a reload
+         * or unload meanwhile does not touch it */
+        const char *name = m->model;
+        size_t len = m->model_len;
+        char msg[600];
+        if (!name) {
+            name = mf_repo_default_model(s->repo, msg, sizeof msg);
+            if (!name) {
+                mf_reply_error(r, MF_E_NO_DEFAULT_MODEL, "%s", msg);
+                return;
+            }
+            len = strlen(name);
+        }
+        mf_err e;
+        r->mv = mf_repo_acquire(s->repo, name, len, m->version, m->version_len, &e, msg, sizeof msg);
+        if (!r->mv) {
+            mf_reply_error(r, e, "%s", msg);
+            return;
+        }
     }
     if (!(r->route->flags & MF_ROUTE_BODY)) {
         if (r->route->begin(r) < 0) conn_close(c, MF_COUNTER_ABORT_HEAD);
@@ -1310,11 +1361,10 @@ static void free_all(struct mf_http *s)
     }
     pthread_mutex_destroy(&s->ip_mu);
     if (s->listen_fd >= 0) close(s->listen_fd);
-    free(s->metadata);
     free(s);
 }
 
-mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_batcher *batcher, mf_metrics *metrics,
+mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *batcher, mf_metrics *metrics,
                              mf_http **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -1324,22 +1374,17 @@ mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_bat
         return MF_HTTP_NOMEM;
     }
     s->cfg = cfg;
-    s->model = model;
+    s->repo = repo;
     s->batcher = batcher;
     s->metrics = metrics;
     s->listen_fd = -1;
     pthread_mutex_init(&s->ip_mu, NULL);
-    const mf_preprocess *p = mf_model_preprocess(model);
-    s->in_h = p->input_h;
-    s->in_w = p->input_w;
-    s->classes = mf_model_num_classes(model);
     s->reserve = 16 + cfg->max_connections / 64;
     s->ip_cap = 1024;
     s->ip_table = calloc(s->ip_cap, sizeof(mf_ip_count *));
     s->n_loops = cfg->http_threads > 0 ? cfg->http_threads : 1;
     s->loops = calloc((size_t)s->n_loops, sizeof *s->loops);
-    s->metadata = mf_metadata_build(cfg, model, &s->metadata_len);
-    if (!s->ip_table || !s->loops || !s->metadata) {
+    if (!s->ip_table || !s->loops) {
         mf_set_err(err, errlen, "out of memory");
         free_all(s);
         return MF_HTTP_NOMEM;

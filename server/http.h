@@ -11,7 +11,7 @@
  *   GET  /, /index.html, /app.css, /app.js             the page for people (web.h)
  *   OPTIONS any path                                   CORS preflight
  *
- * Ownership: the server borrows the config, model, batcher and metrics; they
+ * Ownership: the server borrows the config, repository, batcher and metrics; they
  * must outlive it.  mf_http_stop() must come after mf_batcher_drain() so no
  * request still waits for a job when the HTTP threads stop.
  */
@@ -22,6 +22,7 @@
 #include "config.h"
 #include "metrics.h"
 #include "mf.h"
+#include "repository.h"
 
 #include <stddef.h>
 
@@ -36,9 +37,10 @@ const char *mf_http_status_str(mf_http_status s);
 
 typedef struct mf_http mf_http; /* opaque (request.h) */
 
-/* Start serving.  The listening port (useful with port 0) is mf_http_port(). */
-mf_http_status mf_http_start(const mf_config *cfg, const mf_model *model, mf_batcher *batcher,
-                             mf_metrics *metrics, mf_http **out, char *err, size_t errlen);
+/* Start serving the repository's models.  The listening port (useful with
+ * port 0) is mf_http_port(). */
+mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *batcher, mf_metrics *metrics,
+                             mf_http **out, char *err, size_t errlen);
 
 int mf_http_port(const mf_http *h);
 

@@ -159,6 +159,9 @@ void mf_log_request(const mf_log_request_entry *e)
     json_object_set_new(o, "batch_size", json_integer(e->batch_size));
     json_object_set_new(o, "remote", safe_string(e->remote));
     if (e->error) json_object_set_new(o, "error", safe_string(e->error));
+    if (e->model) json_object_set_new(o, "model", safe_string(e->model));
+    if (e->version) json_object_set_new(o, "version", safe_string(e->version));
+    if (e->request_id && e->request_id[0]) json_object_set_new(o, "request_id", safe_string(e->request_id));
     emit(o);
 }
 

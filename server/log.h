@@ -24,6 +24,9 @@ typedef struct mf_log_request_entry {
     int batch_size;         /* largest batch that carried one of its images; 0 if none */
     const char *remote;     /* client address, "" if unknown */
     const char *error;      /* error code of the answer, NULL if none */
+    const char *request_id; /* X-Request-ID (the client's or made up), or NULL */
+    const char *model;      /* the model and version it went to, or NULL */
+    const char *version;
 } mf_log_request_entry;
 
 /* One request line. */

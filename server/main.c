@@ -1,8 +1,9 @@
 /* main.c -- mobileformer-server: settings, model, batcher, HTTP, signals.
  *
- * Start-up order: settings (exit 2 on a bad one), model (exit 1 with one
- * log line if it is missing or corrupt), metrics, batcher, HTTP; only then is
- * the service ready.  SIGTERM/SIGINT only write their number to a pipe
+ * Start-up order: settings (exit 2 on a bad one), metrics, batcher, the
+ * model repository (its models loaded; with one --model file, exit 1 with one
+ * log line if it is missing or corrupt), HTTP; only then is the service
+ * ready.  SIGTERM/SIGINT only write their number to a pipe
  * (self-pipe: async-signal-safe, and it works whichever thread the kernel
  * picks -- OpenBLAS starts threads before main() runs, so blocking the
  * signals here could not cover every thread and signalfd would miss them);
@@ -18,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mf.h"
+#include "repository.h"
 #include "mf_util.h"
 
 #include <errno.h>
@@ -120,56 +122,56 @@ int main(int argc, char **argv)
     raise_fd_limit(&cfg);
 
     int rc = 1;
-    mf_model *model = NULL;
+    mf_repo *repo = NULL;
     mf_metrics *metrics = NULL;
     mf_batcher *batcher = NULL;
     mf_http *http = NULL;
 
-    mf_status ms = mf_model_load(cfg.model, &model, err, sizeof err);
-    if (ms != MF_OK) {
-        char msg[MF_CONFIG_PATH + 1200];
-        snprintf(msg, sizeof msg, "cannot load model %s: %s", cfg.model, err[0] ? err : mf_status_str(ms));
-        mf_log_event("error", msg, json_pack("{s:s,s:s}", "model", cfg.model, "status", mf_status_str(ms)));
-        goto out;
-    }
-    const mf_arch *arch = mf_model_arch(model);
-    const mf_preprocess *pre = mf_model_preprocess(model);
-    metrics = mf_metrics_new(cfg.model_name, arch->name, mf_model_num_classes(model), pre->input_h,
-                             pre->input_w);
+    metrics = mf_metrics_new();
     if (!metrics) {
         mf_log_event("error", "out of memory", NULL);
         goto out;
     }
-    mf_batcher_config bc = {
-        .workers = cfg.workers,
-        .engine_threads = cfg.engine_threads,
-        .max_batch = cfg.max_batch,
-        .max_queue = cfg.max_queue,
-        .max_delay_us = cfg.max_delay_us,
-        .request_timeout_ms = cfg.request_timeout_ms,
-    };
-    if (mf_batcher_new(model, &bc, metrics, &batcher, err, sizeof err) != MF_BATCHER_OK) {
+    mf_batcher_config bc = {.workers = cfg.workers, .engine_threads = cfg.engine_threads};
+    if (mf_batcher_new(&bc, metrics, &batcher, err, sizeof err) != MF_BATCHER_OK) {
         mf_log_event("error", err, NULL);
         goto out;
     }
-    if (mf_http_start(&cfg, model, batcher, metrics, &http, err, sizeof err) != MF_HTTP_OK) {
+    if (mf_repo_open(&cfg, batcher, metrics, &repo, err, sizeof err) != 0) {
+        mf_log_event("error", err, NULL);
+        goto out;
+    }
+    if (!cfg.model_repository[0] && !mf_repo_any_ready(repo)) {
+        /* one model file: a service without it is no service */
+        char reason[1200];
+        mf_repo_first_error(repo, reason, sizeof reason);
+        char msg[MF_CONFIG_PATH + 1300];
+        snprintf(msg, sizeof msg, "cannot load model %s: %s", cfg.model, reason);
+        mf_log_event("error", msg, json_pack("{s:s}", "model", cfg.model));
+        goto out;
+    }
+    if (mf_http_start(&cfg, repo, batcher, metrics, &http, err, sizeof err) != MF_HTTP_OK) {
         mf_log_event("error", err, NULL);
         goto out;
     }
     /* the line tests and scripts wait for; port is the bound one (--port 0) */
+    char names[1024];
+    mf_repo_names(repo, names, sizeof names);
     mf_log_event("info", "listening",
-                 json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:s}", "bind", cfg.bind, "port",
-                           mf_http_port(http), "model", cfg.model_name, "arch", arch->name,
-                           "num_classes", mf_model_num_classes(model), "workers", cfg.workers,
-                           "engine_threads", cfg.engine_threads, "http_threads", cfg.http_threads,
-                           "max_batch", cfg.max_batch, "kernels", mf_kernels_name()));
+                 json_pack("{s:s,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:s}", "bind", cfg.bind, "port", mf_http_port(http),
+                           "models", names, "model_repository", cfg.model_repository, "model_control",
+                           cfg.model_control, "workers", cfg.workers, "engine_threads", cfg.engine_threads,
+                           "http_threads", cfg.http_threads, "kernels", mf_kernels_name()));
 
     int sig = 0;
     while (!sig) {
         sig = wait_signal(-1);
         if (sig == SIGHUP) {
-            /* a reload request: nothing to reload yet, so it must not stop the service */
-            mf_log_event("info", "SIGHUP received: ignored (the model is fixed for this process's life)", NULL);
+            /* a reload request: rescan the repository (model_control explicit or poll) */
+            if (mf_repo_rescan(repo) == 0)
+                mf_log_event("info", "SIGHUP received: rescanning the model repository", NULL);
+            else
+                mf_log_event("info", "SIGHUP received: ignored (model_control is none: the models are fixed)", NULL);
             sig = 0;
         }
     }
@@ -201,8 +203,9 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     mf_http_stop(http);
+    mf_batcher_drain(batcher, 0);
+    mf_repo_close(repo);
     mf_batcher_free(batcher);
     mf_metrics_free(metrics);
-    mf_model_free(model);
     return rc;
 }

@@ -1,4 +1,4 @@
-/* predict.c -- /v1 predict orchestration; see predict.h. */
+/* predict.c -- a request's images as jobs, and /v1 predict; see predict.h. */
 #include "predict.h"
 
 #include "image.h"
@@ -6,6 +6,7 @@
 #include "multipart.h"
 #include "preprocess.h"
 #include "reply.h"
+#include "repository.h"
 #include "request.h"
 #include "topk.h"
 #include "validate.h"
@@ -21,16 +22,17 @@ typedef struct image_slot {
     mf_request *req;     /* owner */
     mf_job job;          /* the image's place in the batcher */
     float *input;        /* [3, H, W], preprocessed */
-    float *logits;       /* [classes]; probabilities after softmax */
+    float *logits;       /* [classes]; probabilities after softmax (v1) */
     double decode_s;     /* decode time */
     double preprocess_s; /* preprocess time */
 } image_slot;
 
 struct mf_predict {
-    int top_k;                 /* predictions per image */
+    int top_k;                 /* predictions per image (v1) */
     char content_type[256];    /* multipart Content-Type (longer ones are refused) */
     int multipart;             /* body is multipart/form-data */
     int n_images;              /* images in this request */
+    int h, w;                  /* their input size */
     image_slot *slots;         /* [n_images] */
     float *tensors;            /* inputs and logits of all slots */
 };
@@ -45,29 +47,177 @@ void mf_predict_free(mf_request *r)
     r->predict = NULL;
 }
 
+static mf_predict *state(mf_request *r)
+{
+    if (!r->predict) r->predict = calloc(1, sizeof *r->predict);
+    return r->predict;
+}
+
+/* ---- the images --------------------------------------------------------- */
+
+int mf_images_alloc(mf_request *r, int n, int h, int w)
+{
+    mf_predict *p = state(r);
+    if (!p) {
+        mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the request");
+        return -1;
+    }
+    const mf_version *v = r->mv;
+    p->h = h ? h : v->pre->input_h;
+    p->w = w ? w : v->pre->input_w;
+    size_t in_floats = (size_t)3 * p->h * p->w, per_image = in_floats + (size_t)v->classes;
+    p->n_images = n;
+    p->slots = calloc((size_t)n, sizeof *p->slots);
+    p->tensors = malloc((size_t)n * per_image * sizeof(float));
+    if (!p->slots || !p->tensors) {
+        mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the image tensors");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        image_slot *sl = &p->slots[i];
+        sl->req = r;
+        sl->input = p->tensors + (size_t)i * per_image;
+        sl->logits = sl->input + in_floats;
+    }
+    return 0;
+}
+
+float *mf_images_input(mf_request *r, int i) { return r->predict->slots[i].input; }
+float *mf_images_logits(mf_request *r, int i) { return r->predict->slots[i].logits; }
+int mf_images_count(mf_request *r) { return r->predict ? r->predict->n_images : 0; }
+
+int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len)
+{
+    struct mf_http *s = r->srv;
+    mf_predict *p = r->predict;
+    image_slot *sl = &p->slots[i];
+    char err[256] = "", which[32] = "";
+    if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+    mf_image img = {0, 0, NULL};
+    uint64_t t0 = mf_now_ns();
+    mf_image_limits lim = {.max_pixels = (size_t)s->cfg->max_pixels,
+                           .max_side = s->cfg->max_image_side,
+                           .deadline_ns = s->cfg->decode_timeout_ms
+                                              ? t0 + (uint64_t)s->cfg->decode_timeout_ms * 1000000u
+                                              : 0};
+    mf_img_status st = mf_image_decode_limited(data, len, &lim, &img, err, sizeof err);
+    uint64_t t1 = mf_now_ns();
+    if (st != MF_IMG_OK) {
+        mf_reply_error(r, mf_err_of_image(st), "%s%s", which, err[0] ? err : mf_img_status_code(st));
+        return -1;
+    }
+    int rc = mf_preprocess_image(&img, r->mv->pre, sl->input);
+    uint64_t t2 = mf_now_ns();
+    mf_image_free(&img);
+    if (rc == MF_PREPROCESS_NOMEM) {
+        mf_reply_error(r, MF_E_OUT_OF_MEMORY, "%scannot allocate memory to preprocess the image", which);
+        return -1;
+    }
+    if (rc != 0) {
+        mf_reply_error(r, MF_E_PREPROCESS_FAILED, "%scould not preprocess the image", which);
+        return -1;
+    }
+    sl->decode_s = (double)(t1 - t0) * 1e-9;
+    sl->preprocess_s = (double)(t2 - t1) * 1e-9;
+    mf_series_observe(r->mv->series, MF_HIST_DECODE, sl->decode_s);
+    mf_series_observe(r->mv->series, MF_HIST_PREPROCESS, sl->preprocess_s);
+    return 0;
+}
+
+/* Worker thread: one image finished.  The last one hands the request back. */
+static void on_job_done(mf_job *job, void *user)
+{
+    (void)job;
+    image_slot *slot = user;
+    mf_request_job_done(slot->req);
+}
+
+int mf_images_submit(mf_request *r, int priority, uint64_t deadline_ns, int (*answer)(mf_request *r))
+{
+    mf_predict *p = r->predict;
+    const int n = p->n_images;
+    mf_job *jobs[MAX_IMAGES], **list = n <= MAX_IMAGES ? jobs : malloc((size_t)n * sizeof *list);
+    if (!list) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the jobs");
+    for (int i = 0; i < n; i++) {
+        image_slot *sl = &p->slots[i];
+        sl->job = (mf_job){.input = sl->input,
+                           .logits = sl->logits,
+                           .done = on_job_done,
+                           .user = sl,
+                           .priority = priority,
+                           .deadline_ns = deadline_ns,
+                           .h = p->h == r->mv->pre->input_h ? 0 : p->h,
+                           .w = p->w == r->mv->pre->input_w ? 0 : p->w};
+        list[i] = &sl->job;
+    }
+    /* the pixels are in the tensors now; the upload can go */
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+    mf_request_jobs_begin(r, n);
+    mf_batcher_status bs = mf_batcher_submit(r->mv->queue, list, n);
+    if (list != jobs) free(list);
+    mf_request_unexpect(r);
+    if (bs != MF_BATCHER_OK) {
+        mf_request_jobs_cancel(r);
+        if (bs == MF_BATCHER_QUEUE_FULL)
+            return mf_reply_error(r, MF_E_QUEUE_FULL, "the inference queue of '%s' is full; retry later", r->mv->name);
+        if (bs == MF_BATCHER_DRAINING) return mf_reply_error(r, MF_E_SHUTTING_DOWN, "the server is shutting down");
+        return mf_reply_error(r, MF_E_INTERNAL, "could not queue the image: %s", mf_batcher_status_str(bs));
+    }
+    return mf_request_wait(r, answer);
+}
+
+int mf_images_check(mf_request *r)
+{
+    mf_predict *p = r->predict;
+    for (int i = 0; i < p->n_images; i++) {
+        mf_job *j = &p->slots[i].job;
+        if (j->batch_size > r->batch_size) r->batch_size = j->batch_size;
+        char which[32] = "";
+        if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+        switch (j->status) {
+        case MF_BATCHER_OK: break;
+        case MF_BATCHER_TIMEOUT:
+            mf_reply_error(r, MF_E_TIMEOUT, "%snot started within its time (request_timeout_ms of '%s', or the "
+                                            "request's own timeout)",
+                           which, r->mv->name);
+            return -1;
+        case MF_BATCHER_DRAINING:
+        case MF_BATCHER_CANCELLED:
+            mf_reply_error(r, MF_E_SHUTTING_DOWN, "the server shut down before the image was processed");
+            return -1;
+        default:
+            mf_reply_error(r, mf_err_of_batcher(j->status), "the inference engine failed: %s",
+                           mf_batcher_status_str(j->status));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- /v1/predict ---------------------------------------------------------- */
+
 /* top_k of the query string (percent-decoded by mf_request_query);
  * "?top_k" without a value counts as empty. */
 static int query_top_k(mf_request *r)
 {
-    const char *v = NULL;
     size_t len = 0;
-    v = mf_request_query(r, "top_k", &len);
-    return mf_parse_top_k(v, len, r->srv->classes);
+    const char *v = mf_request_query(r, "top_k", &len);
+    return mf_parse_top_k(v, len, r->mv->classes);
 }
 
 int mf_predict_begin(mf_request *r)
 {
-    struct mf_http *s = r->srv;
     /* While draining, a request that arrives on a connection opened before
-     * the signal (keep-alive) is still served, with "Connection: close"
-     * (reply.c): rolling restarts then lose nothing.  Once the batcher has
-     * stopped accepting, submit answers 503 shutting_down. */
-    mf_predict *p = calloc(1, sizeof *p);
+     * the signal (keep-alive) is still served, with "Connection: close": rolling
+     * restarts then lose nothing.  Once the batcher has stopped accepting,
+     * submit answers 503 shutting_down. */
+    mf_predict *p = state(r);
     if (!p) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the request");
-    r->predict = p;
     p->top_k = query_top_k(r);
-    if (p->top_k < 0) return mf_reply_error(r, MF_E_BAD_TOP_K, "top_k must be an integer from 1 to %d", s->classes);
-
+    if (p->top_k < 0)
+        return mf_reply_error(r, MF_E_BAD_TOP_K, "top_k must be an integer from 1 to %d", r->mv->classes);
     const char *ct = mf_request_header(r, "Content-Type");
     char mt[128];
     mf_media_type(ct ? ct : "", mt, sizeof mt);
@@ -87,18 +237,10 @@ int mf_predict_begin(mf_request *r)
                               "application/octet-stream or multipart/form-data",
                               mt);
     }
-    /* from here until its submit (or failure) the batcher knows an image is
-     * on its way, and a batch leader may wait for it */
+    /* from here until its submit (or failure) the queue knows an image is on
+     * its way, and a batch leader may wait for it */
     mf_request_expect(r);
     return 0;
-}
-
-/* Worker thread: one image finished.  The last one resumes the connection. */
-static void on_job_done(mf_job *job, void *user)
-{
-    (void)job;
-    image_slot *slot = user;
-    mf_request_job_done(slot->req);
 }
 
 static json_t *latency_json(const image_slot *sl, double total_ms)
@@ -107,37 +249,22 @@ static json_t *latency_json(const image_slot *sl, double total_ms)
                      "queue", sl->job.queue_s * 1e3, "inference", sl->job.inference_s * 1e3, "total", total_ms);
 }
 
-/* Resumed (or never suspended): every job is finished; answer. */
+/* Every job is finished: answer. */
 static int predict_answer(mf_request *r)
 {
-    struct mf_http *s = r->srv;
+    if (mf_images_check(r) != 0) return 0;
     mf_predict *p = r->predict;
-    for (int i = 0; i < p->n_images; i++) {
-        mf_job *j = &p->slots[i].job;
-        if (j->batch_size > r->batch_size) r->batch_size = j->batch_size;
-        char which[32] = "";
-        if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
-        switch (j->status) {
-        case MF_BATCHER_OK: break;
-        case MF_BATCHER_TIMEOUT:
-            return mf_reply_error(r, MF_E_TIMEOUT, "%snot started within request_timeout_ms (%d ms)", which,
-                                  s->cfg->request_timeout_ms);
-        case MF_BATCHER_DRAINING:
-            return mf_reply_error(r, MF_E_SHUTTING_DOWN, "the server shut down before the image was processed");
-        default:
-            return mf_reply_error(r, mf_err_of_batcher(j->status), "the inference engine failed: %s",
-                                  mf_batcher_status_str(j->status));
-        }
-    }
+    const mf_version *v = r->mv;
     json_t *o = json_object();
     if (!o) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the answer");
     double total_ms = mf_ms_since(r->start_ns);
-    json_object_set_new(o, "model", json_string(s->cfg->model_name));
+    json_object_set_new(o, "model", json_string(v->name));
+    json_object_set_new(o, "model_version", json_string(v->version));
     json_t *results = p->n_images > 1 ? json_array() : NULL;
     for (int i = 0; i < p->n_images; i++) {
         image_slot *sl = &p->slots[i];
-        mf_softmax(sl->logits, s->classes, sl->logits);
-        json_t *preds = mf_predictions_json(s->model, sl->logits, p->top_k);
+        mf_softmax(sl->logits, v->classes, sl->logits);
+        json_t *preds = mf_predictions_json(sl->logits, v->classes, v->labels, p->top_k);
         if (!preds) {
             json_decref(o);
             json_decref(results);
@@ -156,18 +283,9 @@ static int predict_answer(mf_request *r)
     return mf_reply_json(r, 200, o);
 }
 
-/* An image decode failure's answer. */
-static int image_error(mf_request *r, int image, mf_img_status st, const char *detail)
-{
-    if (r->predict->n_images > 1)
-        return mf_reply_error(r, mf_err_of_image(st), "image %d: %s", image + 1, detail);
-    return mf_reply_error(r, mf_err_of_image(st), "%s", detail);
-}
-
-/* Body complete: split, decode, preprocess, queue, suspend. */
+/* Body complete: split, decode, preprocess, queue. */
 int mf_predict_body(mf_request *r)
 {
-    struct mf_http *s = r->srv;
     mf_predict *p = r->predict;
     mf_multipart_part parts[MAX_IMAGES];
     int n = 1;
@@ -183,62 +301,8 @@ int mf_predict_body(mf_request *r)
         parts[0].data = r->body;
         parts[0].len = r->body_len;
     }
-    p->n_images = n;
-
-    size_t in_floats = (size_t)3 * s->in_h * s->in_w;
-    size_t per_image = in_floats + (size_t)s->classes;
-    p->slots = calloc((size_t)n, sizeof *p->slots);
-    p->tensors = malloc((size_t)n * per_image * sizeof(float));
-    if (!p->slots || !p->tensors) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the image tensors");
-
-    const mf_preprocess *pre = mf_model_preprocess(s->model);
-    mf_job *jobs[MAX_IMAGES];
-    for (int i = 0; i < n; i++) {
-        image_slot *sl = &p->slots[i];
-        sl->req = r;
-        sl->input = p->tensors + (size_t)i * per_image;
-        sl->logits = sl->input + in_floats;
-        char err[256] = "";
-        mf_image img = {0, 0, NULL};
-        uint64_t t0 = mf_now_ns();
-        mf_image_limits lim = {.max_pixels = (size_t)s->cfg->max_pixels, .max_side = s->cfg->max_image_side,
-                               .deadline_ns = s->cfg->decode_timeout_ms
-                                                  ? t0 + (uint64_t)s->cfg->decode_timeout_ms * 1000000u
-                                                  : 0};
-        mf_img_status st = mf_image_decode_limited(parts[i].data, parts[i].len, &lim, &img, err, sizeof err);
-        uint64_t t1 = mf_now_ns();
-        if (st != MF_IMG_OK) return image_error(r, i, st, err[0] ? err : mf_img_status_code(st));
-        int rc = mf_preprocess_image(&img, pre, sl->input);
-        uint64_t t2 = mf_now_ns();
-        mf_image_free(&img);
-        if (rc == MF_PREPROCESS_NOMEM)
-            return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate memory to preprocess image %d", i + 1);
-        if (rc != 0) return mf_reply_error(r, MF_E_PREPROCESS_FAILED, "could not preprocess image %d", i + 1);
-        sl->decode_s = (double)(t1 - t0) * 1e-9;
-        sl->preprocess_s = (double)(t2 - t1) * 1e-9;
-        mf_metrics_observe(s->metrics, MF_HIST_DECODE, sl->decode_s);
-        mf_metrics_observe(s->metrics, MF_HIST_PREPROCESS, sl->preprocess_s);
-        sl->job.input = sl->input;
-        sl->job.logits = sl->logits;
-        sl->job.done = on_job_done;
-        sl->job.user = sl;
-        jobs[i] = &sl->job;
-    }
-    /* the pixels are in the tensors now; the upload can go */
-    free(r->body);
-    r->body = NULL;
-    r->body_len = r->body_cap = 0;
-
-    mf_request_jobs_begin(r, n);
-    mf_batcher_status bs = mf_batcher_submit(s->batcher, jobs, n);
-    mf_request_unexpect(r);
-    if (bs != MF_BATCHER_OK) {
-        mf_request_jobs_cancel(r);
-        if (bs == MF_BATCHER_QUEUE_FULL)
-            return mf_reply_error(r, MF_E_QUEUE_FULL, "the inference queue is full (max_queue %d); retry later",
-                                  s->cfg->max_queue);
-        if (bs == MF_BATCHER_DRAINING) return mf_reply_error(r, MF_E_SHUTTING_DOWN, "the server is shutting down");
-        return mf_reply_error(r, MF_E_INTERNAL, "could not queue the image: %s", mf_batcher_status_str(bs));
-    }
-    return mf_request_wait(r, predict_answer);
+    if (mf_images_alloc(r, n, 0, 0) != 0) return 0;
+    for (int i = 0; i < n; i++)
+        if (mf_images_decode(r, i, parts[i].data, parts[i].len) != 0) return 0;
+    return mf_images_submit(r, MF_PRIORITY_DEFAULT, 0, predict_answer);
 }

@@ -2,6 +2,7 @@
 #include "reply.h"
 
 #include "mf_util.h"
+#include "repository.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,6 +63,7 @@ mf_err mf_err_of_batcher(mf_batcher_status s)
     case MF_BATCHER_TIMEOUT: return MF_E_TIMEOUT;
     case MF_BATCHER_ENGINE: return MF_E_INFERENCE_FAILED;
     case MF_BATCHER_NOMEM: return MF_E_OUT_OF_MEMORY;
+    case MF_BATCHER_CANCELLED: return MF_E_CLIENT_GONE;
     case MF_BATCHER_OK:
     case MF_BATCHER_THREAD:
     case MF_BATCHER_ARG: break;
@@ -69,11 +71,12 @@ mf_err mf_err_of_batcher(mf_batcher_status s)
     return MF_E_INTERNAL;
 }
 
-char *mf_err_render(mf_err e, mf_dialect d, const char *msg)
+char *mf_err_render(mf_err e, mf_dialect d, const char *msg, const char *id)
 {
     json_t *o = d == MF_DIALECT_OIP
                     ? json_pack("{s:s,s:s}", "error", msg, "code", mf_err_code(e))
                     : json_pack("{s:{s:s,s:s}}", "error", "code", mf_err_code(e), "message", msg);
+    if (o && id && id[0] && d == MF_DIALECT_OIP) json_object_set_new(o, "id", json_string(id));
     char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
     json_decref(o);
     return text;
@@ -92,7 +95,7 @@ static void add_cors(mf_request *r)
     const char *origin = r->srv->cfg->cors_origin;
     if (!origin[0]) return;
     mf_reply_header(r, "Access-Control-Allow-Origin", origin);
-    mf_reply_header(r, "Access-Control-Expose-Headers", "Retry-After");
+    mf_reply_header(r, "Access-Control-Expose-Headers", "Retry-After, X-Request-ID, Inference-Header-Content-Length");
     if (strcmp(origin, "*") != 0) mf_reply_header(r, "Vary", "Origin");
 }
 
@@ -105,6 +108,7 @@ static void settle(mf_request *r, unsigned status, size_t len, const char *error
     r->error_code = error_code;
     r->latency_ms = mf_ms_since(r->start_ns);
     mf_metrics_request(r->srv->metrics, r->endpoint, (int)status, r->latency_ms * 1e-3);
+    if (r->mv) mf_series_request(r->mv->series, (int)status, r->latency_ms * 1e-3);
 }
 
 int mf_reply(mf_request *r, unsigned status, const char *ctype, char *body, size_t len, int owned,
@@ -122,6 +126,7 @@ int mf_reply(mf_request *r, unsigned status, const char *ctype, char *body, size
     p->len = len;
     p->owned = owned;
     add_cors(r);
+    if (r->request_id[0]) mf_reply_header(r, "X-Request-ID", r->request_id);
     if (status == 503) mf_reply_header(r, "Retry-After", "1");
     if (status == 401) mf_reply_header(r, "WWW-Authenticate", "Bearer realm=\"mobileformer\"");
     if (status == 405 && r->allow) mf_reply_header(r, "Allow", r->allow);
@@ -161,7 +166,7 @@ int mf_reply_error(mf_request *r, mf_err e, const char *fmt, ...)
     /* messages may quote client bytes: keep the JSON valid UTF-8 */
     for (char *p = msg; *p; p++)
         if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20) *p = '?';
-    char *text = mf_err_render(e, r->dialect, msg);
+    char *text = mf_err_render(e, r->dialect, msg, r->oip_id);
     if (!text) return reply_oom(r);
     return mf_reply(r, mf_err_status(e), MF_JSON_TYPE, text, strlen(text), 1, mf_err_code(e));
 }

@@ -28,6 +28,10 @@
 #define MF_ERRORS(X)                                                    \
     X(NOT_FOUND, "not_found", 404)                                      \
     X(MODEL_NOT_FOUND, "model_not_found", 404)                          \
+    X(VERSION_NOT_FOUND, "version_not_found", 404)                      \
+    X(MODEL_NOT_READY, "model_not_ready", 503)                          \
+    X(NO_DEFAULT_MODEL, "no_default_model", 400)                        \
+    X(LOAD_FAILED, "load_failed", 400)                                  \
     X(METHOD_NOT_ALLOWED, "method_not_allowed", 405)                    \
     X(UNAUTHORIZED, "unauthorized", 401)                                \
     X(EMPTY_BODY, "empty_body", 400)                                    \
@@ -62,6 +66,7 @@
     X(BAD_VERSION, "http_version_not_supported", 505)                   \
     X(TOO_MANY_CONNECTIONS, "too_many_connections", 503)                \
     X(BODY_BUDGET, "too_many_uploads", 503)                             \
+    X(CLIENT_GONE, "client_closed_request", 499)                        \
     X(INTERNAL, "internal_error", 500)
 
 typedef enum mf_err {
@@ -81,8 +86,9 @@ mf_err mf_err_of_image(mf_img_status s);
 mf_err mf_err_of_multipart(mf_multipart_status s);
 mf_err mf_err_of_batcher(mf_batcher_status s);
 
-/* The error body of entry e with message msg in dialect d (malloc'd). */
-char *mf_err_render(mf_err e, mf_dialect d, const char *msg);
+/* The error body of entry e with message msg in dialect d (malloc'd); the
+ * protocol's body also carries the infer request's id when there is one. */
+char *mf_err_render(mf_err e, mf_dialect d, const char *msg, const char *id);
 
 /* Queue an answer and count it: status, Content-Type (may be NULL), body of
  * len bytes; owned: free(body) once written (also on failure).  error_code

@@ -39,15 +39,16 @@
 typedef struct mf_loop mf_loop; /* one I/O thread (http.c) */
 typedef struct mf_conn mf_conn; /* one client connection (http.c) */
 
+typedef struct mf_repo mf_repo;       /* repository.h */
+typedef struct mf_version mf_version; /* repository.h */
+
 struct mf_http {
     const mf_config *cfg;        /* borrowed settings */
-    const mf_model *model;       /* borrowed, read-only */
+    mf_repo *repo;               /* borrowed: the models */
     mf_batcher *batcher;         /* borrowed */
     mf_metrics *metrics;         /* borrowed */
     int port;                    /* bound port */
     int listen_fd;               /* the listening socket (-1 once closed) */
-    int in_h, in_w;              /* model input size */
-    int classes;                 /* model classes */
     atomic_int draining;         /* set once by mf_http_begin_drain */
     atomic_int stopping;         /* the loops must exit */
     atomic_long inflight;        /* requests between their head and their end */
@@ -59,8 +60,6 @@ struct mf_http {
     size_t ip_cap;               /* slots in ip_table (power of two) */
     mf_loop *loops;              /* [n_loops] */
     int n_loops;                 /* http_threads */
-    char *metadata;              /* GET /v2/models/{name} body, built once */
-    size_t metadata_len;         /* its length */
 };
 
 typedef struct mf_predict mf_predict; /* predict.c's part of a request */
@@ -81,6 +80,7 @@ struct mf_request {
     struct mf_http *srv;          /* server */
     mf_conn *conn;                /* its connection; NULL once the client has gone */
     const mf_route *route;        /* matched route, NULL if none */
+    const mf_version *mv;         /* the model version it is for (held; released at its end), or NULL */
     mf_route_match match;         /* the path's model and version segments */
     mf_endpoint endpoint;         /* metrics label */
     mf_dialect dialect;           /* the error body's shape (route's API) */
@@ -109,6 +109,10 @@ struct mf_request {
     int waiting;                  /* the I/O thread waits for them (mf_request_wait) */
     mf_handler answer;            /* runs when the last job is done */
     mf_predict *predict;          /* predict.c's state (owned; freed by mf_predict_free) */
+    void *control;                /* the repository API's state (owned, free()) */
+    void *oip;                    /* oip.c's state (owned; mf_oip_free) */
+    char oip_id[128];             /* the infer request's "id", echoed in its answer and errors */
+    char request_id[72];          /* X-Request-ID: the client's, or one made up; on every answer and log line */
     /* the answer */
     mf_response resp;             /* being built / written */
     int answered;                 /* mf_reply has run */

@@ -2,6 +2,7 @@
 #include "route.h"
 
 #include "endpoints.h"
+#include "oip.h"
 #include "predict.h"
 
 #include <string.h>
@@ -13,16 +14,38 @@ const char *const mf_endpoint_labels[MF_ENDPOINT_COUNT] = {
 };
 
 #define V1 MF_DIALECT_V1
+#define OIP MF_DIALECT_OIP
 #define AUTH MF_ROUTE_AUTH
 #define BODY MF_ROUTE_BODY
+#define MODEL MF_ROUTE_MODEL
 
+/* Order matters only where patterns overlap: none do, since "{m}" and "{v}"
+ * match exactly one segment. */
 static const mf_route routes[] = {
-    {"/v1/predict", "POST", MF_ENDPOINT_PREDICT, V1, AUTH | BODY, mf_predict_begin, mf_predict_body},
-    {"/v1/models/{m}/predict", "POST", MF_ENDPOINT_PREDICT, V1, AUTH | BODY, mf_predict_begin, mf_predict_body},
-    {"/v2/health/live", "GET", MF_ENDPOINT_HEALTH_LIVE, V1, 0, mf_handle_live, NULL},
-    {"/v2/health/ready", "GET", MF_ENDPOINT_HEALTH_READY, V1, 0, mf_handle_ready, NULL},
-    {"/v2/models/{m}", "GET", MF_ENDPOINT_MODEL_METADATA, V1, AUTH, mf_handle_metadata, NULL},
-    {"/v2/models/{m}/ready", "GET", MF_ENDPOINT_MODEL_READY, V1, AUTH, mf_handle_model_ready, NULL},
+    /* the service's own API */
+    {"/v1/predict", "POST", MF_ENDPOINT_PREDICT, V1, AUTH | BODY | MODEL, mf_predict_begin, mf_predict_body},
+    {"/v1/models/{m}/predict", "POST", MF_ENDPOINT_PREDICT, V1, AUTH | BODY | MODEL, mf_predict_begin,
+     mf_predict_body},
+    {"/v1/models/{m}/versions/{v}/predict", "POST", MF_ENDPOINT_PREDICT, V1, AUTH | BODY | MODEL, mf_predict_begin,
+     mf_predict_body},
+    /* the Open Inference Protocol (KServe v2) and Triton's extensions */
+    {"/v2", "GET", MF_ENDPOINT_SERVER_METADATA, OIP, 0, mf_handle_server_metadata, NULL},
+    {"/v2/health/live", "GET", MF_ENDPOINT_HEALTH_LIVE, OIP, 0, mf_handle_live, NULL},
+    {"/v2/health/ready", "GET", MF_ENDPOINT_HEALTH_READY, OIP, 0, mf_handle_ready, NULL},
+    {"/v2/models/{m}", "GET", MF_ENDPOINT_MODEL_METADATA, OIP, AUTH | MODEL, mf_handle_metadata, NULL},
+    {"/v2/models/{m}/versions/{v}", "GET", MF_ENDPOINT_MODEL_METADATA, OIP, AUTH | MODEL, mf_handle_metadata, NULL},
+    {"/v2/models/{m}/ready", "GET", MF_ENDPOINT_MODEL_READY, OIP, AUTH | MODEL, mf_handle_model_ready, NULL},
+    {"/v2/models/{m}/versions/{v}/ready", "GET", MF_ENDPOINT_MODEL_READY, OIP, AUTH | MODEL, mf_handle_model_ready,
+     NULL},
+    {"/v2/models/{m}/infer", "POST", MF_ENDPOINT_INFER, OIP, AUTH | BODY | MODEL, mf_oip_begin, mf_oip_body},
+    {"/v2/models/{m}/versions/{v}/infer", "POST", MF_ENDPOINT_INFER, OIP, AUTH | BODY | MODEL, mf_oip_begin,
+     mf_oip_body},
+    {"/v2/repository/index", "POST", MF_ENDPOINT_REPOSITORY, OIP, AUTH | BODY, mf_body_begin, mf_handle_repo_index},
+    {"/v2/repository/models/{m}/load", "POST", MF_ENDPOINT_REPOSITORY, OIP, AUTH | BODY, mf_body_begin,
+     mf_handle_repo_load},
+    {"/v2/repository/models/{m}/unload", "POST", MF_ENDPOINT_REPOSITORY, OIP, AUTH | BODY, mf_body_begin,
+     mf_handle_repo_unload},
+    /* operations and people */
     {"/metrics", "GET", MF_ENDPOINT_METRICS, V1, 0, mf_handle_metrics, NULL},
     /* the page: every path web.c has an asset for (web.h) */
     {"/", "GET", MF_ENDPOINT_WEB, V1, 0, mf_handle_web, NULL},
@@ -97,6 +120,8 @@ void mf_route_find(const char *method, const char *path, mf_route_match *m)
     }
     if (!path_hit) {
         m->status = MF_ROUTE_NOT_FOUND;
+        /* an unknown path under /v2 still gets the protocol's error body */
+        if (strncmp(path, "/v2/", 4) == 0 || strcmp(path, "/v2") == 0) m->dialect = MF_DIALECT_OIP;
         return;
     }
     m->status = MF_ROUTE_METHOD_NOT_ALLOWED;

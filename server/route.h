@@ -19,10 +19,13 @@
 /* label, enum suffix: the endpoint label of mobileformer_requests_total */
 #define MF_ENDPOINTS(X)                                 \
     X(PREDICT, "predict")                               \
+    X(INFER, "infer")                                   \
     X(HEALTH_LIVE, "health_live")                       \
     X(HEALTH_READY, "health_ready")                     \
+    X(SERVER_METADATA, "server_metadata")               \
     X(MODEL_METADATA, "model_metadata")                 \
     X(MODEL_READY, "model_ready")                       \
+    X(REPOSITORY, "repository")                         \
     X(METRICS, "metrics")                               \
     X(OPTIONS, "options")                               \
     X(WEB, "web")                                       \
@@ -52,8 +55,9 @@ typedef struct mf_request mf_request;
 typedef int (*mf_handler)(mf_request *r);
 
 /* Route flags */
-#define MF_ROUTE_AUTH 1u /* needs the API key when one is set */
-#define MF_ROUTE_BODY 2u /* reads a body: begin() at the headers, body() when it is complete */
+#define MF_ROUTE_AUTH 1u  /* needs the API key when one is set */
+#define MF_ROUTE_BODY 2u  /* reads a body: begin() at the headers, body() when it is complete */
+#define MF_ROUTE_MODEL 4u /* serves a model: {m} (or the default model) and {v} are looked up and held */
 
 typedef struct mf_route {
     const char *pattern;  /* path; "{m}" one model-name segment, "{v}" one version segment */

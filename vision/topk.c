@@ -29,16 +29,15 @@ int mf_topk(const float *scores, int n, int k, int *idx)
     return k;
 }
 
-json_t *mf_predictions_json(const mf_model *m, const float *probs, int k)
+json_t *mf_predictions_json(const float *probs, int n, const char *const *labels, int k)
 {
-    const int n = mf_model_num_classes(m);
     if (k > n) k = n;
     int *idx = malloc((size_t)(k > 0 ? k : 1) * sizeof *idx);
     json_t *a = idx ? json_array() : NULL;
     int got = a ? mf_topk(probs, n, k, idx) : 0;
     for (int i = 0; a && i < got; i++) {
         float p = probs[idx[i]];
-        json_t *o = isfinite(p) ? json_pack("{s:i,s:s,s:f}", "index", idx[i], "label", mf_model_label(m, idx[i]),
+        json_t *o = isfinite(p) ? json_pack("{s:i,s:s,s:f}", "index", idx[i], "label", labels[idx[i]],
                                              "probability", (double)p)
                                 : NULL;
         if (!o || json_array_append_new(a, o) != 0) {

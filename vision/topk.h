@@ -19,9 +19,9 @@
 int mf_topk(const float *scores, int n, int k, int *idx);
 
 /* [{"index": i, "label": "...", "probability": p}, ...] for the k most
- * probable of the model's classes (probs: num_classes softmax outputs,
- * k capped at the class count).  NULL when a probability is not finite
- * (a broken model) or memory runs out. */
-json_t *mf_predictions_json(const mf_model *m, const float *probs, int k);
+ * probable of n classes (probs: softmax outputs; labels[i] the name of class
+ * i; k capped at n).  NULL when a probability is not finite (a broken model)
+ * or memory runs out. */
+json_t *mf_predictions_json(const float *probs, int n, const char *const *labels, int k);
 
 #endif

@@ -1,5 +1,6 @@
-/* The page's script: pick or drop an image, POST its bytes to v1/predict,
- * show the top-k, the request's stage latencies and a live panel from
+/* The page's script: pick a model (the repository's READY ones), pick or
+ * drop an image, POST its bytes to v1/models/{model}/predict, show the
+ * top-k, the request's stage latencies and a live panel of that model from
  * /metrics.  URLs are relative, so the page also works behind a proxy that
  * serves the service under a path prefix.  Text from the service is only
  * ever set with textContent.  The API key, when the service needs one,
@@ -37,14 +38,18 @@
     return h;
   }
 
-  /* The service's own {"error": {"code", "message"}}; anything else (a
-   * proxy's HTML page, say) is reported by its HTTP status and first words. */
+  /* The service's own errors: {"error": {"code", "message"}} (/v1 and the
+   * service's endpoints) or {"error": "<message>", "code"} (the Open Inference
+   * Protocol, /v2); anything else (a proxy's HTML page, say) is reported by
+   * its HTTP status and first words. */
   async function readError(resp) {
     const text = await resp.text().catch(() => '');
     try {
-      const e = JSON.parse(text).error;
+      const o = JSON.parse(text);
+      const e = o.error;
       if (e && typeof e.message === 'string')
         return { code: String(e.code || ''), message: e.message, status: resp.status };
+      if (typeof e === 'string') return { code: String(o.code || ''), message: e, status: resp.status };
     } catch (_) { /* not JSON */ }
     const excerpt = text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 200);
     return { code: 'http_' + resp.status, message: excerpt || resp.statusText || 'no details', status: resp.status };
@@ -66,8 +71,50 @@
     $('key-hint').textContent = message;
   }
 
+  /* The models to choose from: the repository's READY ones (names, once
+   * each).  Without them (an older service, a refusal) the one that
+   * v2/health/ready names. */
+  async function loadModels() {
+    let names = [];
+    try {
+      const r = await fetch('v2/repository/index', {
+        method: 'POST', headers: headers({ 'Content-Type': 'application/json' }),
+        body: '{"ready": true}', cache: 'no-store',
+      });
+      if (r.ok) {
+        const index = await r.json();
+        if (Array.isArray(index))
+          names = [...new Set(index.filter((m) => m && m.state === 'READY').map((m) => String(m.name)))];
+      }
+    } catch (_) { /* fall back below */ }
+    if (!names.length) {
+      try {
+        const r = await fetch('v2/health/ready', { cache: 'no-store' });
+        if (r.ok) {
+          const m = (await r.json()).model;
+          if (m) names = [String(m)];
+        }
+      } catch (_) { /* unreachable: loadModel says so */ }
+    }
+    const select = $('model-select');
+    select.replaceChildren();
+    for (const n of names.sort()) select.appendChild(el('option', null, n)).value = n;
+    if (names.length && !names.includes(modelName)) modelName = names[0];
+    select.value = modelName;
+    $('model-pick').hidden = names.length < 2;
+  }
+
+  $('model-select').addEventListener('change', () => {
+    modelName = $('model-select').value;
+    model = null;
+    last = null;
+    loadModel();
+    pollLoop();
+  });
+
   async function loadModel() {
     try {
+      if (!modelName) await loadModels();
       if (!modelName) {
         const r = await fetch('v2/health/ready', { cache: 'no-store' });
         if (!r.ok) {
@@ -75,7 +122,6 @@
           $('model-info').textContent = `Model: not ready (${e.message})`;
           return;
         }
-        modelName = (await r.json()).model || '';
       }
       showModel();
       if (!modelName) return;
@@ -108,7 +154,7 @@
     ev.preventDefault();
     apiKey = $('key').value.trim();
     model = null;
-    loadModel();
+    loadModels().then(loadModel);
   });
 
   /* ---- preview ------------------------------------------------------------ */
@@ -267,7 +313,8 @@
     const t0 = performance.now();
     let resp;
     try {
-      resp = await fetch('v1/predict?top_k=' + TOP_K, {
+      const path = modelName ? 'v1/models/' + encodeURIComponent(modelName) + '/predict' : 'v1/predict';
+      resp = await fetch(path + '?top_k=' + TOP_K, {
         method: 'POST',
         body: file,
         headers: headers({ 'Content-Type': file.type || 'application/octet-stream' }),
@@ -307,7 +354,7 @@
       modelName = a.model;
       model = null;
       showModel();
-      loadModel();
+      loadModels().then(loadModel);
     }
     const preds = a.predictions || [];
     showPredictions(preds);
@@ -378,12 +425,15 @@
   const sum = (samples, name, labels) =>
     samples.filter((s) => matches(s, name, labels)).reduce((a, s) => a + s.value, 0);
 
-  /* Cumulative buckets [{le, count}], sorted by le. */
+  /* Cumulative buckets [{le, count}], sorted by le; the series that match
+   * (a model's versions, say) are added up bucket by bucket. */
   function buckets(samples, name, labels) {
-    return samples
-      .filter((s) => matches(s, name + '_bucket', labels))
-      .map((s) => ({ le: s.labels.le === '+Inf' ? Infinity : parseFloat(s.labels.le), count: s.value }))
-      .sort((a, b) => a.le - b.le);
+    const byLe = new Map();
+    for (const s of samples.filter((x) => matches(x, name + '_bucket', labels))) {
+      const le = s.labels.le === '+Inf' ? Infinity : parseFloat(s.labels.le);
+      byLe.set(le, (byLe.get(le) || 0) + s.value);
+    }
+    return [...byLe].map(([le, count]) => ({ le, count })).sort((a, b) => a.le - b.le);
   }
 
   /* Buckets of what happened between two scrapes. */
@@ -453,9 +503,11 @@
        * a different start time means nothing to take a difference from. */
       const started = sum(samples, 'process_start_time_seconds');
       if (last && last.started !== started) last = null;
-      const predict = { endpoint: 'predict' };
-      const count = sum(samples, 'mobileformer_requests_total', predict);
-      const dur = buckets(samples, 'mobileformer_request_duration_seconds', predict);
+      /* the chosen model's requests (all its versions, /v1 and /v2 alike) */
+      const sel = modelName ? { model: modelName } : {};
+      if (last && last.model !== modelName) last = null;
+      const count = sum(samples, 'mobileformer_model_requests_total', sel);
+      const dur = buckets(samples, 'mobileformer_model_request_duration_seconds', sel);
       let span = dur, label = 'since start';
       $('m-rate').textContent = '–';
       if (last) {
@@ -466,17 +518,18 @@
       }
       $('m-p50').textContent = seconds(quantile(0.5, span));
       $('m-p99').textContent = seconds(quantile(0.99, span));
-      const bCount = sum(samples, 'mobileformer_batch_size_count');
-      const bSum = sum(samples, 'mobileformer_batch_size_sum');
+      const bCount = sum(samples, 'mobileformer_batch_size_count', sel);
+      const bSum = sum(samples, 'mobileformer_batch_size_sum', sel);
       $('m-batch').textContent = bCount > 0 ? (bSum / bCount).toFixed(2) : '–';
-      $('m-queue').textContent = String(sum(samples, 'mobileformer_queue_depth'));
+      $('m-queue').textContent = String(sum(samples, 'mobileformer_queue_depth', sel));
       /* this scrape is itself in flight while the text is rendered */
       $('m-inflight').textContent = String(Math.max(0, sum(samples, 'mobileformer_inflight_requests') - 1));
-      showBatchHistogram(buckets(samples, 'mobileformer_batch_size'));
-      $('live-note').textContent = `Every ${POLL_MS / 1000} s from /metrics. Predictions only; ` +
+      showBatchHistogram(buckets(samples, 'mobileformer_batch_size', sel));
+      $('live-note').textContent = `Every ${POLL_MS / 1000} s from /metrics, for ` +
+        `${modelName || 'every model'}: requests of /v1 and /v2; ` +
         `latency percentiles ${label}, estimated from the histogram buckets.`;
       $('live-error').textContent = '';
-      last = { t, count, dur, started };
+      last = { t, count, dur, started, model: modelName };
     } catch (e) {
       $('live-error').textContent = `Metrics unavailable: ${e.message}`;
     }

@@ -21,6 +21,7 @@
 #include "http.h"
 #include "metrics.h"
 #include "mf.h"
+#include "repository.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,7 +34,7 @@
 #include <unistd.h>
 
 static mf_config cfg;
-static mf_model *model;
+static mf_repo *repo;
 static mf_metrics *metrics;
 static mf_batcher *batcher;
 static mf_http *http;
@@ -51,13 +52,10 @@ static void start_server(void)
     signal(SIGPIPE, SIG_IGN);
     const char *path = getenv("MF_FUZZ_MODEL");
     if (!path) path = "tests/fuzz/seeds/model/micro_gray_labels";
-    if (mf_model_load(path, &model, err, sizeof err) != MF_OK) {
-        fprintf(stderr, "fuzz_http: %s (run from the repository root or set MF_FUZZ_MODEL)\n", err);
-        abort();
-    }
     mf_config_defaults(&cfg);
     cfg.port = 0;
     snprintf(cfg.bind, sizeof cfg.bind, "127.0.0.1");
+    snprintf(cfg.model, sizeof cfg.model, "%s", path);
     snprintf(cfg.model_name, sizeof cfg.model_name, "micro");
     cfg.http_threads = 1;
     cfg.workers = 1;
@@ -69,15 +67,17 @@ static void start_server(void)
     cfg.max_pixels = 1 << 20;
     cfg.connection_timeout_s = 2;
     cfg.log_requests = false;
-    const mf_preprocess *p = mf_model_preprocess(model);
-    metrics = mf_metrics_new(cfg.model_name, mf_model_arch(model)->name, mf_model_num_classes(model),
-                             p->input_h, p->input_w);
-    mf_batcher_config bc = {.workers = 1, .engine_threads = 1, .max_batch = cfg.max_batch,
-                            .max_queue = cfg.max_queue, .max_delay_us = cfg.max_delay_us,
-                            .request_timeout_ms = cfg.request_timeout_ms};
+    metrics = mf_metrics_new();
+    mf_batcher_config bc = {.workers = 1, .engine_threads = 1};
     FUZZ_CHECK(metrics != NULL);
-    FUZZ_CHECK(mf_batcher_new(model, &bc, metrics, &batcher, err, sizeof err) == MF_BATCHER_OK);
-    FUZZ_CHECK(mf_http_start(&cfg, model, batcher, metrics, &http, err, sizeof err) == MF_HTTP_OK);
+    FUZZ_CHECK(mf_batcher_new(&bc, metrics, &batcher, err, sizeof err) == MF_BATCHER_OK);
+    FUZZ_CHECK(mf_repo_open(&cfg, batcher, metrics, &repo, err, sizeof err) == 0);
+    if (!mf_repo_any_ready(repo)) {
+        mf_repo_first_error(repo, err, sizeof err);
+        fprintf(stderr, "fuzz_http: %s: %s (run from the repository root or set MF_FUZZ_MODEL)\n", path, err);
+        abort();
+    }
+    FUZZ_CHECK(mf_http_start(&cfg, repo, batcher, metrics, &http, err, sizeof err) == MF_HTTP_OK);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

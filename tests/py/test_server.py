@@ -51,6 +51,7 @@ IMAGES = os.path.join(REPO, "tests", "data", "images")
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 MODEL_NAME = "tiny_test"
+MODEL_KEY = (("model", MODEL_NAME), ("version", "1"))  # a per-model histogram series
 LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
           "bag", "ankle boot"]
 TINY_ARCH = {"name": "tiny", "stem": 8, "tokens": 3, "token_dim": 16, "groups": 1,
@@ -353,10 +354,19 @@ class SharedServerTest(unittest.TestCase):
         rc = cls.srv.stop()
         assert rc == 0, "exit status %d" % rc
 
-    def assert_error(self, r, status, code=None):
+    def assert_error(self, r, status, code=None, oip=False):
+        """The error answer's shape: /v1 {"error": {"code", "message"}}; the Open
+        Inference Protocol's (oip) {"error": "<message>", "code"}.  Returns
+        {"code", "message"} either way."""
         self.assertEqual(r.status, status, r.body[:300])
         self.assertTrue(r.header("Content-Type").startswith("application/json"))
-        e = r.json()["error"]
+        self.assertRegex(r.header("X-Request-ID") or "", r"^[0-9a-f]{32}$")
+        if oip:
+            o = r.json()
+            self.assertIsInstance(o["error"], str, o)
+            e = {"message": o["error"], "code": o["code"]}
+        else:
+            e = r.json()["error"]
         self.assertIsInstance(e["message"], str)
         self.assertTrue(e["message"])
         self.assertRegex(e["code"], r"^[a-z][a-z0-9_]*$")
@@ -405,8 +415,11 @@ class SharedServerTest(unittest.TestCase):
         self.assertEqual(m["architecture"]["blocks"], TINY_ARCH["blocks"])
         r = self.srv.request("GET", "/v2/models/%s/ready" % MODEL_NAME)
         self.assertEqual((r.status, r.json()["ready"]), (200, True))
-        self.assert_error(self.srv.request("GET", "/v2/models/resnet50"), 404, "model_not_found")
-        self.assert_error(self.srv.request("GET", "/v2/models/resnet50/ready"), 404, "model_not_found")
+        self.assertEqual(m["versions"], ["1"])
+        self.assert_error(self.srv.request("GET", "/v2/models/resnet50"), 404, "model_not_found", oip=True)
+        self.assert_error(self.srv.request("GET", "/v2/models/resnet50/ready"), 404, "model_not_found", oip=True)
+        self.assert_error(self.srv.request("GET", "/v2/models/%s/versions/2" % MODEL_NAME), 404,
+                          "version_not_found", oip=True)
 
     # -- predict, every way of sending an image
 
@@ -595,13 +608,13 @@ class SharedServerTest(unittest.TestCase):
         self.assertIn("image 2", e["message"])
 
     def test_routing_errors(self):
-        self.assert_error(self.srv.request("GET", "/v2"), 404, "not_found")  # "/" is the page
-        self.assert_error(self.srv.request("GET", "/v2/health/live/"), 404, "not_found")
+        self.assert_error(self.srv.request("GET", "/v3"), 404, "not_found")  # "/" is the page
+        self.assert_error(self.srv.request("GET", "/v2/health/live/"), 404, "not_found", oip=True)
         self.assert_error(self.srv.request("POST", "/v1/predictions", body=b"x"), 404, "not_found")
         r = self.srv.request("GET", "/v1/predict")
         self.assert_error(r, 405, "method_not_allowed")
         self.assertIn("POST", r.header("Allow"))
-        self.assert_error(self.srv.request("POST", "/v2/health/live", body=b""), 405)
+        self.assert_error(self.srv.request("POST", "/v2/health/live", body=b""), 405, oip=True)
         self.assert_error(self.srv.request("DELETE", "/metrics"), 405)
         self.assert_error(self.srv.request("PUT", "/v1/predict", body=b"x"), 405)
         self.assert_error(self.srv.predict(png(81), path="/v1/models/other/predict"), 404,
@@ -648,10 +661,11 @@ class SharedServerTest(unittest.TestCase):
         self.assertGreaterEqual(sample(fams, "mobileformer_requests_total", endpoint="other",
                                        status="404"), 1)
         info = fams["mobileformer_model_info"]["samples"][0]
-        self.assertEqual(info[1], {"model": MODEL_NAME, "arch": "tiny", "num_classes": "10",
+        self.assertEqual(info[1], {"model": MODEL_NAME, "version": "1", "arch": "tiny", "num_classes": "10",
                                    "input_size": "64x64"})
         self.assertEqual(info[2], 1)
-        les = [le for le, _ in fams["mobileformer_batch_size"]["series"][()]["buckets"]]
+        self.assertEqual(sample(fams, "mobileformer_model_state", model=MODEL_NAME, version="1", state="READY"), 1)
+        les = [le for le, _ in fams["mobileformer_batch_size"]["series"][MODEL_KEY]["buckets"]]
         self.assertEqual(les, [1, 2, 4, 8, 16, 32, 64, math.inf])
         self.assertGreaterEqual(sample(fams, "mobileformer_inflight_requests"), 1)  # this one
 
@@ -757,11 +771,11 @@ class ConcurrencyTest(unittest.TestCase):
                 batch_sizes.append(a["batch_size"])
             self.assertGreater(max(batch_sizes), 1)
             fams = parse_prometheus(srv.metrics())
-            bs = fams["mobileformer_batch_size"]["series"][()]
+            bs = fams["mobileformer_batch_size"]["series"][MODEL_KEY]
             self.assertLess(bs["buckets"][0][1], bs["count"], "metrics show no batch > 1")
             self.assertEqual(sample(fams, "mobileformer_requests_total", endpoint="predict",
                                     status="200"), 128)
-            self.assertEqual(sample(fams, "mobileformer_queue_depth"), 0)
+            self.assertEqual(sample(fams, "mobileformer_queue_depth", model=MODEL_NAME, version="1"), 0)
         finally:
             self.assertEqual(srv.stop(), 0)
 

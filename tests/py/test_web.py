@@ -16,7 +16,9 @@ server decodes; a truncated JPEG dropped on the page shows the service's own
 error code and message; the live panel fills from /metrics; at 360 px wide
 nothing scrolls sideways; no CSP violation or script error occurs.  On a
 server with an API key the page asks for the key, shows the 401 as the service
-words it, then classifies once the key is entered, and stores nothing.
+words it, then classifies once the key is entered, and stores nothing.  On a
+server with a repository of two models the page offers both, and the one
+picked answers (its labels, equal to /v1/models/{m}/predict's).
 Screenshots: $MF_BUILD/tests/web.png, web_phone.png, web_phone_error.png,
 web_key.png.
 
@@ -356,10 +358,10 @@ class BrowserTest(unittest.TestCase):
         for rc, s in codes:
             self.assertEqual(rc, 0, "server exit status:\n" + s.log_text()[-3000:])
 
-    def api(self, srv, name, headers=None):
+    def api(self, srv, name, headers=None, path="/v1/predict"):
         """The service's own answer for a file, as the page sends it."""
         ctype = "image/png" if name.endswith(".png") else "image/jpeg"
-        return srv.predict(read(image(name)), ctype=ctype, query="?top_k=5", headers=headers)
+        return srv.predict(read(image(name)), ctype=ctype, query="?top_k=5", headers=headers, path=path)
 
     def upload(self, b, name):
         b.type_into(b.find("#file"), image(name))
@@ -385,6 +387,13 @@ class BrowserTest(unittest.TestCase):
         self.servers.append(open_srv)
         key_srv = ts.Server("--api_key", API_KEY)
         self.servers.append(key_srv)
+        repo = os.path.join(self.tmp, "repo")
+        for name, path in (("tiny_test", ts.MODEL), ("fashion", os.path.join(ts.REPO, "models",
+                                                                             "fashion_mnist_mobileformer.safetensors"))):
+            os.makedirs(os.path.join(repo, name, "1"))
+            os.symlink(path, os.path.join(repo, name, "1", "model.safetensors"))
+        repo_srv = ts.Server("--model_repository", repo, model="")
+        self.servers.append(repo_srv)
         t0 = time.time()
         b = self.browser = Browser(self.tmp)
         b.cdp("Page.enable")
@@ -476,6 +485,27 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(got["labels"], [p["label"] for p in want["predictions"]])
         self.assertEqual(b.js("return [localStorage.length, sessionStorage.length, document.cookie]"),
                          [0, 0, ""])
+        self.assertEqual(b.js("return window.__problems"), [])
+
+        # -- two models: the page offers both; the one picked answers
+        b.go("http://127.0.0.1:%d/" % repo_srv.port)
+        names = b.wait("""
+            const s = document.getElementById('model-select');
+            return !document.getElementById('model-pick').hidden && s.options.length === 2
+                ? Array.from(s.options).map((o) => o.value) : null;""", "the model picker")
+        self.assertEqual(names, ["fashion", "tiny_test"])
+        for name in ("tiny_test", "fashion"):
+            b.js("const s = document.getElementById('model-select'); s.value = arguments[0];"
+                 "s.dispatchEvent(new Event('change'));", name)
+            b.wait("return document.getElementById('model-info').textContent.startsWith('Model: ' + arguments[0])",
+                   name + "'s metadata", name)
+            want = self.api(repo_srv, "photo.jpg", path="/v1/models/%s/predict" % name).json()
+            self.assertEqual(want["model"], name)
+            self.upload(b, "photo.jpg")
+            got = b.wait(RESULT, "photo.jpg's answer from " + name, "done", "photo.jpg:")
+            self.assertEqual(got["labels"], [p["label"] for p in want["predictions"]], name)
+            b.wait("return document.getElementById('live-note').textContent.includes(arguments[0])",
+                   "the live panel of " + name, name, timeout=15)
         self.assertEqual(b.js("return window.__problems"), [])
         print("REPORT browser test took %.1f s; screenshots in %s" % (time.time() - t0, SHOTS))
 
