@@ -8,6 +8,7 @@
 #include "repository.h"
 #include "request.h"
 #include "topk.h"
+#include "validate.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -29,6 +30,8 @@ void mf_oip_request_free(mf_oip_request *q)
 {
     json_decref(q->root);
     q->root = NULL;
+    free(q->id);
+    q->id = NULL;
 }
 
 /* ---- parsing ------------------------------------------------------------- */
@@ -107,7 +110,8 @@ int mf_oip_parse(const uint8_t *body, size_t len, size_t header_len, mf_oip_requ
     json_t *id = json_object_get(root, "id");
     if (id) {
         if (!json_is_string(id)) BAD("'id' must be a string");
-        out->id = json_string_value(id);
+        out->id = strdup(json_string_value(id));
+        if (!out->id) BAD("out of memory");
     }
     int binary_default = 0;
     json_t *params = json_object_get(root, "parameters");
@@ -237,12 +241,13 @@ int mf_oip_parse(const uint8_t *body, size_t len, size_t header_len, mf_oip_requ
     }
     return 0;
 fail:
-    mf_oip_request_free(out);
+    json_decref(out->root); /* the id stays, for the error answer */
+    out->root = NULL;
+    out->data = NULL;
     return -1;
 }
 
-/* Offsets of the N length-prefixed elements of a binary BYTES input. */
-static int bytes_offsets(const mf_oip_request *q, uint32_t *off, char *err, size_t errlen)
+int mf_oip_bytes_offsets(const mf_oip_request *q, uint32_t *off, char *err, size_t errlen)
 {
     size_t pos = 0;
     for (int i = 0; i < q->n; i++) {
@@ -266,6 +271,34 @@ static int bytes_offsets(const mf_oip_request *q, uint32_t *off, char *err, size
         return -1;
     }
     off[q->n] = (uint32_t)pos;
+    return 0;
+}
+
+int mf_oip_json_image(const mf_oip_request *q, int i, uint8_t **out, size_t *len, char *err, size_t errlen)
+{
+    *out = NULL;
+    *len = 0;
+    int k = i;
+    json_t *e = nth_string(q->data, &k);
+    if (!e) {
+        mf_set_err(err, errlen, "input 'image': no element %d", i);
+        return -1;
+    }
+    const size_t n = json_string_length(e);
+    uint8_t *b = malloc(MF_BASE64_MAX(n));
+    if (!b) {
+        mf_set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    if (mf_base64_decode(json_string_value(e), n, b, len) != 0) {
+        free(b);
+        mf_set_err(err, errlen,
+                   "input 'image': element %d is not base64 (in JSON data each image is the base64 of its file; "
+                   "the binary tensor extension sends the bytes themselves)",
+                   i);
+        return -1;
+    }
+    *out = b;
     return 0;
 }
 
@@ -459,27 +492,26 @@ int mf_oip_body(mf_request *r)
     oip_state *s = st_of(r);
     char err[400];
     size_t hl = s->ihcl ? s->header_len : r->body_len;
-    if (mf_oip_parse(r->body, r->body_len, hl, &s->q, err, sizeof err) != 0)
-        return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
+    int bad = mf_oip_parse(r->body, r->body_len, hl, &s->q, err, sizeof err);
     mf_oip_request *q = &s->q;
-    if (q->id) snprintf(r->oip_id, sizeof r->oip_id, "%s", q->id);
-    if (q->image && q->binary && bytes_offsets(q, s->off, err, sizeof err) != 0)
+    r->oip_id = q->id; /* echoed in the answer and in errors, this one included */
+    if (bad) return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
+    if (q->image && q->binary && mf_oip_bytes_offsets(q, s->off, err, sizeof err) != 0)
         return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
     if (mf_images_alloc(r, q->n, q->image ? 0 : q->h, q->image ? 0 : q->w) != 0) return 0;
     if (q->image) {
         for (int i = 0; i < q->n; i++) {
-            const uint8_t *d;
-            size_t dl;
             if (q->binary) {
-                d = q->binary + s->off[i] + 4;
-                dl = s->off[i + 1] - s->off[i] - 4;
+                if (mf_images_decode(r, i, q->binary + s->off[i] + 4, s->off[i + 1] - s->off[i] - 4) != 0) return 0;
             } else {
-                int k = i;
-                json_t *e = nth_string(q->data, &k);
-                d = (const uint8_t *)json_string_value(e);
-                dl = json_string_length(e);
+                uint8_t *d;
+                size_t dl;
+                if (mf_oip_json_image(q, i, &d, &dl, err, sizeof err) != 0)
+                    return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
+                int rc = mf_images_decode(r, i, d, dl);
+                free(d);
+                if (rc != 0) return 0;
             }
-            if (mf_images_decode(r, i, d, dl) != 0) return 0;
         }
     } else {
         float *tmp = malloc((size_t)q->n * 3 * q->h * q->w * sizeof(float));
@@ -505,4 +537,5 @@ void mf_oip_free(mf_request *r)
     mf_oip_request_free(&s->q);
     free(s);
     r->oip = NULL;
+    r->oip_id = NULL;
 }

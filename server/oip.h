@@ -9,7 +9,8 @@
  *                                (H, W from 32 to MF_OIP_MAX_SIDE); the logits
  *                                equal `mobileformer run` on the same tensor
  *   "image"  BYTES [N]           N encoded images, decoded and preprocessed
- *                                exactly as /v1/predict does
+ *                                exactly as /v1/predict does (binary data:
+ *                                the files' bytes; JSON data: their base64)
  * and gets the outputs it asks for (all by default): "logits" and
  * "probabilities", FP32 [N, classes], in JSON or binary, or as
  * classification strings "<score>:<index>:<label>" (BYTES [N, K]).  Every
@@ -46,7 +47,7 @@ typedef struct mf_oip_output {
 /* A parsed infer request; pointers point into the body or into `root`. */
 typedef struct mf_oip_request {
     json_t *root;              /* the JSON header (owned: mf_oip_request_free) */
-    const char *id;            /* "id", or NULL */
+    char *id;                  /* "id" (owned), or NULL; kept when the parse fails after it */
     int priority;              /* parameters.priority as given (0 = default) */
     uint64_t timeout_us;       /* parameters.timeout, 0 = none */
     int image;                 /* the input is "image" (BYTES), else "input" (FP32) */
@@ -60,7 +61,8 @@ typedef struct mf_oip_request {
 
 /* Parse and check body[0..len), whose JSON header is its first header_len
  * bytes (len when there is no binary part).  0, or -1 with the reason in err
- * (a 400).  On success, mf_oip_request_free releases root. */
+ * (a 400).  Either way mf_oip_request_free releases what it holds (after a
+ * failure, the id, if it was read before the problem). */
 int mf_oip_parse(const uint8_t *body, size_t len, size_t header_len, mf_oip_request *out, char *err, size_t errlen);
 void mf_oip_request_free(mf_oip_request *q);
 
@@ -68,7 +70,15 @@ void mf_oip_request_free(mf_oip_request *q);
  * out[n*3*h*w]; 0 or -1 with the reason. */
 int mf_oip_tensor(const mf_oip_request *q, float *out, char *err, size_t errlen);
 
-/* Image i of a parsed "image" input: its bytes, 0 or -1. */
-int mf_oip_image(const mf_oip_request *q, int i, const uint8_t **data, size_t *len);
+/* The N length-prefixed elements of a binary "image" input: element i's
+ * 4-byte length at binary + off[i], its bytes up to off[i + 1] (off holds
+ * N + 1 entries).  0, or -1 with the reason when the lengths overrun,
+ * underrun or leave bytes over. */
+int mf_oip_bytes_offsets(const mf_oip_request *q, uint32_t *off, char *err, size_t errlen);
+
+/* Image i of a parsed "image" input given as JSON data: the element's
+ * base64 decoded into *out (malloc'd, *len bytes).  0, or -1 with the
+ * reason. */
+int mf_oip_json_image(const mf_oip_request *q, int i, uint8_t **out, size_t *len, char *err, size_t errlen);
 
 #endif

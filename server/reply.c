@@ -71,12 +71,15 @@ mf_err mf_err_of_batcher(mf_batcher_status s)
     return MF_E_INTERNAL;
 }
 
-char *mf_err_render(mf_err e, mf_dialect d, const char *msg, const char *id)
+char *mf_err_render(mf_err e, mf_dialect d, const char *msg, const char *id, const char *request_id)
 {
     json_t *o = d == MF_DIALECT_OIP
                     ? json_pack("{s:s,s:s}", "error", msg, "code", mf_err_code(e))
                     : json_pack("{s:{s:s,s:s}}", "error", "code", mf_err_code(e), "message", msg);
-    if (o && id && id[0] && d == MF_DIALECT_OIP) json_object_set_new(o, "id", json_string(id));
+    if (o && id && d == MF_DIALECT_OIP) json_object_set_new(o, "id", json_string(id));
+    if (o && request_id && request_id[0])
+        json_object_set_new(d == MF_DIALECT_OIP ? o : json_object_get(o, "error"), "request_id",
+                            json_string(request_id));
     char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
     json_decref(o);
     return text;
@@ -166,7 +169,7 @@ int mf_reply_error(mf_request *r, mf_err e, const char *fmt, ...)
     /* messages may quote client bytes: keep the JSON valid UTF-8 */
     for (char *p = msg; *p; p++)
         if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20) *p = '?';
-    char *text = mf_err_render(e, r->dialect, msg, r->oip_id);
+    char *text = mf_err_render(e, r->dialect, msg, r->oip_id, r->request_id);
     if (!text) return reply_oom(r);
     return mf_reply(r, mf_err_status(e), MF_JSON_TYPE, text, strlen(text), 1, mf_err_code(e));
 }
@@ -176,7 +179,8 @@ int mf_reply_options(mf_request *r)
     mf_reply_header(r, "Allow", "GET, HEAD, POST, OPTIONS");
     if (r->srv->cfg->cors_origin[0]) {
         mf_reply_header(r, "Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
-        mf_reply_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+        mf_reply_header(r, "Access-Control-Allow-Headers",
+                        "Authorization, Content-Type, Inference-Header-Content-Length, X-Request-ID");
         mf_reply_header(r, "Access-Control-Max-Age", "600");
     }
     return mf_reply(r, 204, NULL, NULL, 0, 0, NULL);

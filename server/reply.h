@@ -24,7 +24,8 @@
 
 #include <jansson.h>
 
-/* name, code, HTTP status */
+/* name, code, HTTP status (499: the client went away first; logged and
+ * counted, never sent) */
 #define MF_ERRORS(X)                                                    \
     X(NOT_FOUND, "not_found", 404)                                      \
     X(MODEL_NOT_FOUND, "model_not_found", 404)                          \
@@ -87,8 +88,11 @@ mf_err mf_err_of_multipart(mf_multipart_status s);
 mf_err mf_err_of_batcher(mf_batcher_status s);
 
 /* The error body of entry e with message msg in dialect d (malloc'd); the
- * protocol's body also carries the infer request's id when there is one. */
-char *mf_err_render(mf_err e, mf_dialect d, const char *msg, const char *id);
+ * protocol's body also carries the infer request's id when there is one
+ * (id, may be NULL), and both carry the X-Request-ID (request_id, may be
+ * NULL or ""): {"error": {"code", "message", "request_id"}} and
+ * {"error": "<message>", "code", "id", "request_id"}. */
+char *mf_err_render(mf_err e, mf_dialect d, const char *msg, const char *id, const char *request_id);
 
 /* Queue an answer and count it: status, Content-Type (may be NULL), body of
  * len bytes; owned: free(body) once written (also on failure).  error_code

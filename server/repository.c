@@ -64,6 +64,8 @@ typedef struct model_entry {
     struct model_entry *next; /* in r->models */
     vrec *recs;               /* every record, newest first */
     int wanted;               /* explicit mode: loaded (by the start list or the API) */
+    int synced;               /* sync_model has run for it once */
+    struct stat conf;         /* its config.json when last read (st_ino 0: none) */
     char problem[400];        /* config.json or directory problem, "" if none */
 } model_entry;
 
@@ -273,17 +275,20 @@ static char *read_small(const char *path, size_t *len, char *err, size_t errlen)
     return buf;
 }
 
-/* The model's settings: DIR/<name>/config.json if it exists. */
-static int model_settings(mf_repo *r, const char *name, mf_model_config *mc, char *err, size_t errlen)
+/* The model's settings: DIR/<name>/config.json if it exists (*st: its
+ * stat, zeroed if there is none). */
+static int model_settings(mf_repo *r, const char *name, mf_model_config *mc, struct stat *st, char *err,
+                          size_t errlen)
 {
+    memset(st, 0, sizeof *st);
     if (r->single) {
         mf_model_config_defaults(r->cfg, mc);
         return 0;
     }
     char path[PATH_MAX];
     path_fmt(path, sizeof path, "%s/%s/config.json", r->cfg->model_repository, name);
-    struct stat st;
-    if (stat(path, &st) != 0) {
+    if (stat(path, st) != 0) {
+        memset(st, 0, sizeof *st);
         mf_model_config_defaults(r->cfg, mc);
         return 0;
     }
@@ -559,7 +564,9 @@ done:;
 }
 
 /* Bring model `name` in line with its directory and policy.  force: reload
- * the versions already READY too.  Loader thread. */
+ * the versions already READY too (so does a changed config.json: its
+ * settings belong to each version's queue).  A version that fails to load
+ * retires nothing: what served before keeps serving.  Loader thread. */
 static int sync_model(mf_repo *r, const char *name, int force, char *msg, size_t msglen)
 {
     mf_model_config mc;
@@ -571,7 +578,8 @@ static int sync_model(mf_repo *r, const char *name, int force, char *msg, size_t
         mf_set_err(msg, msglen, "out of memory");
         return -1;
     }
-    if (model_settings(r, name, &mc, err, sizeof err) != 0) {
+    struct stat conf;
+    if (model_settings(r, name, &mc, &conf, err, sizeof err) != 0) {
         pthread_mutex_lock(&r->mu);
         snprintf(m->problem, sizeof m->problem, "%s", err);
         pthread_mutex_unlock(&r->mu);
@@ -582,6 +590,11 @@ static int sync_model(mf_repo *r, const char *name, int force, char *msg, size_t
     long disk[MAX_VERSIONS], want[MAX_VERSIONS];
     int nd = disk_versions(r, name, disk, MAX_VERSIONS), nw = policy_select(&mc, disk, nd, want);
     pthread_mutex_lock(&r->mu);
+    if (m->synced && (conf.st_ino != m->conf.st_ino || conf.st_mtime != m->conf.st_mtime ||
+                      conf.st_size != m->conf.st_size))
+        force = 1; /* new settings: every version gets a queue with them */
+    m->synced = 1;
+    m->conf = conf;
     m->problem[0] = '\0';
     if (nw == 0)
         snprintf(m->problem, sizeof m->problem, "no version of '%s' on disk matches its version policy (%d found)",
@@ -610,13 +623,15 @@ static int sync_model(mf_repo *r, const char *name, int force, char *msg, size_t
             if (!failed++) snprintf(first_err, sizeof first_err, "%s", e);
         }
     }
-    /* versions the policy no longer serves */
+    /* versions the policy no longer serves -- unless a load failed: then the
+     * versions that served before go on serving (a corrupt new version
+     * does not take the model down) */
     pthread_mutex_lock(&r->mu);
-    for (vrec *v = m->recs; v; v = v->next) {
+    for (vrec *v = m->recs; v && !failed; v = v->next) {
         if (v->state != MF_STATE_READY) continue;
         int keep = 0;
         for (int i = 0; i < nw; i++) keep |= v->v.number == want[i];
-        if (!keep) retire(r, v, nd && !keep ? "unloaded: the version policy no longer selects it" : "unloaded");
+        if (!keep) retire(r, v, nd ? "unloaded: the version policy no longer selects it" : "unloaded: no version on disk");
     }
     pthread_mutex_unlock(&r->mu);
     mf_model_config_free(&mc);
@@ -922,6 +937,8 @@ const mf_version *mf_repo_acquire(mf_repo *r, const char *name, size_t len, cons
         if (version ? v->v.number == want : (!best || v->v.number > best->v.number)) best = v;
     }
     if (best) best->refs++;
+    char problem[sizeof m->problem] = "";
+    if (m && !best) memcpy(problem, m->problem, sizeof problem); /* the loader may rewrite it */
     pthread_mutex_unlock(&r->mu);
     if (best) return &best->v;
     if (!m) {
@@ -936,8 +953,8 @@ const mf_version *mf_repo_acquire(mf_repo *r, const char *name, size_t len, cons
     } else {
         *e = MF_E_MODEL_NOT_READY;
         if (version) mf_set_err(msg, msglen, "version %ld of model '%s' is not ready", want, m->name);
-        else mf_set_err(msg, msglen, "model '%s' has no version ready%s%s", m->name, m->problem[0] ? ": " : "",
-                        m->problem);
+        else mf_set_err(msg, msglen, "model '%s' has no version ready%s%s", m->name, problem[0] ? ": " : "",
+                        problem);
     }
     return NULL;
 }

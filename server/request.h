@@ -111,7 +111,7 @@ struct mf_request {
     mf_predict *predict;          /* predict.c's state (owned; freed by mf_predict_free) */
     void *control;                /* the repository API's state (owned, free()) */
     void *oip;                    /* oip.c's state (owned; mf_oip_free) */
-    char oip_id[128];             /* the infer request's "id", echoed in its answer and errors */
+    const char *oip_id;           /* the infer request's "id" (oip.c's), echoed in its answer and errors */
     char request_id[72];          /* X-Request-ID: the client's, or one made up; on every answer and log line */
     /* the answer */
     mf_response resp;             /* being built / written */

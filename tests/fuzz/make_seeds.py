@@ -9,6 +9,9 @@ route      every endpoint with right and wrong methods, top_k values, content ty
 http       raw requests: GETs, pipelined ones, predict with PNG, JPEG, multipart, chunked
            bodies, Expect: 100-continue, too large, HTTP/1.0, a bad request line
 config     config/server.json, a few files, environments and flag lists ("json\\0env\\0args")
+oip        infer bodies: JSON flat and nested, binary FP32 and BYTES with the 4-byte length
+           prefix (its header length first), base64 images, classification, bad framings
+model_config  config.json files: every setting, the three version policies, labels, bad ones
 model      two tiny complete models (tools/make_reference.py: a 1-block and a 3-block
            architecture), one with labels and gray preprocessing, plus corruptions:
            truncated, wrong architecture for its tensors, a tensor missing, bad offsets
@@ -98,7 +101,10 @@ def seeds_route():
     d = out_dir("route")
     paths = ["/v1/predict", "/v1/models/tiny_test/predict", "/v2/health/live", "/v2/health/ready",
              "/v2/models/tiny_test", "/v2/models/tiny_test/ready", "/metrics", "/", "/index.html",
-             "/app.css", "/app.js", "/v1/models//predict", "/v2/models/a/b/ready", "/nope"]
+             "/app.css", "/app.js", "/v1/models//predict", "/v2/models/a/b/ready", "/nope", "/v2",
+             "/v2/models/tiny_test/versions/1", "/v2/models/tiny_test/versions/1/infer", "/v2/models/x/infer",
+             "/v1/models/a/versions/2/predict", "/v2/repository/index", "/v2/repository/models/a/load",
+             "/v2/repository/models/a/unload", "/v2/models/a/versions/01/ready"]
     methods = ["GET", "POST", "HEAD", "OPTIONS", "DELETE"]
     i = 0
     for p in paths:
@@ -188,6 +194,12 @@ def seeds_http():
                 % (path.encode(), ctype.encode(), len(body), extra)) + body
 
     mp = multipart([("image", "a.png", "image/png", png), ("image", "b.jpg", "image/jpeg", jpg)], "XyZ")
+    el = struct.pack("<I", len(png)) + png + struct.pack("<I", len(jpg)) + jpg
+    ih = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                                 "parameters": {"binary_data_size": len(el)}}],
+                     "parameters": {"binary_data_output": True, "priority": 1}}).encode()
+    infer_binary = (b"POST /v2/models/micro/infer HTTP/1.1\r\nhost: t\r\ninference-header-content-length: %d\r\n"
+                    b"content-length: %d\r\n\r\n" % (len(ih), len(ih) + len(el))) + ih + el
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(png[i:i + 100]), png[i:i + 100]) for i in range(0, len(png), 100))
     cases = {
         "live": b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -204,9 +216,62 @@ def seeds_http():
         "two_predicts": post("/v1/predict", "image/png", png) + post("/v1/predict?top_k=1", "image/png", png),
         "http10": b"GET /v2/models/micro/ready HTTP/1.0\r\n\r\n",
         "bad_line": b"GET  /x HTTP/9.9\r\n\r\n",
+        "server_metadata": b"GET /v2 HTTP/1.1\r\nHost: t\r\nX-Request-ID: abc-1\r\n\r\n",
+        "index": b"POST /v2/repository/index HTTP/1.1\r\nHost: t\r\n\r\n",
+        "load": post("/v2/repository/models/micro/load", "application/json", b"{}"),
+        "infer_json": post("/v2/models/micro/versions/1/infer", "application/json", json.dumps(
+            {"id": "x", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                    "data": [0.5] * 3072}],
+             "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}).encode()),
+        "infer_binary": infer_binary,
     }
     for name, data in cases.items():
         write(d, name, data)
+
+
+def seeds_oip():
+    d = out_dir("oip")
+    def binary(header, tail):
+        h = json.dumps(header).encode()
+        return struct.pack("<I", len(h)) + h + tail
+    flat = {"id": "r1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                    "data": [0.5] * (3 * 32 * 32)}]}
+    write(d, "json_flat", json.dumps(flat))
+    nested = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                          "data": [[[[0.25] * 32] * 32] * 3]}],
+              "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}],
+              "parameters": {"priority": 1, "timeout": 5000}}
+    write(d, "json_nested", json.dumps(nested))
+    t = struct.pack("<%df" % (3 * 32 * 32), *([1.0] * (3 * 32 * 32)))
+    write(d, "binary_fp32", binary({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                                "parameters": {"binary_data_size": len(t)}}],
+                                    "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}, t))
+    pngs = [os.path.join(REPO, "tests", "data", "images", f)
+            for f in os.listdir(os.path.join(REPO, "tests", "data", "images")) if f.endswith(".png")]
+    png = read(min(sorted(pngs), key=os.path.getsize))  # the smallest real PNG
+    el = struct.pack("<I", len(png)) + png + struct.pack("<I", 3) + b"abc"
+    write(d, "binary_bytes", binary({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                                                 "parameters": {"binary_data_size": len(el)}}],
+                                     "parameters": {"binary_data_output": True}}, el))
+    import base64
+    write(d, "json_base64", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                                                    "data": [base64.b64encode(png).decode(), "QUJD"]}]}))
+    write(d, "bad_size", binary({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                             "parameters": {"binary_data_size": 8}}]},
+                                struct.pack("<I", 0xFFFFFFF0) + b"abcd"))
+    write(d, "header_too_long", struct.pack("<I", 1 << 30) + b'{"inputs": []}')
+    write(d, "two_inputs", json.dumps({"inputs": [flat["inputs"][0], flat["inputs"][0]]}))
+
+
+def seeds_model_config():
+    d = out_dir("model_config")
+    write(d, "all", json.dumps({"max_batch": 16, "max_delay_us": 500, "max_queue": 64, "request_timeout_ms": 2000,
+                                "version_policy": {"latest": 2}, "precision": "fp32",
+                                "labels": ["a", "b", "c"]}))
+    write(d, "all_versions", '{"version_policy": {"all": true}}')
+    write(d, "specific", '{"version_policy": {"specific": [1, 3, 7]}, "precision": "bf16"}')
+    write(d, "empty", "{}")
+    write(d, "bad", '{"max_batch": 0, "version_policy": {"latest": 1, "all": true}, "colour": 1}')
 
 
 if __name__ == "__main__":
@@ -215,5 +280,7 @@ if __name__ == "__main__":
     seeds_route()
     seeds_config()
     seeds_model()
+    seeds_oip()
+    seeds_model_config()
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(SEEDS) for f in fs)
     print("seeds written to %s: %d bytes" % (SEEDS, total))

@@ -2,7 +2,8 @@
 # run.sh -- libFuzzer campaigns over the targets in tests/fuzz/ (`make fuzz`; the
 # short run of `make test` is tests/sh/test_fuzz_smoke.sh, which calls this).
 #
-#   sh tests/fuzz/run.sh [TARGET...]     TARGET: image multipart route http httpparse config model (default: all)
+#   sh tests/fuzz/run.sh [TARGET...]     TARGET: image multipart route http httpparse config model oip
+#                                        model_config (default: all)
 #
 # Environment: FUZZ_SECONDS per target (default 600); FUZZ_BUILD, the binaries
 # (build/fuzz, `make fuzz-bins`); FUZZ_CORPUS, the working corpora, kept and grown
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/../.."
 FUZZ_BUILD=${FUZZ_BUILD:-build/fuzz}
 FUZZ_CORPUS=${FUZZ_CORPUS:-$FUZZ_BUILD/corpus}
 SECONDS_EACH=${FUZZ_SECONDS:-600}
-TARGETS=${*:-image multipart route http httpparse config model}
+TARGETS=${*:-image multipart route http httpparse config model oip model_config}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 export OPENBLAS_NUM_THREADS=1
@@ -32,7 +33,7 @@ failed=""
 
 max_len() {
   case "$1" in
-    image) echo 262144 ;; model) echo 131072 ;; multipart | http | httpparse) echo 65536 ;; *) echo 4096 ;;
+    image) echo 262144 ;; model) echo 131072 ;; multipart | http | httpparse | oip) echo 65536 ;; *) echo 4096 ;;
   esac
 }
 
