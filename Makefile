@@ -23,6 +23,8 @@ FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Ivision -Iserver $(CFLAGS)
 FINAL_LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
 AVX512_FLAGS  = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2
+BF16_FLAGS    = $(AVX512_FLAGS) -mavx512bf16
+AMX_FLAGS     = $(BF16_FLAGS) -mamx-tile -mamx-bf16
 
 ifeq ($(SANITIZE),)
 BUILD    ?= build
@@ -64,10 +66,19 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(FINAL_CFLAGS) -c $< -o $@
 
-# Kernels with AVX-512 are compiled for it and only called after a CPU check.
+# Kernels with AVX-512, AVX512-BF16 or AMX are compiled for it, only those
+# files, and only called after a CPU check (engine/kernels.c).
 $(BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
 	@mkdir -p $(dir $@)
 	$(CC) $(FINAL_CFLAGS) $(AVX512_FLAGS) -O3 -c $< -o $@
+
+$(BUILD)/obj/engine/kernels_avx512bf16.o: engine/kernels_avx512bf16.c
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) $(BF16_FLAGS) -O3 -c $< -o $@
+
+$(BUILD)/obj/engine/kernels_amx.o: engine/kernels_amx.c
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) $(AMX_FLAGS) -O3 -c $< -o $@
 
 $(ENGINE_LIB): $(ENGINE_OBJ)
 	@rm -f $@
@@ -116,6 +127,14 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 $(FUZZ_BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(AVX512_FLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/obj/engine/kernels_avx512bf16.o: engine/kernels_avx512bf16.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(BF16_FLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/obj/engine/kernels_amx.o: engine/kernels_amx.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(AMX_FLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Itests/fuzz -o $@ $< $(FUZZ_OBJ) \

@@ -47,7 +47,9 @@ static void usage(void)
             "  bench   (--model M | --arch A) [--batch N] [--threads N] [--workers N] [--size S] [--iters N]\n"
             "          [--warmup N]   (--workers: N independent runners at once, as the server's worker pool)\n"
             "  info    (--model M | --arch A)\n"
-            "Kernels: %s (MF_KERNELS=portable forces the portable BLAS ones)\n",
+            "Every command takes --precision fp32|bf16 (default fp32): the arithmetic of the 1x1\n"
+            "convolutions and linear layers.\n"
+            "Kernels: %s for fp32; MF_KERNELS=auto|reference|portable|avx512|avx512bf16|amx forces a path\n",
             mf_kernels_name());
 }
 
@@ -55,6 +57,7 @@ typedef struct opts {
     const char *model, *arch, *input, *output, *shape, *trace;
     int top_k, batch, threads, workers, size, iters, warmup;
     int logits;      /* predict: also print the raw logits */
+    mf_precision precision; /* --precision */
     int nfiles;
     char **files;
 } opts;
@@ -90,6 +93,9 @@ static void parse_opts(int argc, char **argv, opts *o)
         else if (!strcmp(a, "--output")) o->output = v;
         else if (!strcmp(a, "--shape")) o->shape = v;
         else if (!strcmp(a, "--trace")) o->trace = v;
+        else if (!strcmp(a, "--precision")) {
+            if (mf_precision_parse(v, &o->precision) != 0) die("--precision: expected fp32 or bf16, got '%s'", v);
+        }
         else if (!strcmp(a, "--top-k")) o->top_k = parse_int(a, v, 1, 1000000);
         else if (!strcmp(a, "--batch")) o->batch = parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 256);
@@ -120,14 +126,15 @@ static mf_model *load_model(const opts *o)
     char err[512];
     mf_model *m = NULL;
     mf_status st;
+    const mf_model_options mo = {.precision = o->precision};
     rss_before_load = rss_bytes();
     if (o->model && o->arch) die("give --model FILE or --arch NAME, not both");
     if (o->model) {
-        st = mf_model_load(o->model, &m, err, sizeof err);
+        st = mf_model_load_opts(o->model, &mo, &m, err, sizeof err);
     } else if (o->arch) {
         mf_arch a;
         if ((st = mf_arch_parse(o->arch, &a, err, sizeof err)) == MF_OK)
-            st = mf_model_synthetic(&a, 1000, 1, &m, err, sizeof err);
+            st = mf_model_synthetic_opts(&a, 1000, 1, &mo, &m, err, sizeof err);
     } else {
         die("--model FILE (or --arch NAME for synthetic weights) is required");
     }
@@ -372,8 +379,9 @@ static int cmd_bench(const opts *o)
     qsort(t, all, sizeof *t, cmp_double);
     double med = t[all / 2], p10 = t[all / 10], p90 = t[(all * 9) / 10];
     const mf_arch *a = mf_model_arch(m);
-    printf("arch %s batch %d size %dx%d threads %d%s kernels %s\n", a->name, B, H, W, o->threads,
-           N > 1 ? " (per worker)" : "", mf_kernels_name());
+    printf("arch %s batch %d size %dx%d threads %d%s precision %s kernels %s (fp32 layers %s)\n", a->name, B, H, W,
+           o->threads, N > 1 ? " (per worker)" : "", mf_precision_name(mf_model_precision(m)), mf_model_kernels(m),
+           mf_model_kernels_fp32(m));
     printf("median %.3f ms  p10 %.3f  p90 %.3f  min %.3f  max %.3f  (%zu iters)\n", med, p10, p90, t[0], t[all - 1], all);
     if (N > 1)
         printf("images/s %.1f (%d workers at once, %zu batches of %d in %.1f ms)\n", all * B * 1000.0 / (t1 - t0), N, all,
@@ -409,7 +417,8 @@ static int cmd_info(const opts *o)
            p->input_h, p->input_w, p->interpolation, p->mean[0], p->mean[1], p->mean[2], p->std[0], p->std[1], p->std[2],
            p->channels);
     print_memory(o, m);
-    printf("kernels: %s\n", mf_kernels_name());
+    printf("precision: %s\n", mf_precision_name(mf_model_precision(m)));
+    printf("kernels: %s (fp32 layers: %s)\n", mf_model_kernels(m), mf_model_kernels_fp32(m));
     free(desc);
     mf_model_free(m);
     return 0;

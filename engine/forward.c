@@ -37,10 +37,11 @@ typedef struct scratch {
     float *gath;      /* hyper inputs / hidden, pw gathers               */
     float *feat_out;  /* pooled features                   [nimg][fin] */
     float *fc;        /* fc activations                      [nimg][W] */
+    void *kscr;       /* the GEMM kernels' own scratch (bf16 operands)   */
 } scratch;
 
 typedef struct plan_sizes {
-    size_t feat, hid, col, hw, work, maxhid, fin;
+    size_t feat, hid, col, hw, work, maxhid, fin, kscr;
 } plan_sizes;
 
 typedef struct job {
@@ -101,6 +102,35 @@ static size_t block_hidden(const mf_block *b, int hw, int ohw)
     return need;
 }
 
+static size_t pw_scr(const mf_pw *p)
+{
+    return p->k && p->k->pw_scratch_bytes ? p->k->pw_scratch_bytes(p->cin / p->groups) : 0;
+}
+
+static size_t lin_scr(const mf_lin *l)
+{
+    return l->k && l->k->lin_scratch_bytes ? l->k->lin_scratch_bytes(l->in) : 0;
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+static size_t m2f_scr(const mf_m2f *b) { return max_sz(max_sz(lin_scr(&b->q), lin_scr(&b->alpha)), lin_scr(&b->proj)); }
+
+/* Bytes of kernel scratch the largest layer asks for (layers a block kind
+ * lacks have no kernel set and ask for none). */
+static size_t kernel_scratch(const mf_model *m)
+{
+    size_t s = max_sz(max_sz(pw_scr(&m->cls_pw), lin_scr(&m->fc)), max_sz(lin_scr(&m->head), m2f_scr(&m->final_m2f)));
+    for (int i = 0; i < m->arch.n_blocks; i++) {
+        const mf_block *b = &m->blocks[i];
+        const mf_lin *l[] = {&b->hy1.l1, &b->hy1.l2, &b->hy2.l1, &b->hy2.l2, &b->former.q, &b->former.mlp,
+                             &b->former.ffn1, &b->former.ffn2, &b->f2m.k, &b->f2m.v};
+        s = max_sz(s, max_sz(max_sz(pw_scr(&b->pw1), pw_scr(&b->pw2)), m2f_scr(&b->m2f)));
+        for (size_t j = 0; j < sizeof l / sizeof l[0]; j++) s = max_sz(s, lin_scr(l[j]));
+    }
+    return s;
+}
+
 static plan_sizes plan(const mf_model *m, int h, int w)
 {
     const mf_arch *a = &m->arch;
@@ -109,7 +139,7 @@ static plan_sizes plan(const mf_model *m, int h, int w)
     w = conv_out(w, 2);
     size_t hw = (size_t)h * w;
     s.feat = (size_t)a->stem * hw;
-    s.col = m->k->stem ? 0 : 27 * hw; /* im2col only without a direct stem kernel */
+    s.col = m->k32->stem ? 0 : 27 * hw; /* im2col only without a direct stem kernel */
     s.hw = hw;
     for (int i = 0; i < a->n_blocks; i++) {
         const mf_block *b = &m->blocks[i];
@@ -127,6 +157,7 @@ static plan_sizes plan(const mf_model *m, int h, int w)
     if ((size_t)cls->cin * hw > s.col) s.col = (size_t)cls->cin * hw;
     tok_layout(m, &s.work, &s.maxhid);
     s.fin = (size_t)cls->cout + (size_t)a->token_dim;
+    s.kscr = (kernel_scratch(m) + sizeof(float) - 1) / sizeof(float);
     return s;
 }
 
@@ -136,22 +167,25 @@ static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
 static size_t carve(const mf_model *m, const plan_sizes *s, int n, float *p, scratch *sc)
 {
     const size_t T = (size_t)m->arch.tokens, D = (size_t)m->arch.token_dim, N = (size_t)n;
-    size_t sizes[12] = {
+    size_t sizes[13] = {
         N * pad16(s->feat), N * pad16(s->feat), pad16(s->hid), pad16(s->hid), pad16(s->col),
         pad16(T * s->hw), pad16(N * T * D), pad16(N * s->work), pad16(N * 4 * s->maxhid),
         pad16(N * D + N * D / 4 + 2 * s->maxhid), pad16(N * s->fin), pad16(N * (size_t)m->arch.classifier_width),
+        pad16(s->kscr),
     };
-    float **dst[12];
+    float *kscr;
+    float **dst[13];
     scratch tmp;
     if (!sc) sc = &tmp;
-    float **fields[12] = {&sc->X, &sc->Y, &sc->U1, &sc->U2, &sc->col, &sc->attn, &sc->z, &sc->tok,
-                          &sc->dy, &sc->gath, &sc->feat_out, &sc->fc};
+    float **fields[13] = {&sc->X, &sc->Y, &sc->U1, &sc->U2, &sc->col, &sc->attn, &sc->z, &sc->tok,
+                          &sc->dy, &sc->gath, &sc->feat_out, &sc->fc, &kscr};
     memcpy(dst, fields, sizeof dst);
     size_t total = 0;
-    for (int i = 0; i < 12; i++) {
+    for (int i = 0; i < 13; i++) {
         if (p) *dst[i] = p + total;
         total += sizes[i];
     }
+    if (p) sc->kscr = s->kscr ? kscr : NULL;
     sc->nimg = n;
     sc->feat = pad16(s->feat);
     return total;
@@ -206,8 +240,11 @@ typedef struct fctx {
 
 /* ---- layers ----------------------------------------------------------- */
 
+/* Thread t's kernel scratch in a team pass (thread 0: the run's own). */
+static void *kscratch(const fctx *c, int t) { return t == 0 ? c->sc->kscr : c->ws->sc[t].kscr; }
+
 typedef struct pw_task {
-    const mf_model *m;
+    const fctx *c;
     const mf_pw *p;
     const float *x;
     int n;
@@ -227,7 +264,8 @@ static void pw_run(void *arg, int t, int nt)
     for (int g = 0; g < G; g++) {
         mf_epi e = k->e[g];
         if (e.res) e.res += c0;
-        k->m->k->pw(k->p, g, k->x + (size_t)g * K * k->n + c0, (size_t)k->n, c1 - c0, k->yg[g] + c0, k->ldy, &e);
+        k->p->k->pw(k->p, g, k->x + (size_t)g * K * k->n + c0, (size_t)k->n, c1 - c0, k->yg[g] + c0, k->ldy, &e,
+                    kscratch(k->c, t));
     }
 }
 
@@ -238,7 +276,7 @@ static void pw_conv(const fctx *c, const mf_pw *p, const float *x, int n, float 
                     const float *dya, const float *dyb, const float *res, float *gather)
 {
     const int G = p->groups, M = p->cout / G;
-    pw_task k = {.m = c->m, .p = p, .x = x, .n = n, .y = y, .ldy = p->shuffle_out ? (size_t)G * n : (size_t)n};
+    pw_task k = {.c = c, .p = p, .x = x, .n = n, .y = y, .ldy = p->shuffle_out ? (size_t)G * n : (size_t)n};
     for (int g = 0; g < G; g++) {
         mf_epi *e = &k.e[g];
         *e = (mf_epi){.act = act, .bias = p->bias + (size_t)g * M};
@@ -279,7 +317,7 @@ static void dw_run(void *arg, int t, int nt)
     dw_task *k = arg;
     int c0, c1;
     split(k->d->cout, 1, t, nt, &c0, &c1);
-    if (c0 < c1) k->m->k->dw(k->d, c0, c1, k->x, k->h, k->w, k->y, k->oh, k->ow, k->e);
+    if (c0 < c1) k->m->k32->dw(k->d, c0, c1, k->x, k->h, k->w, k->y, k->oh, k->ow, k->e);
 }
 
 static void dw_conv(const fctx *c, const mf_dw *d, const float *x, int h, int w, float *y, int oh, int ow,
@@ -290,7 +328,7 @@ static void dw_conv(const fctx *c, const mf_dw *d, const float *x, int h, int w,
 }
 
 typedef struct lin_task {
-    const mf_model *m;
+    const fctx *c;
     const mf_lin *l;
     const float *x;
     int rows;
@@ -302,13 +340,13 @@ static void lin_run(void *arg, int t, int nt)
     lin_task *k = arg;
     int o0, o1;
     split(k->l->out, 48, t, nt, &o0, &o1);
-    if (o0 < o1) k->m->k->linear(k->l, k->x, k->rows, k->y, o0, o1);
+    if (o0 < o1) k->l->k->linear(k->l, k->x, k->rows, k->y, o0, o1, kscratch(k->c, t));
 }
 
 /* y[rows][out] = x W^T + b; output columns split over the team when large. */
 static void linear(const fctx *c, const mf_lin *l, const float *x, int rows, float *y)
 {
-    lin_task k = {c->m, l, x, rows, y};
+    lin_task k = {c, l, x, rows, y};
     if ((size_t)l->in * l->out * rows < 32768 || l->out < 96) lin_run(&k, 0, 1);
     else par(c->ws, lin_run, &k);
 }
@@ -356,7 +394,7 @@ static void m2f_run(void *arg, int t, int nt)
     split(2 * k->n, 1, t, nt, &i0, &i1);
     for (int it = i0; it < i1; it++) {
         int j = it / 2, hd = it % 2;
-        k->c->m->k->m2f_attn(k->x + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + (size_t)j * T * k->C + hd * ch,
+        k->c->m->k32->m2f_attn(k->x + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + (size_t)j * T * k->C + hd * ch,
                              k->C, T, scale, k->o + (size_t)j * T * k->C + hd * ch, k->C,
                              t == 0 ? k->c->sc->attn : k->c->ws->sc[t].attn);
     }
@@ -372,7 +410,7 @@ static void f2m_run(void *arg, int t, int nt)
     for (int it = i0; it < i1; it++) {
         int j = it / 2, hd = it % 2;
         size_t tok = (size_t)j * T * k->C + hd * ch;
-        k->c->m->k->f2m_attn(k->y + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + tok, k->v + tok, k->C, T,
+        k->c->m->k32->f2m_attn(k->y + k->fs * j + (size_t)hd * ch * k->hw, ch, k->hw, k->q + tok, k->v + tok, k->C, T,
                              scale);
     }
 }
@@ -464,7 +502,7 @@ static void stem_run(void *arg, int t, int nt)
     int y0, y1;
     split(k->h, 1, t, nt, &y0, &y1);
     if (y0 < y1)
-        k->m->k->stem(k->in, k->H, k->W, k->m->stem_w, k->m->stem_b, k->m->arch.stem, k->out, k->h, k->w, y0, y1);
+        k->m->k32->stem(k->in, k->H, k->W, k->m->stem_w, k->m->stem_b, k->m->arch.stem, k->out, k->h, k->w, y0, y1);
 }
 
 /* The stem of one image: a direct kernel where there is one, else im2col
@@ -473,7 +511,7 @@ static void stem(const fctx *c, const float *in, int H, int W, float *out)
 {
     const mf_model *m = c->m;
     const int h = conv_out(H, 2), w = conv_out(W, 2);
-    if (m->k->stem) {
+    if (m->k32->stem) {
         stem_task k = {m, in, H, W, h, w, out};
         par(c->ws, stem_run, &k);
         return;
@@ -497,7 +535,7 @@ static void stem(const fctx *c, const float *in, int H, int W, float *out)
                     }
                 }
             }
-    mf_pw st = {.cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .bias = m->stem_b};
+    mf_pw st = {.k = m->k32, .cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .bias = m->stem_b};
     pw_conv(c, &st, c->sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
 }
 

@@ -156,7 +156,7 @@ static void pw_tail_cols(int nc, const float *wp, const float *x, size_t ldx, in
 }
 
 static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
-                      const mf_epi *e)
+                      const mf_epi *e, void *scratch)
 {
     const int M = p->cout / p->groups, K = p->cin / p->groups;
     const float *wp = (const float *)((const char *)p->wp + p->wp_group * (size_t)g);
@@ -622,7 +622,7 @@ static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *
         }
 }
 
-static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, int ob, int oe)
+static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, int ob, int oe, void *scratch)
 {
     for (int r0 = 0; r0 < rows; r0 += 8) {
         int R = rows - r0 < 8 ? rows - r0 : 8;
@@ -714,6 +714,7 @@ static void stem_avx512(const float *in, int h, int w, const float *wt, const fl
 
 const mf_kernels mf_kernels_avx512 = {
     .name = "avx512",
+    .precision = MF_PRECISION_FP32,
     .pw = pw_avx512,
     .dw = dw_avx512,
     .m2f_attn = m2f_attn_avx512,
