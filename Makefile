@@ -5,7 +5,8 @@
 #   make test         install missing Debian packages, build, run every test
 #   make run          install missing packages, build, serve the bundled model on :8080
 #   make bench        engine benchmarks (bench/engine.sh), not part of the tests
-#   make roofline     this CPU's FMA peak and memory bandwidth, and the batch-1 floors they imply
+#   make roofline     this CPU's fp32/bf16/AMX peaks and L2/L3/DRAM bandwidth, the batch-1 floors they imply
+#   make gemm-bench   the 1x1 and linear kernels alone on one network's shapes (GEMM_ARGS="ARCH SIZE IMAGES")
 #   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
 #   make eval-default accuracy of the bundled model: PyTorch, engine, service (tools/eval_default.py)
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
@@ -59,7 +60,7 @@ SERVER_BIN  := $(BUILD)/mobileformer-server
 CLI_PKGS      = jansson libpng libjpeg openblas
 CLI_LDLIBS    = $(shell pkg-config --libs $(CLI_PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
 
-.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline
+.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -176,6 +177,13 @@ $(BUILD)/roofline: bench/roofline.c $(ENGINE_LIB)
 
 roofline: $(BUILD)/roofline
 	@OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Haswell} $(BUILD)/roofline $(ARCHS)
+
+# the GEMM kernels alone on one network's shapes, every set this CPU has (bench/gemm.c)
+$(BUILD)/gemm-bench: bench/gemm.c $(ENGINE_LIB)
+	$(CC) $(FINAL_CFLAGS) -o $@ $< $(ENGINE_LIB) $(FINAL_LDLIBS)
+
+gemm-bench: $(BUILD)/gemm-bench
+	@OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Haswell} OPENBLAS_NUM_THREADS=1 $(BUILD)/gemm-bench $(GEMM_ARGS)
 
 loadtest: deps
 	@$(MAKE) --no-print-directory all

@@ -102,9 +102,24 @@ static void pw_amx(const mf_pw *p, int g, const float *x, size_t ldx, int n, flo
         for (int mb = 0; mb < MB; mb += 2) {
             const int MT = MB - mb > 1 ? 2 : 1;
             const uint16_t *a = wp + (size_t)mb * KB * 512;
+            const int rows2 = M - mb * 16 < 32 ? M - mb * 16 : 32;
             for (int nb = 0; nb < NB; nb += 2) {
                 const int NT = NB - nb > 1 ? 2 : 1;
                 const uint16_t *b = xb + (size_t)nb * KB * 512;
+                /* the next block's outputs (and residual): they are rows far
+                 * apart, which the hardware prefetchers do not follow */
+                if (nb + 2 < NB) {
+                    const size_t c2 = (size_t)n0 + (nb + 2) * 16;
+                    for (int r = 0; r < rows2; r++) {
+                        _mm_prefetch((const char *)(y + (size_t)(mb * 16 + r) * ldy + c2), _MM_HINT_T0);
+                        if (e->res) _mm_prefetch((const char *)(e->res + (size_t)(mb * 16 + r) * e->ldr + c2), _MM_HINT_T0);
+                        if (nb + 3 < NB) {
+                            _mm_prefetch((const char *)(y + (size_t)(mb * 16 + r) * ldy + c2 + 16), _MM_HINT_T0);
+                            if (e->res)
+                                _mm_prefetch((const char *)(e->res + (size_t)(mb * 16 + r) * e->ldr + c2 + 16), _MM_HINT_T0);
+                        }
+                    }
+                }
                 if (MT == 2 && NT == 2) amx_block_22(a, b, KB, out);
                 else if (MT == 2) amx_block_21(a, b, KB, out);
                 else if (NT == 2) amx_block_12(a, b, KB, out);

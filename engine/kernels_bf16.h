@@ -92,26 +92,35 @@ static inline __m512i mf_bf16_pair(__m512 even, __m512 odd)
 }
 
 /* x[K][cols] (row stride ldx) -> dst [NB][KB*16][16][2]; lanes past cols
- * and pairs past K are zero. */
+ * and pairs past K are zero.  Two rows at a time across all columns, so
+ * the reads are two sequential streams (a column block at a time would
+ * touch K rows at once, more streams than the prefetchers follow). */
 static inline void mf_bf16_pack_x(const float *x, size_t ldx, int K, int cols, uint16_t *dst)
 {
     const int KP = mf_bf16_kb(K) * 16, NB = (cols + 15) / 16;
-    for (int nb = 0; nb < NB; nb++) {
-        const __mmask16 mk = mf_bf16_mask(cols - 16 * nb);
-        const float *xc = x + 16 * nb;
-        uint16_t *d = dst + (size_t)nb * KP * 32;
-        int kp = 0;
-        for (; 2 * kp + 1 < K; kp++) {
-            __m512 a = _mm512_maskz_loadu_ps(mk, xc + (size_t)(2 * kp) * ldx);
-            __m512 b = _mm512_maskz_loadu_ps(mk, xc + (size_t)(2 * kp + 1) * ldx);
-            _mm512_store_si512((void *)(d + (size_t)kp * 32), mf_bf16_pair(a, b));
+    const size_t bstride = (size_t)KP * 32; /* elements between column blocks */
+    for (int kp = 0; kp < KP; kp++) {
+        const int k = 2 * kp;
+        const float *r0 = x + (size_t)k * ldx, *r1 = r0 + ldx;
+        uint16_t *d = dst + (size_t)kp * 32;
+        if (k + 1 < K) {
+            int nb = 0;
+            for (; nb < cols / 16; nb++)
+                _mm512_store_si512((void *)(d + nb * bstride),
+                                   mf_bf16_pair(_mm512_loadu_ps(r0 + 16 * nb), _mm512_loadu_ps(r1 + 16 * nb)));
+            if (nb < NB) {
+                const __mmask16 mk = mf_bf16_mask(cols - 16 * nb);
+                _mm512_store_si512((void *)(d + nb * bstride), mf_bf16_pair(_mm512_maskz_loadu_ps(mk, r0 + 16 * nb),
+                                                                            _mm512_maskz_loadu_ps(mk, r1 + 16 * nb)));
+            }
+        } else if (k < K) { /* K odd: the last pair's odd half is zero */
+            for (int nb = 0; nb < NB; nb++)
+                _mm512_store_si512((void *)(d + nb * bstride),
+                                   mf_bf16_pair(_mm512_maskz_loadu_ps(mf_bf16_mask(cols - 16 * nb), r0 + 16 * nb),
+                                                _mm512_setzero_ps()));
+        } else {
+            for (int nb = 0; nb < NB; nb++) _mm512_store_si512((void *)(d + nb * bstride), _mm512_setzero_si512());
         }
-        if (2 * kp < K) { /* K odd: the last pair's odd half is zero */
-            __m512 a = _mm512_maskz_loadu_ps(mk, xc + (size_t)(2 * kp) * ldx);
-            _mm512_store_si512((void *)(d + (size_t)kp * 32), mf_bf16_pair(a, _mm512_setzero_ps()));
-            kp++;
-        }
-        for (; kp < KP; kp++) _mm512_store_si512((void *)(d + (size_t)kp * 32), _mm512_setzero_si512());
     }
 }
 
