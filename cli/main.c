@@ -300,6 +300,15 @@ static int cmd_predict(const opts *o)
 
 static double now_ms(void) { return (double)mf_now_ns() * 1e-6; }
 
+/* CPU time of the calling thread: unlike the wall clock, it does not count
+ * the time other processes on a shared machine take the core away. */
+static double thread_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -315,6 +324,7 @@ typedef struct runner {
     int H, W;
     const float *x;
     double *t;                 /* [iters] ms */
+    double *cpu;               /* [iters] ms of this thread's CPU time (meaningful with --threads 1) */
     pthread_barrier_t *start;  /* NULL: run alone */
     double t0, t1;             /* first timed start, last timed end (ms) */
     size_t ws_bytes;
@@ -336,9 +346,10 @@ static void *run_bench(void *arg)
     if (r->start) pthread_barrier_wait(r->start);
     r->t0 = now_ms();
     for (int i = 0; i < o->iters && !r->err; i++) {
-        double t0 = now_ms();
+        double t0 = now_ms(), c0 = thread_cpu_ms();
         mf_forward(r->m, ws, r->x, B, r->H, r->W, y);
         r->t[i] = now_ms() - t0;
+        r->cpu[i] = thread_cpu_ms() - c0;
     }
     r->t1 = now_ms();
     r->ws_bytes = ws ? mf_workspace_bytes(ws) : 0;
@@ -355,15 +366,16 @@ static int cmd_bench(const opts *o)
     int H = o->size ? o->size : p->input_h, W = o->size ? o->size : p->input_w, B = o->batch, N = o->workers;
     size_t n = (size_t)B * 3 * H * W, iters = (size_t)o->iters;
     float *x = malloc(n * sizeof(float));
-    double *t = malloc(iters * N * sizeof(double));
+    double *t = malloc(iters * N * sizeof(double)), *cpu = malloc(iters * N * sizeof(double));
     runner *r = calloc((size_t)N, sizeof *r);
     pthread_t *th = calloc((size_t)N, sizeof *th);
     pthread_barrier_t start;
-    if (!x || !t || !r || !th) die("out of memory");
+    if (!x || !t || !cpu || !r || !th) die("out of memory");
     mf_fill_uniform(x, n, 42, 0.0, 2.0);
     if (N > 1 && pthread_barrier_init(&start, NULL, (unsigned)N) != 0) die("cannot start %d workers", N);
     for (int i = 0; i < N; i++) {
-        r[i] = (runner){.m = m, .o = o, .H = H, .W = W, .x = x, .t = t + iters * i, .start = N > 1 ? &start : NULL};
+        r[i] = (runner){.m = m, .o = o, .H = H, .W = W, .x = x, .t = t + iters * i, .cpu = cpu + iters * i,
+                        .start = N > 1 ? &start : NULL};
         if (N > 1 && pthread_create(&th[i], NULL, run_bench, &r[i]) != 0) die("cannot start %d workers", N);
     }
     if (N == 1) run_bench(&r[0]);
@@ -383,6 +395,11 @@ static int cmd_bench(const opts *o)
            o->threads, N > 1 ? " (per worker)" : "", mf_precision_name(mf_model_precision(m)), mf_model_kernels(m),
            mf_model_kernels_fp32(m));
     printf("median %.3f ms  p10 %.3f  p90 %.3f  min %.3f  max %.3f  (%zu iters)\n", med, p10, p90, t[0], t[all - 1], all);
+    if (o->threads == 1 && N == 1) { /* helpers' spinning would make CPU time meaningless otherwise */
+        qsort(cpu, all, sizeof *cpu, cmp_double);
+        printf("cpu median %.3f ms  min %.3f  (this thread's CPU time: what other load on the machine does not inflate)\n",
+               cpu[all / 2], cpu[0]);
+    }
     if (N > 1)
         printf("images/s %.1f (%d workers at once, %zu batches of %d in %.1f ms)\n", all * B * 1000.0 / (t1 - t0), N, all,
                B, t1 - t0);
@@ -393,6 +410,7 @@ static int cmd_bench(const opts *o)
     print_memory(o, m);
     free(x);
     free(t);
+    free(cpu);
     free(r);
     free(th);
     mf_model_free(m);

@@ -244,7 +244,12 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
             for (int ox = 0; ox < w; ox += 16) {
                 __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
                           mr = mask_range(ox + 1, w);
-                __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+                /* two accumulators per output row (side taps, centre taps):
+                 * eight FMA chains in flight rather than four, as the
+                 * FMAs' latency times their rate needs */
+                __m512 acc[4][2];
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
 #pragma GCC unroll 6
                 for (int r = 0; r < 6; r++) {
                     const float *row = xi + (size_t)(oy - 1 + r) * w + ox;
@@ -254,14 +259,15 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
                     for (int j = 0; j < 4; j++) {
                         const int ky = r - j; /* this input row is tap row ky of output row oy+j */
                         if (ky < 0 || ky > 2) continue;
-                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc[j]);
-                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc[j]);
-                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, acc[j]);
+                        acc[j][0] = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc[j][0]);
+                        acc[j][1] = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc[j][1]);
+                        acc[j][0] = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, acc[j][0]);
                     }
                 }
 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++)
-                    _mm512_mask_storeu_ps(yo + (size_t)(oy + j) * w + ox, mo, dw_ep_apply(acc[j], &ep));
+                    _mm512_mask_storeu_ps(yo + (size_t)(oy + j) * w + ox, mo,
+                                          dw_ep_apply(_mm512_add_ps(acc[j][0], acc[j][1]), &ep));
             }
             oy += 4;
             continue;
