@@ -182,6 +182,20 @@ struct mf_kernels {
     void (*lin_pack)(const float *wt, int in, int out, void *dst);
     size_t (*pw_scratch_bytes)(int k);
     size_t (*lin_scratch_bytes)(int in);
+    /* Optional, bf16 sets on the avx512 fp32 set: a 3x3 depthwise whose
+     * output goes straight into the bf16 input layout of the 1x1 that reads
+     * it (packed_map_bytes(groups, kg, n) bytes: per group of kg channels,
+     * kernels_bf16.h), rather than into fp32 planes that the 1x1 would read
+     * back, round and pack; the rounding is the same.  Pair slots [s0, s1)
+     * of the groups * ceil(kg / 2); scratch: 2 * pad16(oh * ow) floats. */
+    size_t (*packed_map_bytes)(int groups, int kg, int n);
+    void (*dw_packed)(const mf_dw *d, int s0, int s1, const float *x, int h, int w, uint16_t *y, int oh, int ow,
+                      int kg, const mf_epi *e, float *scratch);
+    /* The 1x1 on such inputs: xp the group's packed map of n columns;
+     * computes columns [c0, c0 + cols) (c0 a multiple of 16), y and e->res
+     * offset to column c0 as for pw. */
+    void (*pw_packed)(const mf_pw *p, int group, const uint16_t *xp, int n, int c0, int cols, float *y, size_t ldy,
+                      const mf_epi *e, void *scratch);
 };
 
 extern const mf_kernels mf_kernels_ref;    /* plain scalar twins */
@@ -191,6 +205,11 @@ extern const mf_kernels mf_kernels_ref_bf16;     /* bf16 scalar twins */
 extern const mf_kernels mf_kernels_blas_bf16;    /* bf16 portable: round, then fp32 OpenBLAS */
 extern const mf_kernels mf_kernels_avx512_bf16;  /* vdpbf16ps: only when mf_cpu_has_avx512bf16() */
 extern const mf_kernels mf_kernels_amx_bf16;     /* AMX tiles: only when mf_cpu_has_amx_bf16() */
+
+/* One output plane of the avx512 depthwise (channel q, all oh x ow), for the
+ * bf16 sets' dw_packed. */
+void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
+                        const mf_epi *e);
 
 /* kernels.c: CPU features, and the set MF_KERNELS or the CPU selects. */
 int mf_cpu_has_avx512(void);

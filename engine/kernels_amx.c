@@ -87,18 +87,20 @@ AMX_BLOCK(2, 1)
 AMX_BLOCK(1, 2)
 AMX_BLOCK(1, 1)
 
-static void pw_amx(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy, const mf_epi *e,
-                   void *scratch)
+/* x: fp32 inputs (row stride ldx) packed here pass by pass; or xp: inputs
+ * packed already (a whole map, from column xc0 on). */
+static void pw_amx_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint16_t *xp, int xc0, int n,
+                       float *y, size_t ldy, const mf_epi *e, void *scratch)
 {
     const int M = p->cout / p->groups, K = p->cin / p->groups, MB = (M + 15) / 16, KB = mf_bf16_kb(K);
     const int NC = mf_bf16_pw_cols(K);
     const uint16_t *wp = (const uint16_t *)((const char *)p->wp + p->wp_group * (size_t)g);
-    uint16_t *xb = scratch;
     float out[4 * 256] __attribute__((aligned(64)));
     tiles_begin();
     for (int n0 = 0; n0 < n; n0 += NC) {
         const int cols = n - n0 < NC ? n - n0 : NC, NB = (cols + 15) / 16;
-        mf_bf16_pack_x(x + n0, ldx, K, cols, xb);
+        const uint16_t *xb = xp ? xp + (size_t)((xc0 + n0) / 16) * KB * 512 : scratch;
+        if (!xp) mf_bf16_pack_x(x + n0, ldx, K, cols, scratch);
         for (int mb = 0; mb < MB; mb += 2) {
             const int MT = MB - mb > 1 ? 2 : 1;
             const uint16_t *a = wp + (size_t)mb * KB * 512;
@@ -136,6 +138,19 @@ static void pw_amx(const mf_pw *p, int g, const float *x, size_t ldx, int n, flo
         }
     }
     _tile_release();
+}
+
+static void pw_amx(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy, const mf_epi *e,
+                   void *scratch)
+{
+    pw_amx_run(p, g, x, ldx, NULL, 0, n, y, ldy, e, scratch);
+}
+
+static void pw_packed_amx(const mf_pw *p, int g, const uint16_t *xp, int n, int c0, int cols, float *y, size_t ldy,
+                          const mf_epi *e, void *scratch)
+{
+    (void)n;
+    pw_amx_run(p, g, NULL, 0, xp, c0, cols, y, ldy, e, scratch);
 }
 
 /* ---- linear -------------------------------------------------------------
@@ -214,4 +229,7 @@ const mf_kernels mf_kernels_amx_bf16 = {
     .lin_pack = mf_bf16_lin_pack,
     .pw_scratch_bytes = pw_scratch,
     .lin_scratch_bytes = lin_scratch,
+    .packed_map_bytes = mf_bf16_packed_map_bytes,
+    .dw_packed = mf_bf16_dw_packed,
+    .pw_packed = pw_packed_amx,
 };

@@ -317,7 +317,8 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
             __mmask16 mo = mask_n(ow - ox);
             __mmask16 ma = mask_range(s, w), mb = mask_range(s + 16, w);
             __mmask16 mla = mask_range(s - 1, w), mlb = mask_range(s + 15, w);
-            __m512 acc = _mm512_setzero_ps();
+            /* one accumulator per tap column: three FMA chains, not one of nine */
+            __m512 acc = _mm512_setzero_ps(), accc = _mm512_setzero_ps(), accr = _mm512_setzero_ps();
             for (int ky = 0; ky < 3; ky++) {
                 int iy = 2 * oy + ky - 1;
                 if (iy < 0 || iy >= h) continue;
@@ -328,23 +329,27 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
                 __m512 r = _mm512_permutex2var_ps(a, odd, b);    /* x[s + 2j + 1] */
                 __m512 l = _mm512_permutex2var_ps(la, even, lb); /* x[s + 2j - 1] */
                 acc = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc);
-                acc = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc);
-                acc = _mm512_fmadd_ps(kv[ky * 3 + 2], r, acc);
+                accc = _mm512_fmadd_ps(kv[ky * 3 + 1], c, accc);
+                accr = _mm512_fmadd_ps(kv[ky * 3 + 2], r, accr);
             }
+            acc = _mm512_add_ps(_mm512_add_ps(acc, accc), accr);
             _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_ep_apply(acc, &ep));
         }
     }
 }
 
+void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
+                        const mf_epi *e)
+{
+    const float *xi = x + (size_t)d->src[q] * h * w;
+    if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
+    else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
+}
+
 static void dw_avx512(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
                       const mf_epi *e)
 {
-    for (int q = c0; q < c1; q++) {
-        const float *xi = x + (size_t)d->src[q] * h * w;
-        float *yo = y + (size_t)q * oh * ow;
-        if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
-        else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
-    }
+    for (int q = c0; q < c1; q++) mf_dw_plane_avx512(d, q, x, h, w, y + (size_t)q * oh * ow, oh, ow, e);
 }
 
 /* ---- exp ----------------------------------------------------------------

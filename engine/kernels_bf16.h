@@ -46,6 +46,12 @@ static inline size_t mf_bf16_pw_scratch(int k) { return (size_t)mf_bf16_pw_cols(
 
 static inline size_t mf_bf16_lin_scratch(int in) { return (size_t)mf_bf16_kb(in) * 1024; }
 
+/* A whole map of n columns in the 1x1 input layout, per group of kg channels. */
+static inline size_t mf_bf16_packed_map_bytes(int groups, int kg, int n)
+{
+    return (size_t)groups * (size_t)((n + 15) / 16) * (size_t)mf_bf16_kb(kg) * 1024;
+}
+
 static inline size_t mf_bf16_pw_packed_bytes(int m, int k) { return (size_t)((m + 15) / 16) * mf_bf16_kb(k) * 1024; }
 
 static inline void mf_bf16_pw_pack(const float *w, int m, int k, void *dst)
@@ -121,6 +127,34 @@ static inline void mf_bf16_pack_x(const float *x, size_t ldx, int K, int cols, u
         } else {
             for (int nb = 0; nb < NB; nb++) _mm512_store_si512((void *)(d + nb * bstride), _mm512_setzero_si512());
         }
+    }
+}
+
+/* The depthwise into the packed input of the next 1x1 (mf_kernels.dw_packed):
+ * each pair slot's two channel planes are computed into the scratch (in L1
+ * or L2) by the fp32 kernel, then rounded and interleaved into their pair
+ * row of every column block; the thread with a group's last pair also zeroes
+ * the group's padding pairs. */
+static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const float *x, int h, int w, uint16_t *y,
+                                     int oh, int ow, int kg, const mf_epi *e, float *scratch)
+{
+    const int n = oh * ow, NB = (n + 15) / 16, KP = mf_bf16_kb(kg) * 16, PG = (kg + 1) / 2;
+    float *pa = scratch, *pb = scratch + ((n + 15) & ~15);
+    for (int s = s0; s < s1; s++) {
+        const int g = s / PG, kp = s % PG, q0 = g * kg + 2 * kp, two = 2 * kp + 1 < kg;
+        mf_dw_plane_avx512(d, q0, x, h, w, pa, oh, ow, e);
+        if (two) mf_dw_plane_avx512(d, q0 + 1, x, h, w, pb, oh, ow, e);
+        uint16_t *base = y + (size_t)g * NB * KP * 32, *dst = base + (size_t)kp * 32;
+        for (int nb = 0; nb < NB; nb++) {
+            const __mmask16 mk = mf_bf16_mask(n - 16 * nb);
+            const __m512 a = _mm512_maskz_loadu_ps(mk, pa + 16 * nb);
+            const __m512 b = two ? _mm512_maskz_loadu_ps(mk, pb + 16 * nb) : _mm512_setzero_ps();
+            _mm512_store_si512((void *)(dst + (size_t)nb * KP * 32), mf_bf16_pair(a, b));
+        }
+        if (kp == PG - 1)
+            for (int nb = 0; nb < NB; nb++)
+                for (int k2 = PG; k2 < KP; k2++)
+                    _mm512_store_si512((void *)(base + ((size_t)nb * KP + k2) * 32), _mm512_setzero_si512());
     }
 }
 

@@ -290,6 +290,76 @@ START_TEST(dw_random)
 }
 END_TEST
 
+/* The depthwise that writes the next 1x1's packed bf16 input (dw_packed)
+ * against the fp32 depthwise rounded to bf16, bit for bit, padding pairs
+ * zero; then that 1x1 on the packed input (pw_packed) against the same 1x1
+ * packing the fp32 map itself, bit for bit. */
+START_TEST(dw_pw_packed)
+{
+    int ran = 0;
+    for (int si = 0; si < n_bf16; si++) {
+        const mf_kernels *k = bf16_sets[si];
+        if (!k->dw_packed) continue;
+        ran++;
+        for (int trial = 0; trial < 24; trial++) {
+            const int G = 1 + trial % 3, kg = irand(1, 40), cout = G * kg, e = 1 + trial % 2, cin = (cout + e - 1) / e;
+            const int s = 1 + (trial / 3) % 2, h = irand(1, 40), w = irand(1, 50), oh = (h - 1) / s + 1,
+                      ow = (w - 1) / s + 1, n = oh * ow, M = G * irand(1, 20);
+            float *kw = rvec((size_t)cout * 9), *b = rvec((size_t)cout), *x = rvec((size_t)cin * h * w);
+            float *dya = rvec((size_t)cout), *dyb = rvec((size_t)cout);
+            int *src = malloc((size_t)cout * sizeof(int));
+            for (int q = 0; q < cout; q++) src[q] = q / e < cin ? q / e : cin - 1;
+            mf_dw d = {.cout = cout, .cin = cin, .stride = s, .w = kw, .bias = b, .src = src};
+            mf_epi ep = {.act = (mf_act)(trial % 3), .bias = b, .dya = dya, .dyb = dyb};
+            float *yf = mf_alloc((size_t)cout * n * sizeof(float));
+            mf_kernels_avx512.dw(&d, 0, cout, x, h, w, yf, oh, ow, &ep);
+            const size_t pb = k->packed_map_bytes(G, kg, n);
+            uint16_t *yp = mf_alloc(pb);
+            memset(yp, 0xFF, pb); /* NaN everywhere: what is not written shows */
+            float *scr = mf_alloc(2 * (((size_t)n + 15) & ~(size_t)15) * sizeof(float));
+            const int slots = G * ((kg + 1) / 2), mid = slots / 2;
+            k->dw_packed(&d, 0, mid, x, h, w, yp, oh, ow, kg, &ep, scr); /* in two ranges, as a team would */
+            k->dw_packed(&d, mid, slots, x, h, w, yp, oh, ow, kg, &ep, scr);
+            const int NB = (n + 15) / 16, KP = (kg + 31) / 32 * 16;
+            for (int g = 0; g < G; g++)
+                for (int nb = 0; nb < NB; nb++)
+                    for (int kp = 0; kp < KP; kp++)
+                        for (int j = 0; j < 16; j++)
+                            for (int hf = 0; hf < 2; hf++) {
+                                const int kk = 2 * kp + hf, p = 16 * nb + j;
+                                const uint16_t got = yp[((((size_t)g * NB + nb) * KP + kp) * 16 + j) * 2 + hf];
+                                const uint16_t want = kk < kg && p < n ? mf_bf16_bits(yf[(size_t)(g * kg + kk) * n + p]) : 0;
+                                ck_assert_msg(got == want, "dw_packed[%s] G=%d kg=%d %dx%d s=%d: group %d channel %d "
+                                              "pixel %d: 0x%04x, want 0x%04x", k->name, G, kg, h, w, s, g, kk, p, got, want);
+                            }
+            /* the 1x1 reading it */
+            float *wt = rvec((size_t)M * kg), *pbias = rvec((size_t)M);
+            round_all(wt, (size_t)M * kg);
+            mf_pw pw = {.k = k, .cout = M, .cin = cout, .groups = G, .bias = pbias};
+            pw.wp_group = (k->pw_packed_bytes(M / G, kg) + 63) & ~(size_t)63;
+            pw.wp = mf_alloc(pw.wp_group * (size_t)G);
+            for (int g = 0; g < G; g++) k->pw_pack(wt + (size_t)g * (M / G) * kg, M / G, kg, (char *)pw.wp + pw.wp_group * g);
+            float *y1 = mf_alloc((size_t)M * n * sizeof(float)), *y2 = mf_alloc((size_t)M * n * sizeof(float));
+            void *ps = mf_alloc(k->pw_scratch_bytes(kg));
+            for (int g = 0; g < G; g++) {
+                mf_epi pe = {.act = MF_ACT_NONE, .bias = pbias + (size_t)g * (M / G)};
+                const size_t yo = (size_t)g * (M / G) * n;
+                k->pw(&pw, g, yf + (size_t)g * kg * n, (size_t)n, n, y1 + yo, (size_t)n, &pe, ps);
+                const uint16_t *xg = yp + pb / 2 / G * g;
+                const int c16 = n > 16 ? 16 * ((n / 16) / 2) : 0; /* two column ranges */
+                if (c16) k->pw_packed(&pw, g, xg, n, 0, c16, y2 + yo, (size_t)n, &pe, ps);
+                k->pw_packed(&pw, g, xg, n, c16, n - c16, y2 + yo + c16, (size_t)n, &pe, ps);
+            }
+            ck_assert_msg(memcmp(y1, y2, (size_t)M * n * sizeof(float)) == 0, "pw_packed[%s] differs from pw", k->name);
+            mf_free(ps); mf_free(y1); mf_free(y2); mf_free(wt); mf_free(pbias); mf_free(pw.wp);
+            free(src);
+            mf_free(kw); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(yf); mf_free(yp); mf_free(scr);
+        }
+    }
+    if (!ran) printf("SKIP dw_packed/pw_packed: no bf16 set of this CPU has them (they need AVX512-BF16)\n");
+}
+END_TEST
+
 /* Depthwise with multiplier e followed by shuffle(cin), computed plainly,
  * equals the folded index map of model.c: out q = j*cin + i reads input i
  * with the weights of pre-shuffle channel i*e + j. */
@@ -482,6 +552,7 @@ int main(void)
     tcase_add_test(tc, bf16_rounding);
     tcase_add_test(tc, dw_random);
     tcase_add_test(tc, dw_shuffle_fold);
+    tcase_add_test(tc, dw_pw_packed);
     tcase_add_test(tc, attention_random);
     tcase_add_test(tc, linear_random);
     tcase_add_test(tc, linear_random_bf16);
