@@ -5,7 +5,8 @@
 #   make test         install missing Debian packages, build, run every test
 #   make run          install missing packages, build, serve the bundled model on :8080
 #   make bench        engine benchmarks (bench/engine.sh), not part of the tests
-#   make roofline     this CPU's FMA peak and memory bandwidth, and the batch-1 floors they imply
+#   make roofline     this CPU's fp32/bf16/AMX peaks and L2/L3/DRAM bandwidth, the batch-1 floors they imply
+#   make gemm-bench   the 1x1 and linear kernels alone on one network's shapes (GEMM_ARGS="ARCH SIZE IMAGES")
 #   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
 #   make eval-default accuracy of the bundled model: PyTorch, engine, service (tools/eval_default.py)
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
@@ -23,6 +24,8 @@ FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Ivision -Iserver $(CFLAGS)
 FINAL_LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
 AVX512_FLAGS  = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2
+BF16_FLAGS    = $(AVX512_FLAGS) -mavx512bf16
+AMX_FLAGS     = $(BF16_FLAGS) -mamx-tile -mamx-bf16
 
 ifeq ($(SANITIZE),)
 BUILD    ?= build
@@ -54,17 +57,26 @@ CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
 
-.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline
+.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(FINAL_CFLAGS) -c $< -o $@
 
-# Kernels with AVX-512 are compiled for it and only called after a CPU check.
+# Kernels with AVX-512, AVX512-BF16 or AMX are compiled for it, only those
+# files, and only called after a CPU check (engine/kernels.c).
 $(BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
 	@mkdir -p $(dir $@)
 	$(CC) $(FINAL_CFLAGS) $(AVX512_FLAGS) -O3 -c $< -o $@
+
+$(BUILD)/obj/engine/kernels_avx512bf16.o: engine/kernels_avx512bf16.c
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) $(BF16_FLAGS) -O3 -c $< -o $@
+
+$(BUILD)/obj/engine/kernels_amx.o: engine/kernels_amx.c
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) $(AMX_FLAGS) -O3 -c $< -o $@
 
 $(ENGINE_LIB): $(ENGINE_OBJ)
 	@rm -f $@
@@ -114,6 +126,14 @@ $(FUZZ_BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(AVX512_FLAGS) -c $< -o $@
 
+$(FUZZ_BUILD)/obj/engine/kernels_avx512bf16.o: engine/kernels_avx512bf16.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(BF16_FLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/obj/engine/kernels_amx.o: engine/kernels_amx.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(AMX_FLAGS) -c $< -o $@
+
 $(FUZZ_BUILD)/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Itests/fuzz -o $@ $< $(FUZZ_OBJ) \
 	    $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
@@ -159,6 +179,13 @@ $(BUILD)/roofline: bench/roofline.c $(ENGINE_LIB)
 
 roofline: $(BUILD)/roofline
 	@OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Haswell} $(BUILD)/roofline $(ARCHS)
+
+# the GEMM kernels alone on one network's shapes, every set this CPU has (bench/gemm.c)
+$(BUILD)/gemm-bench: bench/gemm.c $(ENGINE_LIB)
+	$(CC) $(FINAL_CFLAGS) -o $@ $< $(ENGINE_LIB) $(FINAL_LDLIBS)
+
+gemm-bench: $(BUILD)/gemm-bench
+	@OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Haswell} OPENBLAS_NUM_THREADS=1 $(BUILD)/gemm-bench $(GEMM_ARGS)
 
 loadtest: deps
 	@$(MAKE) --no-print-directory all

@@ -1,19 +1,24 @@
-"""Engine benchmark: this engine vs ONNX Runtime vs PyTorch eager, same weights,
-same machine, interleaved.  Run by `make bench` (bench/engine.sh).
+"""Engine benchmark: this engine (fp32 and bf16) vs ONNX Runtime vs PyTorch
+eager, same weights, same machine, interleaved.  Run by `make bench`
+(bench/engine.sh).
 
 For each variant (default 26m, 151m, 508m at 224x224) and each setting
 (batch 1 / 1 thread, batch 1 / 2 threads, batch 16 / 2 threads):
-  - mobileformer:  build/mobileformer bench (AVX-512 kernels where the CPU has
-                   them, OPENBLAS_CORETYPE=Haswell as on these machines)
+  - mobileformer:  build/mobileformer bench, fp32 (AVX-512 kernels where the
+                   CPU has them, OPENBLAS_CORETYPE=Haswell as on these machines)
+  - mf-bf16:       the same with --precision bf16 (AMX tiles, vdpbf16ps or the
+                   portable path: the kernels line says which)
   - onnxruntime:   the PyTorch twin exported to ONNX, run by onnxruntime-node
                    (bench/ort_bench.js), intra-op threads = the setting's threads
   - pytorch:       the twin in eager mode, torch.set_num_threads(threads)
 The contenders run in turn, ROUNDS times, so the machine's drift (30-40% over
 minutes here) hits all of them alike; the table gives the median over rounds
-of each round's median latency, images/s, and the ratios to ONNX Runtime.
+of each round's median latency, images/s, and the ratios: fp32 to ONNX Runtime
+and to PyTorch, bf16 to fp32 (images/s).  The CPU model and the kernel sets
+come first.
 
     /usr/bin/python3 bench/engine.py [--arch 26m,151m,508m] [--rounds 3] [--iters 30]
-        [--size 224] [--settings 1x1,1x2,16x2] [--no-torch] [--json OUT.json]
+        [--size 224] [--settings 1x1,1x2,16x2] [--no-torch] [--no-ort] [--no-bf16] [--json OUT.json]
 """
 import argparse
 import json
@@ -87,16 +92,29 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--settings", default="1x1,1x2,16x2", help="batch x threads, comma-separated")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
 
     settings = [tuple(int(v) for v in s.split("x")) for s in args.settings.split(",")]
-    have_ort = ensure_ort()
+    have_ort = not args.no_ort and ensure_ort()
     env = dict(os.environ, OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "Haswell"),
                OPENBLAS_NUM_THREADS="1")
-    kernels = re.search(r"kernels: (\S+)", subprocess.run([CLI, "info", "--arch", "26m"], capture_output=True,
-                                                          text=True).stdout)
-    print(f"engine kernels: {kernels.group(1) if kernels else '?'}; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}; "
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    kernels = {}
+    for prec in ("fp32", "bf16"):
+        m = re.search(r"(?m)^kernels: (.*)$", subprocess.run([CLI, "info", "--arch", "26m", "--precision", prec],
+                                                            capture_output=True, text=True, env=env).stdout)
+        kernels[prec] = m.group(1) if m else "?"
+    print(f"cpu: {cpu}; {os.cpu_count()} cpus")
+    print(f"engine kernels: fp32 {kernels['fp32']}; bf16 {kernels['bf16']}; "
+          f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}; "
           f"{args.rounds} rounds x {args.iters} iterations, medians of round medians (ms)")
     results = []
     for short in args.arch.split(","):
@@ -106,6 +124,8 @@ def main():
             iters = max(5, args.iters // batch * 2) if batch > 1 else args.iters
             cmds = {"mobileformer": ([CLI, "bench", "--model", p["model"], "--batch", str(batch), "--threads",
                                       str(threads), "--iters", str(iters), "--size", str(args.size)], env)}
+            if not args.no_bf16:
+                cmds["mf-bf16"] = (cmds["mobileformer"][0] + ["--precision", "bf16"], env)
             if have_ort:
                 cmds["onnxruntime"] = (["node", os.path.join(ROOT, "bench", "ort_bench.js"), p["onnx"], str(batch),
                                         str(threads), str(iters), str(args.size), str(args.size)], None)
@@ -128,10 +148,12 @@ def main():
                 line += f"  | speed vs onnxruntime {med['onnxruntime'] / med['mobileformer']:.2f}x"
             if "pytorch" in med:
                 line += f", vs pytorch {med['pytorch'] / med['mobileformer']:.2f}x"
+            if "mf-bf16" in med:
+                line += f"  | bf16 vs fp32 {med['mobileformer'] / med['mf-bf16']:.2f}x"
             print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"cpu": cpu, "kernels": kernels, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

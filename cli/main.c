@@ -47,7 +47,9 @@ static void usage(void)
             "  bench   (--model M | --arch A) [--batch N] [--threads N] [--workers N] [--size S] [--iters N]\n"
             "          [--warmup N]   (--workers: N independent runners at once, as the server's worker pool)\n"
             "  info    (--model M | --arch A)\n"
-            "Kernels: %s (MF_KERNELS=portable forces the portable BLAS ones)\n",
+            "Every command takes --precision fp32|bf16 (default fp32): the arithmetic of the 1x1\n"
+            "convolutions and linear layers.\n"
+            "Kernels: %s for fp32; MF_KERNELS=auto|reference|portable|avx512|avx512bf16|amx forces a path\n",
             mf_kernels_name());
 }
 
@@ -55,6 +57,7 @@ typedef struct opts {
     const char *model, *arch, *input, *output, *shape, *trace;
     int top_k, batch, threads, workers, size, iters, warmup;
     int logits;      /* predict: also print the raw logits */
+    mf_precision precision; /* --precision */
     int nfiles;
     char **files;
 } opts;
@@ -90,6 +93,9 @@ static void parse_opts(int argc, char **argv, opts *o)
         else if (!strcmp(a, "--output")) o->output = v;
         else if (!strcmp(a, "--shape")) o->shape = v;
         else if (!strcmp(a, "--trace")) o->trace = v;
+        else if (!strcmp(a, "--precision")) {
+            if (mf_precision_parse(v, &o->precision) != 0) die("--precision: expected fp32 or bf16, got '%s'", v);
+        }
         else if (!strcmp(a, "--top-k")) o->top_k = parse_int(a, v, 1, 1000000);
         else if (!strcmp(a, "--batch")) o->batch = parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 256);
@@ -120,14 +126,15 @@ static mf_model *load_model(const opts *o)
     char err[512];
     mf_model *m = NULL;
     mf_status st;
+    const mf_model_options mo = {.precision = o->precision};
     rss_before_load = rss_bytes();
     if (o->model && o->arch) die("give --model FILE or --arch NAME, not both");
     if (o->model) {
-        st = mf_model_load(o->model, &m, err, sizeof err);
+        st = mf_model_load_opts(o->model, &mo, &m, err, sizeof err);
     } else if (o->arch) {
         mf_arch a;
         if ((st = mf_arch_parse(o->arch, &a, err, sizeof err)) == MF_OK)
-            st = mf_model_synthetic(&a, 1000, 1, &m, err, sizeof err);
+            st = mf_model_synthetic_opts(&a, 1000, 1, &mo, &m, err, sizeof err);
     } else {
         die("--model FILE (or --arch NAME for synthetic weights) is required");
     }
@@ -296,6 +303,15 @@ static int cmd_predict(const opts *o)
 
 static double now_ms(void) { return (double)mf_now_ns() * 1e-6; }
 
+/* CPU time of the calling thread: unlike the wall clock, it does not count
+ * the time other processes on a shared machine take the core away. */
+static double thread_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -311,6 +327,7 @@ typedef struct runner {
     int H, W;
     const float *x;
     double *t;                 /* [iters] ms */
+    double *cpu;               /* [iters] ms of this thread's CPU time (meaningful with --threads 1) */
     pthread_barrier_t *start;  /* NULL: run alone */
     double t0, t1;             /* first timed start, last timed end (ms) */
     size_t ws_bytes;
@@ -332,9 +349,10 @@ static void *run_bench(void *arg)
     if (r->start) pthread_barrier_wait(r->start);
     r->t0 = now_ms();
     for (int i = 0; i < o->iters && !r->err; i++) {
-        double t0 = now_ms();
+        double t0 = now_ms(), c0 = thread_cpu_ms();
         mf_forward(r->m, ws, r->x, B, r->H, r->W, y);
         r->t[i] = now_ms() - t0;
+        r->cpu[i] = thread_cpu_ms() - c0;
     }
     r->t1 = now_ms();
     r->ws_bytes = ws ? mf_workspace_bytes(ws) : 0;
@@ -351,15 +369,16 @@ static int cmd_bench(const opts *o)
     int H = o->size ? o->size : p->input_h, W = o->size ? o->size : p->input_w, B = o->batch, N = o->workers;
     size_t n = (size_t)B * 3 * H * W, iters = (size_t)o->iters;
     float *x = malloc(n * sizeof(float));
-    double *t = malloc(iters * N * sizeof(double));
+    double *t = malloc(iters * N * sizeof(double)), *cpu = malloc(iters * N * sizeof(double));
     runner *r = calloc((size_t)N, sizeof *r);
     pthread_t *th = calloc((size_t)N, sizeof *th);
     pthread_barrier_t start;
-    if (!x || !t || !r || !th) die("out of memory");
+    if (!x || !t || !cpu || !r || !th) die("out of memory");
     mf_fill_uniform(x, n, 42, 0.0, 2.0);
     if (N > 1 && pthread_barrier_init(&start, NULL, (unsigned)N) != 0) die("cannot start %d workers", N);
     for (int i = 0; i < N; i++) {
-        r[i] = (runner){.m = m, .o = o, .H = H, .W = W, .x = x, .t = t + iters * i, .start = N > 1 ? &start : NULL};
+        r[i] = (runner){.m = m, .o = o, .H = H, .W = W, .x = x, .t = t + iters * i, .cpu = cpu + iters * i,
+                        .start = N > 1 ? &start : NULL};
         if (N > 1 && pthread_create(&th[i], NULL, run_bench, &r[i]) != 0) die("cannot start %d workers", N);
     }
     if (N == 1) run_bench(&r[0]);
@@ -375,9 +394,15 @@ static int cmd_bench(const opts *o)
     qsort(t, all, sizeof *t, cmp_double);
     double med = t[all / 2], p10 = t[all / 10], p90 = t[(all * 9) / 10];
     const mf_arch *a = mf_model_arch(m);
-    printf("arch %s batch %d size %dx%d threads %d%s kernels %s\n", a->name, B, H, W, o->threads,
-           N > 1 ? " (per worker)" : "", mf_kernels_name());
+    printf("arch %s batch %d size %dx%d threads %d%s precision %s kernels %s (fp32 layers %s)\n", a->name, B, H, W,
+           o->threads, N > 1 ? " (per worker)" : "", mf_precision_name(mf_model_precision(m)), mf_model_kernels(m),
+           mf_model_kernels_fp32(m));
     printf("median %.3f ms  p10 %.3f  p90 %.3f  min %.3f  max %.3f  (%zu iters)\n", med, p10, p90, t[0], t[all - 1], all);
+    if (o->threads == 1 && N == 1) { /* helpers' spinning would make CPU time meaningless otherwise */
+        qsort(cpu, all, sizeof *cpu, cmp_double);
+        printf("cpu median %.3f ms  min %.3f  (this thread's CPU time: what other load on the machine does not inflate)\n",
+               cpu[all / 2], cpu[0]);
+    }
     if (N > 1)
         printf("images/s %.1f (%d workers at once, %zu batches of %d in %.1f ms)\n", all * B * 1000.0 / (t1 - t0), N, all,
                B, t1 - t0);
@@ -388,6 +413,7 @@ static int cmd_bench(const opts *o)
     print_memory(o, m);
     free(x);
     free(t);
+    free(cpu);
     free(r);
     free(th);
     mf_model_free(m);
@@ -412,7 +438,8 @@ static int cmd_info(const opts *o)
            p->input_h, p->input_w, p->interpolation, p->mean[0], p->mean[1], p->mean[2], p->std[0], p->std[1], p->std[2],
            p->channels);
     print_memory(o, m);
-    printf("kernels: %s\n", mf_kernels_name());
+    printf("precision: %s\n", mf_precision_name(mf_model_precision(m)));
+    printf("kernels: %s (fp32 layers: %s)\n", mf_model_kernels(m), mf_model_kernels_fp32(m));
     free(desc);
     mf_model_free(m);
     return 0;

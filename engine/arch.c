@@ -371,45 +371,45 @@ static int conv_out(int n, int s) { return (n + 2 - 3) / s + 1; }
 /* Multiply-adds of recipe rows on T tokens; the map is h x w at the start and
  * becomes oh x ow after a strided depthwise row.  hw_in / hw_out: the block's
  * input and output maps (for the attention products). */
-static double madds_rows(const mf_layer_recipe *rows, int n, const mf_widths *w, int G, double T, double *hw,
-                         double hw_in, double hw_out)
+/* Multiply-adds of recipe rows, added to m[] by kind. */
+static void madds_rows(const mf_layer_recipe *rows, int n, const mf_widths *w, int G, double T, double *hw,
+                       double hw_in, double hw_out, double *m)
 {
     const double D = w->v[MF_DIM_TOK];
-    double m = 0;
     for (int i = 0; i < n; i++) {
         const mf_layer_recipe *r = &rows[i];
         const double in = mf_dim_eval(r->in, w), out = mf_dim_eval(r->out, w);
         switch (r->kind) {
         case MF_LAYER_DW:
             if (r->strided) *hw = hw_out;
-            m += 9 * out * *hw;
+            m[MF_MADDS_DEPTHWISE] += 9 * out * *hw;
             break;
-        case MF_LAYER_PW: m += out * in / G * *hw; break;
-        case MF_LAYER_STEM: m += 9 * in * out * *hw; break;
-        case MF_LAYER_HYPER: m += D * (D / 4) + (D / 4) * 2 * out; break;
+        case MF_LAYER_PW: m[MF_MADDS_CONV1X1] += out * in / G * *hw; break;
+        case MF_LAYER_STEM: m[MF_MADDS_STEM] += 9 * in * out * *hw; break;
+        case MF_LAYER_HYPER: m[MF_MADDS_LINEAR] += D * (D / 4) + (D / 4) * 2 * out; break;
         case MF_LAYER_LINEAR:
-        case MF_LAYER_LINEAR_BN: m += (r->per_image ? 1 : T) * in * out; break;
+        case MF_LAYER_LINEAR_BN: m[MF_MADDS_LINEAR] += (r->per_image ? 1 : T) * in * out; break;
         case MF_LAYER_ATTN:
-            if (r->attn == MF_ATTN_M2F) m += 2 * T * hw_in * w->v[MF_DIM_IN];
-            else if (r->attn == MF_ATTN_FORMER) m += 2 * T * T * D;
-            else m += 2 * T * hw_out * w->v[MF_DIM_OUT];
+            if (r->attn == MF_ATTN_M2F) m[MF_MADDS_ATTENTION] += 2 * T * hw_in * w->v[MF_DIM_IN];
+            else if (r->attn == MF_ATTN_FORMER) m[MF_MADDS_ATTENTION] += 2 * T * T * D;
+            else m[MF_MADDS_ATTENTION] += 2 * T * hw_out * w->v[MF_DIM_OUT];
             break;
         case MF_LAYER_NORM:
         case MF_LAYER_TOKENS: break;
         }
     }
-    return m;
 }
 
-double mf_arch_madds(const mf_arch *a, int num_classes, int h, int w)
+void mf_arch_madds_by_kind(const mf_arch *a, int num_classes, int h, int w, double out[MF_MADDS_KINDS])
 {
     const double T = a->tokens;
     const int G = a->groups;
     const mf_widths top = mf_recipe_top_widths(a, num_classes);
+    for (int k = 0; k < MF_MADDS_KINDS; k++) out[k] = 0;
     h = conv_out(h, 2);
     w = conv_out(w, 2);
     double hw = (double)h * w;
-    double m = madds_rows(mf_stem_recipe.rows, mf_stem_recipe.n, &top, G, T, &hw, hw, hw);
+    madds_rows(mf_stem_recipe.rows, mf_stem_recipe.n, &top, G, T, &hw, hw, hw, out);
     int in = a->stem;
     for (int i = 0; i < a->n_blocks; i++) {
         const mf_block_desc *b = &a->blocks[i];
@@ -417,14 +417,21 @@ double mf_arch_madds(const mf_arch *a, int num_classes, int h, int w)
         const mf_widths wd = mf_recipe_block_widths(a, i, in);
         int oh = conv_out(h, b->s), ow = conv_out(w, b->s);
         const double hin = hw, hwo = (double)oh * ow;
-        m += madds_rows(br->layers, br->n_layers, &wd, G, T, &hw, hin, hwo);
-        if (br->bridges) m += madds_rows(mf_bridge_recipe.rows, mf_bridge_recipe.n, &wd, G, T, &hw, hin, hwo);
+        madds_rows(br->layers, br->n_layers, &wd, G, T, &hw, hin, hwo, out);
+        if (br->bridges) madds_rows(mf_bridge_recipe.rows, mf_bridge_recipe.n, &wd, G, T, &hw, hin, hwo, out);
         h = oh;
         w = ow;
         hw = hwo;
         in = b->c;
     }
-    m += madds_rows(mf_final_m2f_recipe.rows, mf_final_m2f_recipe.n, &top, G, T, &hw, hw, hw);
-    m += madds_rows(mf_head_recipe.rows, mf_head_recipe.n, &top, G, T, &hw, hw, hw);
+    madds_rows(mf_final_m2f_recipe.rows, mf_final_m2f_recipe.n, &top, G, T, &hw, hw, hw, out);
+    madds_rows(mf_head_recipe.rows, mf_head_recipe.n, &top, G, T, &hw, hw, hw, out);
+}
+
+double mf_arch_madds(const mf_arch *a, int num_classes, int h, int w)
+{
+    double k[MF_MADDS_KINDS], m = 0;
+    mf_arch_madds_by_kind(a, num_classes, h, w, k);
+    for (int i = 0; i < MF_MADDS_KINDS; i++) m += k[i];
     return m;
 }

@@ -22,6 +22,7 @@
 #include <string.h>
 
 static int conv_out(int n, int s) { return (n - 1) / s + 1; } /* 3x3, pad 1 */
+static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 /* Per-thread scratch for a run of up to nimg images, from one allocation. */
 typedef struct scratch {
@@ -37,10 +38,11 @@ typedef struct scratch {
     float *gath;      /* hyper inputs / hidden, pw gathers               */
     float *feat_out;  /* pooled features                   [nimg][fin] */
     float *fc;        /* fc activations                      [nimg][W] */
+    void *kscr;       /* the GEMM kernels' own scratch (bf16 operands)   */
 } scratch;
 
 typedef struct plan_sizes {
-    size_t feat, hid, col, hw, work, maxhid, fin;
+    size_t feat, hid, col, hw, work, maxhid, fin, kscr;
 } plan_sizes;
 
 typedef struct job {
@@ -83,9 +85,27 @@ static void tok_layout(const mf_model *m, size_t *work, size_t *maxhid)
     *maxhid = hid;
 }
 
+/* In a bf16 model whose sets can (mf_kernels.dw_packed), the 1x1 that
+ * reads depthwise row i's output directly in its packed bf16 layout; NULL
+ * when that row's output stays fp32. */
+static const mf_pw *packed_consumer(const mf_model *m, const mf_block *b, int i)
+{
+    const mf_block_recipe *br = &mf_block_recipes[b->type];
+    if (!m->k->dw_packed || m->k32 != &mf_kernels_avx512) return NULL;
+    for (int j = i + 1; j < br->n_layers; j++) {
+        const mf_layer_recipe *r = &br->layers[j];
+        if (r->kind == MF_LAYER_DW) return NULL;
+        if (r->kind == MF_LAYER_PW) {
+            const mf_pw *p = mf_recipe_target_const(m, b, r);
+            return r->src == br->layers[i].dst && p->k == m->k ? p : NULL;
+        }
+    }
+    return NULL;
+}
+
 /* Floats of the hidden maps (U1, U2) a block needs: every recipe row that
- * writes one, at the map size where it runs. */
-static size_t block_hidden(const mf_block *b, int hw, int ohw)
+ * writes one, at the map size where it runs (packed for its 1x1, where it is). */
+static size_t block_hidden(const mf_model *m, const mf_block *b, int hw, int ohw)
 {
     const mf_block_recipe *br = &mf_block_recipes[b->type];
     size_t need = 0, cur = (size_t)hw;
@@ -96,9 +116,40 @@ static size_t block_hidden(const mf_block *b, int hw, int ohw)
         const mf_widths w = {{[MF_DIM_IN] = b->cin, [MF_DIM_OUT] = b->cout, [MF_DIM_H1] = b->hid1,
                               [MF_DIM_H2] = b->hid2}};
         size_t f = (size_t)mf_dim_eval(r->out, &w) * cur;
+        const mf_pw *p = r->kind == MF_LAYER_DW ? packed_consumer(m, b, i) : NULL;
+        if (p) f = (p->k->packed_map_bytes(p->groups, p->cin / p->groups, (int)cur) + 3) / 4;
         if ((r->dst == MF_MAP_U1 || r->dst == MF_MAP_U2) && f > need) need = f;
     }
     return need;
+}
+
+static size_t pw_scr(const mf_pw *p)
+{
+    return p->k && p->k->pw_scratch_bytes ? p->k->pw_scratch_bytes(p->cin / p->groups) : 0;
+}
+
+static size_t lin_scr(const mf_lin *l)
+{
+    return l->k && l->k->lin_scratch_bytes ? l->k->lin_scratch_bytes(l->in) : 0;
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+static size_t m2f_scr(const mf_m2f *b) { return max_sz(max_sz(lin_scr(&b->q), lin_scr(&b->alpha)), lin_scr(&b->proj)); }
+
+/* Bytes of kernel scratch the largest layer asks for (layers a block kind
+ * lacks have no kernel set and ask for none). */
+static size_t kernel_scratch(const mf_model *m)
+{
+    size_t s = max_sz(max_sz(pw_scr(&m->cls_pw), lin_scr(&m->fc)), max_sz(lin_scr(&m->head), m2f_scr(&m->final_m2f)));
+    for (int i = 0; i < m->arch.n_blocks; i++) {
+        const mf_block *b = &m->blocks[i];
+        const mf_lin *l[] = {&b->hy1.l1, &b->hy1.l2, &b->hy2.l1, &b->hy2.l2, &b->former.q, &b->former.mlp,
+                             &b->former.ffn1, &b->former.ffn2, &b->f2m.k, &b->f2m.v};
+        s = max_sz(s, max_sz(max_sz(pw_scr(&b->pw1), pw_scr(&b->pw2)), m2f_scr(&b->m2f)));
+        for (size_t j = 0; j < sizeof l / sizeof l[0]; j++) s = max_sz(s, lin_scr(l[j]));
+    }
+    return s;
 }
 
 static plan_sizes plan(const mf_model *m, int h, int w)
@@ -109,13 +160,13 @@ static plan_sizes plan(const mf_model *m, int h, int w)
     w = conv_out(w, 2);
     size_t hw = (size_t)h * w;
     s.feat = (size_t)a->stem * hw;
-    s.col = m->k->stem ? 0 : 27 * hw; /* im2col only without a direct stem kernel */
+    s.col = m->k32->stem ? 0 : 27 * hw; /* im2col only without a direct stem kernel */
     s.hw = hw;
     for (int i = 0; i < a->n_blocks; i++) {
         const mf_block *b = &m->blocks[i];
         int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
         size_t ohw = (size_t)oh * ow;
-        size_t f = (size_t)b->cout * ohw, hid = block_hidden(b, (int)hw, (int)ohw);
+        size_t f = (size_t)b->cout * ohw, hid = block_hidden(m, b, (int)hw, (int)ohw);
         if (f > s.feat) s.feat = f;
         if (hid > s.hid) s.hid = hid;
         h = oh;
@@ -127,31 +178,36 @@ static plan_sizes plan(const mf_model *m, int h, int w)
     if ((size_t)cls->cin * hw > s.col) s.col = (size_t)cls->cin * hw;
     tok_layout(m, &s.work, &s.maxhid);
     s.fin = (size_t)cls->cout + (size_t)a->token_dim;
+    s.kscr = (kernel_scratch(m) + sizeof(float) - 1) / sizeof(float);
+    /* dw_packed: two output planes, the largest being the first block's */
+    if (m->k->dw_packed && 2 * pad16(s.hw) > s.kscr) s.kscr = 2 * pad16(s.hw);
     return s;
 }
 
-static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 /* Carve one thread's scratch for n images out of p (or just count, p NULL). */
 static size_t carve(const mf_model *m, const plan_sizes *s, int n, float *p, scratch *sc)
 {
     const size_t T = (size_t)m->arch.tokens, D = (size_t)m->arch.token_dim, N = (size_t)n;
-    size_t sizes[12] = {
+    size_t sizes[13] = {
         N * pad16(s->feat), N * pad16(s->feat), pad16(s->hid), pad16(s->hid), pad16(s->col),
         pad16(T * s->hw), pad16(N * T * D), pad16(N * s->work), pad16(N * 4 * s->maxhid),
         pad16(N * D + N * D / 4 + 2 * s->maxhid), pad16(N * s->fin), pad16(N * (size_t)m->arch.classifier_width),
+        pad16(s->kscr),
     };
-    float **dst[12];
+    float *kscr;
+    float **dst[13];
     scratch tmp;
     if (!sc) sc = &tmp;
-    float **fields[12] = {&sc->X, &sc->Y, &sc->U1, &sc->U2, &sc->col, &sc->attn, &sc->z, &sc->tok,
-                          &sc->dy, &sc->gath, &sc->feat_out, &sc->fc};
+    float **fields[13] = {&sc->X, &sc->Y, &sc->U1, &sc->U2, &sc->col, &sc->attn, &sc->z, &sc->tok,
+                          &sc->dy, &sc->gath, &sc->feat_out, &sc->fc, &kscr};
     memcpy(dst, fields, sizeof dst);
     size_t total = 0;
-    for (int i = 0; i < 12; i++) {
+    for (int i = 0; i < 13; i++) {
         if (p) *dst[i] = p + total;
         total += sizes[i];
     }
+    if (p) sc->kscr = s->kscr ? kscr : NULL;
     sc->nimg = n;
     sc->feat = pad16(s->feat);
     return total;
@@ -206,10 +262,14 @@ typedef struct fctx {
 
 /* ---- layers ----------------------------------------------------------- */
 
+/* Thread t's kernel scratch in a team pass (thread 0: the run's own). */
+static void *kscratch(const fctx *c, int t) { return t == 0 ? c->sc->kscr : c->ws->sc[t].kscr; }
+
 typedef struct pw_task {
-    const mf_model *m;
+    const fctx *c;
     const mf_pw *p;
     const float *x;
+    const uint16_t *xp; /* or the input packed by dw_packed (bf16) */
     int n;
     float *y;
     mf_epi e[64];   /* per group */
@@ -227,18 +287,25 @@ static void pw_run(void *arg, int t, int nt)
     for (int g = 0; g < G; g++) {
         mf_epi e = k->e[g];
         if (e.res) e.res += c0;
-        k->m->k->pw(k->p, g, k->x + (size_t)g * K * k->n + c0, (size_t)k->n, c1 - c0, k->yg[g] + c0, k->ldy, &e);
+        if (k->xp)
+            k->p->k->pw_packed(k->p, g, k->xp + k->p->k->packed_map_bytes(1, K, k->n) / 2 * g, k->n, c0, c1 - c0,
+                               k->yg[g] + c0, k->ldy, &e, kscratch(k->c, t));
+        else
+            k->p->k->pw(k->p, g, k->x + (size_t)g * K * k->n + c0, (size_t)k->n, c1 - c0, k->yg[g] + c0, k->ldy, &e,
+                        kscratch(k->c, t));
     }
 }
 
-/* A grouped 1x1 conv over a CHW map: y[cout][n] from x[cin][n], columns
- * split over the team.  dya/dyb are indexed by output channel after any
- * shuffle; res like y; gather: 2*cout floats for shuffled slopes. */
-static void pw_conv(const fctx *c, const mf_pw *p, const float *x, int n, float *y, mf_act act,
+/* A grouped 1x1 conv over a CHW map: y[cout][n] from x[cin][n] (or from xp,
+ * packed by dw_packed), columns split over the team.  dya/dyb are indexed by
+ * output channel after any shuffle; res like y; gather: 2*cout floats for
+ * shuffled slopes. */
+static void pw_conv(const fctx *c, const mf_pw *p, const float *x, const uint16_t *xp, int n, float *y, mf_act act,
                     const float *dya, const float *dyb, const float *res, float *gather)
 {
     const int G = p->groups, M = p->cout / G;
-    pw_task k = {.m = c->m, .p = p, .x = x, .n = n, .y = y, .ldy = p->shuffle_out ? (size_t)G * n : (size_t)n};
+    pw_task k = {.c = c, .p = p, .x = x, .xp = xp, .n = n, .y = y,
+                 .ldy = p->shuffle_out ? (size_t)G * n : (size_t)n};
     for (int g = 0; g < G; g++) {
         mf_epi *e = &k.e[g];
         *e = (mf_epi){.act = act, .bias = p->bias + (size_t)g * M};
@@ -266,31 +333,47 @@ static void pw_conv(const fctx *c, const mf_pw *p, const float *x, int n, float 
 }
 
 typedef struct dw_task {
-    const mf_model *m;
+    const fctx *c;
     const mf_dw *d;
     const float *x;
     int h, w, oh, ow;
     float *y;
+    uint16_t *yp;     /* or packed for the next 1x1 (dw_packed) */
+    int kg, slots;    /* packed: that 1x1's channels per group, pair slots in all */
     const mf_epi *e;
 } dw_task;
 
 static void dw_run(void *arg, int t, int nt)
 {
     dw_task *k = arg;
+    const mf_model *m = k->c->m;
     int c0, c1;
+    if (k->yp) {
+        split(k->slots, 1, t, nt, &c0, &c1);
+        if (c0 < c1)
+            m->k->dw_packed(k->d, c0, c1, k->x, k->h, k->w, k->yp, k->oh, k->ow, k->kg, k->e, kscratch(k->c, t));
+        return;
+    }
     split(k->d->cout, 1, t, nt, &c0, &c1);
-    if (c0 < c1) k->m->k->dw(k->d, c0, c1, k->x, k->h, k->w, k->y, k->oh, k->ow, k->e);
+    if (c0 < c1) m->k32->dw(k->d, c0, c1, k->x, k->h, k->w, k->y, k->oh, k->ow, k->e);
 }
 
+/* 3x3 depthwise, channels split over the team; with `to` (the 1x1 that
+ * reads it, in a model that packs for it) into that 1x1's packed input. */
 static void dw_conv(const fctx *c, const mf_dw *d, const float *x, int h, int w, float *y, int oh, int ow,
-                    const mf_epi *e)
+                    const mf_epi *e, const mf_pw *to)
 {
-    dw_task k = {c->m, d, x, h, w, oh, ow, y, e};
+    dw_task k = {.c = c, .d = d, .x = x, .h = h, .w = w, .oh = oh, .ow = ow, .y = y, .e = e};
+    if (to) {
+        k.yp = (uint16_t *)(void *)y;
+        k.kg = to->cin / to->groups;
+        k.slots = to->groups * ((k.kg + 1) / 2);
+    }
     par(c->ws, dw_run, &k);
 }
 
 typedef struct lin_task {
-    const mf_model *m;
+    const fctx *c;
     const mf_lin *l;
     const float *x;
     int rows;
@@ -302,13 +385,13 @@ static void lin_run(void *arg, int t, int nt)
     lin_task *k = arg;
     int o0, o1;
     split(k->l->out, 48, t, nt, &o0, &o1);
-    if (o0 < o1) k->m->k->linear(k->l, k->x, k->rows, k->y, o0, o1);
+    if (o0 < o1) k->l->k->linear(k->l, k->x, k->rows, k->y, o0, o1, kscratch(k->c, t));
 }
 
 /* y[rows][out] = x W^T + b; output columns split over the team when large. */
 static void linear(const fctx *c, const mf_lin *l, const float *x, int rows, float *y)
 {
-    lin_task k = {c->m, l, x, rows, y};
+    lin_task k = {c, l, x, rows, y};
     if ((size_t)l->in * l->out * rows < 32768 || l->out < 96) lin_run(&k, 0, 1);
     else par(c->ws, lin_run, &k);
 }
@@ -359,10 +442,10 @@ static void attn_run(const attn_task *k, int t, int nt, int m2f)
         const int j = it / 2, hd = it % 2;
         const size_t tok = (size_t)j * T * k->C + hd * ch, map = k->fs * j + (size_t)hd * ch * k->hw;
         if (m2f)
-            k->c->m->k->m2f_attn(k->x + map, ch, k->hw, k->q + tok, k->C, T, scale, k->o + tok, k->C,
+            k->c->m->k32->m2f_attn(k->x + map, ch, k->hw, k->q + tok, k->C, T, scale, k->o + tok, k->C,
                                  t == 0 ? k->c->sc->attn : k->c->ws->sc[t].attn);
         else
-            k->c->m->k->f2m_attn(k->y + map, ch, k->hw, k->q + tok, k->v + tok, k->C, T, scale);
+            k->c->m->k32->f2m_attn(k->y + map, ch, k->hw, k->q + tok, k->v + tok, k->C, T, scale);
     }
 }
 
@@ -456,7 +539,7 @@ static void stem_run(void *arg, int t, int nt)
     int y0, y1;
     split(k->h, 1, t, nt, &y0, &y1);
     if (y0 < y1)
-        k->m->k->stem(k->in, k->H, k->W, k->m->stem_w, k->m->stem_b, k->m->arch.stem, k->out, k->h, k->w, y0, y1);
+        k->m->k32->stem(k->in, k->H, k->W, k->m->stem_w, k->m->stem_b, k->m->arch.stem, k->out, k->h, k->w, y0, y1);
 }
 
 /* The stem of one image: a direct kernel where there is one, else im2col
@@ -465,7 +548,7 @@ static void stem(const fctx *c, const float *in, int H, int W, float *out)
 {
     const mf_model *m = c->m;
     const int h = conv_out(H, 2), w = conv_out(W, 2);
-    if (m->k->stem) {
+    if (m->k32->stem) {
         stem_task k = {m, in, H, W, h, w, out};
         par(c->ws, stem_run, &k);
         return;
@@ -489,8 +572,8 @@ static void stem(const fctx *c, const float *in, int H, int W, float *out)
                     }
                 }
             }
-    mf_pw st = {.cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .bias = m->stem_b};
-    pw_conv(c, &st, c->sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
+    mf_pw st = {.k = m->k32, .cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .bias = m->stem_b};
+    pw_conv(c, &st, c->sc->col, NULL, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
 }
 
 /* The convolutions of block b for one image, as its recipe chains them
@@ -503,6 +586,7 @@ static void block_convs(const fctx *c, const mf_block *b, const float *x, int h,
     const mf_block_recipe *br = &mf_block_recipes[b->type];
     float *gath = sc->gath + (size_t)sc->nimg * c->m->arch.token_dim * 5 / 4;
     float *maps[4] = {[MF_MAP_X] = (float *)x, [MF_MAP_Y] = y, [MF_MAP_U1] = sc->U1, [MF_MAP_U2] = sc->U2};
+    int packed[4] = {0}; /* the map holds a 1x1's packed bf16 input (dw_packed) */
     int ch = h, cw = w; /* the map size where the row runs: the input's until the strided depthwise */
     for (int i = 0; i < br->n_layers; i++) {
         const mf_layer_recipe *r = &br->layers[i];
@@ -516,11 +600,15 @@ static void block_convs(const fctx *c, const mf_block *b, const float *x, int h,
             const mf_dw *d = layer;
             int nh = r->strided ? oh : ch, nw = r->strided ? ow : cw;
             mf_epi e = {.act = r->act, .bias = d->bias, .dya = da, .dyb = db};
-            dw_conv(c, d, src, ch, cw, dst, nh, nw, &e);
+            const mf_pw *to = packed_consumer(c->m, b, i);
+            dw_conv(c, d, src, ch, cw, dst, nh, nw, &e, to);
+            packed[r->dst] = to != NULL;
             ch = nh;
             cw = nw;
         } else {
-            pw_conv(c, layer, src, ch * cw, dst, r->act, da, db, res, gath);
+            const uint16_t *xp = packed[r->src] ? (const uint16_t *)(const void *)src : NULL;
+            pw_conv(c, layer, xp ? NULL : src, xp, ch * cw, dst, r->act, da, db, res, gath);
+            packed[r->dst] = 0;
         }
     }
 }
@@ -541,7 +629,7 @@ static void classifier_features(const fctx *c, const float *x, int hw, const flo
         cin = sc->col;
     }
     const mf_pw *cp = &c->m->cls_pw;
-    pw_conv(c, cp, cin, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, NULL, sc->gath);
+    pw_conv(c, cp, cin, NULL, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, NULL, sc->gath);
     for (int ch = 0; ch < cp->cout; ch++) {
         const float *r = sc->U1 + (size_t)ch * hw;
         float s = 0.f;

@@ -10,7 +10,8 @@
  *   forward.c    the forward pass and the workspace plan
  *   team.c       a workspace's helper threads (team.h)
  *   kernels.c    CPU features and the choice of kernel set
- *   kernels_ref.c, kernels_avx512.c   the kernel sets
+ *   kernels_ref.c, kernels_avx512.c   the fp32 kernel sets (and the bf16 twins, portable bf16)
+ *   kernels_avx512bf16.c, kernels_amx.c   bf16 GEMMs: vdpbf16ps, AMX tiles (kernels_bf16.h: layouts)
  *   mathfn.c     softmax, LayerNorm, hard sigmoid (scalar)
  *   synthetic.c  deterministic weights (mf_synthetic.h)
  *   status.c, alloc.c, clock.c   status text and error messages, aligned memory, the clock
@@ -22,6 +23,7 @@
 #include "mf_util.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* 64-byte aligned allocation (NULL on failure); free with mf_free. */
 void *mf_alloc(size_t bytes);
@@ -45,7 +47,10 @@ typedef struct mf_epi {
 /* 1x1 convolution with `groups` groups, BatchNorm folded.  Output rows of
  * group g are written at rows j*G+g when shuffle_out (a following channel
  * shuffle(G), folded into the output stride), else at g*(M/G)+j. */
+typedef struct mf_kernels mf_kernels;
+
 typedef struct mf_pw {
+    const mf_kernels *k;   /* the set that packed the weights and runs the layer */
     int cout, cin, groups; /* channels out / in, groups */
     int shuffle_out;       /* 1: apply shuffle(groups) to the output */
     float *w;              /* [cout][cin/groups] plain (kernels without pw_pack) or NULL */
@@ -65,6 +70,7 @@ typedef struct mf_dw {
 
 /* Linear layer stored transposed for the token kernels: y = x W^T + b. */
 typedef struct mf_lin {
+    const mf_kernels *k; /* the set that packed the weights and runs the layer */
     int out, in;  /* features out / in */
     float *wt;    /* [in][out] plain (kernels without lin_pack) or NULL */
     void *wp;     /* packed by the kernel set's lin_pack, or NULL */
@@ -109,14 +115,14 @@ typedef struct mf_block {
     mf_f2m f2m;
 } mf_block;
 
-typedef struct mf_kernels mf_kernels;
-
 struct mf_model {
     mf_arch arch;
     int num_classes;
     mf_preprocess pre;
     char **labels;           /* [num_classes] */
-    const mf_kernels *k;     /* kernel set chosen at build time */
+    mf_precision precision;  /* of the 1x1 convolutions and linears */
+    const mf_kernels *k;     /* their kernel set, chosen at build time (k->precision) */
+    const mf_kernels *k32;   /* the fp32 set of every other layer (== k for fp32) */
     float *tokens;           /* [T][D] learned tokens */
     float *stem_w;           /* [stem][27] BN folded */
     float *stem_b;           /* [stem] */
@@ -131,12 +137,22 @@ struct mf_model {
 
 /* ---- kernels --------------------------------------------------------------
  * Each optimized kernel has a plain reference twin (kernels_ref.c) and a test
- * holding the two together.  Feature maps are CHW, one image at a time. */
+ * holding the two together.  Feature maps are CHW, one image at a time.
+ *
+ * A set's precision is that of its pw and linear kernels (the GEMMs).  A bf16
+ * set has only those and its pack functions; a bf16 model runs the layers
+ * around them on the fp32 set chosen with it (mf_kernels_choose, model->k32).
+ * A layer records the set that packed it (mf_pw.k, mf_lin.k), so layers of
+ * both precisions can sit in one model.
+ *
+ * scratch: pw_scratch_bytes(k) / lin_scratch_bytes(in) bytes (64-byte aligned)
+ * that the kernel may use, whatever n or rows; NULL functions: none needed. */
 struct mf_kernels {
     const char *name;
+    mf_precision precision; /* of pw and linear */
     /* y[M][N] (row stride ldy) = W x[K][N] (row stride ldx) + epilogue; one group. */
     void (*pw)(const mf_pw *p, int group, const float *x, size_t ldx, int n, float *y, size_t ldy,
-               const mf_epi *e);
+               const mf_epi *e, void *scratch);
     /* 3x3 depthwise, output channels [c0, c1). */
     void (*dw)(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
                const mf_epi *e);
@@ -150,7 +166,7 @@ struct mf_kernels {
                      float scale);
     /* Columns [o0, o1) of y[rows][out] = x[rows][in] W^T + b (token-side linears,
      * the classifier head); o0 a multiple of 48. */
-    void (*linear)(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1);
+    void (*linear)(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch);
     /* The stem, 3x3 stride 2 pad 1 from 3 channels, + bias + relu6, direct,
      * output rows [oy0, oy1); NULL: im2col + pw instead.  w: [c][27]. */
     void (*stem)(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out,
@@ -158,23 +174,82 @@ struct mf_kernels {
     /* Weight layouts, private to each kernel set.  pw_pack: one group's
      * folded weights [m][k] into pw_packed_bytes(m, k) bytes at out (64-byte
      * aligned); NULL: the pw kernel reads plain rows in mf_pw.w.  lin_pack:
-     * a linear's transposed weights [in][out]; NULL: plain in mf_lin.wt. */
+     * a linear's transposed weights [in][out]; NULL: plain in mf_lin.wt.
+     * A bf16 set's plain weights are already rounded to bf16 values. */
     size_t (*pw_packed_bytes)(int m, int k);
     void (*pw_pack)(const float *w, int m, int k, void *dst);
     size_t (*lin_packed_bytes)(int in, int out);
     void (*lin_pack)(const float *wt, int in, int out, void *dst);
+    size_t (*pw_scratch_bytes)(int k);
+    size_t (*lin_scratch_bytes)(int in);
+    /* Optional, bf16 sets on the avx512 fp32 set: a 3x3 depthwise whose
+     * output goes straight into the bf16 input layout of the 1x1 that reads
+     * it (packed_map_bytes(groups, kg, n) bytes: per group of kg channels,
+     * kernels_bf16.h), rather than into fp32 planes that the 1x1 would read
+     * back, round and pack; the rounding is the same.  Pair slots [s0, s1)
+     * of the groups * ceil(kg / 2); scratch: 2 * pad16(oh * ow) floats. */
+    size_t (*packed_map_bytes)(int groups, int kg, int n);
+    void (*dw_packed)(const mf_dw *d, int s0, int s1, const float *x, int h, int w, uint16_t *y, int oh, int ow,
+                      int kg, const mf_epi *e, float *scratch);
+    /* The 1x1 on such inputs: xp the group's packed map of n columns;
+     * computes columns [c0, c0 + cols) (c0 a multiple of 16), y and e->res
+     * offset to column c0 as for pw. */
+    void (*pw_packed)(const mf_pw *p, int group, const uint16_t *xp, int n, int c0, int cols, float *y, size_t ldy,
+                      const mf_epi *e, void *scratch);
 };
 
 extern const mf_kernels mf_kernels_ref;    /* plain scalar twins */
 extern const mf_kernels mf_kernels_blas;   /* portable: OpenBLAS GEMM + plain loops */
 extern const mf_kernels mf_kernels_avx512; /* only when mf_cpu_has_avx512() */
+extern const mf_kernels mf_kernels_ref_bf16;     /* bf16 scalar twins */
+extern const mf_kernels mf_kernels_blas_bf16;    /* bf16 portable: round, then fp32 OpenBLAS */
+extern const mf_kernels mf_kernels_avx512_bf16;  /* vdpbf16ps: only when mf_cpu_has_avx512bf16() */
+extern const mf_kernels mf_kernels_amx_bf16;     /* AMX tiles: only when mf_cpu_has_amx_bf16() */
+
+/* One output plane of the avx512 depthwise (channel q, all oh x ow), for the
+ * bf16 sets' dw_packed. */
+void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
+                        const mf_epi *e);
 
 /* kernels.c: CPU features, and the set MF_KERNELS or the CPU selects. */
 int mf_cpu_has_avx512(void);
-const mf_kernels *mf_kernels_select(void);
+int mf_cpu_has_avx512bf16(void);   /* AVX-512 (as above) and AVX512-BF16 */
+int mf_cpu_has_amx_bf16(void);     /* the above, AMX-TILE/AMX-BF16, and the OS's permission (requested once) */
+
+/* The sets for precision p, forced by `force` ("auto", "reference", ...; see
+ * mf_kernels_name in mf.h) or, when NULL, by $MF_KERNELS: *gemm for the
+ * 1x1 convolutions and linears, *f32 for the rest.  MF_ERR_ARG with the
+ * reason in err when the value is unknown or names what the CPU lacks. */
+mf_status mf_kernels_choose(mf_precision p, const char *force, const mf_kernels **gemm, const mf_kernels **f32,
+                            char *err, size_t errlen);
+
+/* ---- bfloat16 -------------------------------------------------------------
+ * Round to nearest even, as VCVTNE2PS2BF16 does (so every path rounds the
+ * same): zero and denormal inputs become a zero of their sign, NaN stays a
+ * quiet NaN, overflow becomes infinity. */
+static inline uint16_t mf_bf16_bits(float f)
+{
+    uint32_t u;
+    __builtin_memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float mf_bf16_float(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+
+/* f rounded to the nearest bfloat16, as a float. */
+static inline float mf_bf16_round(float f) { return mf_bf16_float(mf_bf16_bits(f)); }
 
 /* Token-side helpers (tiny tensors, T x D); mf_linear_ref is the plain twin. */
-void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1);
+void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch);
 void mf_layernorm(float *x, int rows, int d, const mf_norm *n); /* mathfn.c */
 float mf_hsig(float x);                                         /* mathfn.c */
 

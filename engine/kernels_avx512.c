@@ -156,7 +156,7 @@ static void pw_tail_cols(int nc, const float *wp, const float *x, size_t ldx, in
 }
 
 static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
-                      const mf_epi *e)
+                      const mf_epi *e, void *scratch)
 {
     const int M = p->cout / p->groups, K = p->cin / p->groups;
     const float *wp = (const float *)((const char *)p->wp + p->wp_group * (size_t)g);
@@ -244,7 +244,12 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
             for (int ox = 0; ox < w; ox += 16) {
                 __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
                           mr = mask_range(ox + 1, w);
-                __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+                /* two accumulators per output row (side taps, centre taps):
+                 * eight FMA chains in flight rather than four, as the
+                 * FMAs' latency times their rate needs */
+                __m512 acc[4][2];
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
 #pragma GCC unroll 6
                 for (int r = 0; r < 6; r++) {
                     const float *row = xi + (size_t)(oy - 1 + r) * w + ox;
@@ -254,14 +259,15 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
                     for (int j = 0; j < 4; j++) {
                         const int ky = r - j; /* this input row is tap row ky of output row oy+j */
                         if (ky < 0 || ky > 2) continue;
-                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc[j]);
-                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc[j]);
-                        acc[j] = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, acc[j]);
+                        acc[j][0] = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc[j][0]);
+                        acc[j][1] = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc[j][1]);
+                        acc[j][0] = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, acc[j][0]);
                     }
                 }
 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++)
-                    _mm512_mask_storeu_ps(yo + (size_t)(oy + j) * w + ox, mo, dw_ep_apply(acc[j], &ep));
+                    _mm512_mask_storeu_ps(yo + (size_t)(oy + j) * w + ox, mo,
+                                          dw_ep_apply(_mm512_add_ps(acc[j][0], acc[j][1]), &ep));
             }
             oy += 4;
             continue;
@@ -311,7 +317,8 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
             __mmask16 mo = mask_n(ow - ox);
             __mmask16 ma = mask_range(s, w), mb = mask_range(s + 16, w);
             __mmask16 mla = mask_range(s - 1, w), mlb = mask_range(s + 15, w);
-            __m512 acc = _mm512_setzero_ps();
+            /* one accumulator per tap column: three FMA chains, not one of nine */
+            __m512 acc = _mm512_setzero_ps(), accc = _mm512_setzero_ps(), accr = _mm512_setzero_ps();
             for (int ky = 0; ky < 3; ky++) {
                 int iy = 2 * oy + ky - 1;
                 if (iy < 0 || iy >= h) continue;
@@ -322,23 +329,27 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
                 __m512 r = _mm512_permutex2var_ps(a, odd, b);    /* x[s + 2j + 1] */
                 __m512 l = _mm512_permutex2var_ps(la, even, lb); /* x[s + 2j - 1] */
                 acc = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc);
-                acc = _mm512_fmadd_ps(kv[ky * 3 + 1], c, acc);
-                acc = _mm512_fmadd_ps(kv[ky * 3 + 2], r, acc);
+                accc = _mm512_fmadd_ps(kv[ky * 3 + 1], c, accc);
+                accr = _mm512_fmadd_ps(kv[ky * 3 + 2], r, accr);
             }
+            acc = _mm512_add_ps(_mm512_add_ps(acc, accc), accr);
             _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_ep_apply(acc, &ep));
         }
     }
 }
 
+void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
+                        const mf_epi *e)
+{
+    const float *xi = x + (size_t)d->src[q] * h * w;
+    if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
+    else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
+}
+
 static void dw_avx512(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
                       const mf_epi *e)
 {
-    for (int q = c0; q < c1; q++) {
-        const float *xi = x + (size_t)d->src[q] * h * w;
-        float *yo = y + (size_t)q * oh * ow;
-        if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
-        else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
-    }
+    for (int q = c0; q < c1; q++) mf_dw_plane_avx512(d, q, x, h, w, y + (size_t)q * oh * ow, oh, ow, e);
 }
 
 /* ---- exp ----------------------------------------------------------------
@@ -622,7 +633,7 @@ static inline __attribute__((always_inline)) void lin_tile(int R, const mf_lin *
         }
 }
 
-static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, int ob, int oe)
+static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, int ob, int oe, void *scratch)
 {
     for (int r0 = 0; r0 < rows; r0 += 8) {
         int R = rows - r0 < 8 ? rows - r0 : 8;
@@ -714,6 +725,7 @@ static void stem_avx512(const float *in, int h, int w, const float *wt, const fl
 
 const mf_kernels mf_kernels_avx512 = {
     .name = "avx512",
+    .precision = MF_PRECISION_FP32,
     .pw = pw_avx512,
     .dw = dw_avx512,
     .m2f_attn = m2f_attn_avx512,

@@ -1,5 +1,10 @@
 /* kernels_ref.c -- plain scalar reference kernels (the twins every optimized
- * kernel is tested against) and the portable BLAS kernel set. */
+ * kernel is tested against) and the portable BLAS kernel set, each in both
+ * precisions.  The bf16 twins round every input of a product to bfloat16 as
+ * it is read (mf_bf16_round; their weights arrive rounded from model.c) and
+ * accumulate in double; the portable bf16 set rounds the inputs into its
+ * scratch and runs the fp32 OpenBLAS GEMM on them, so all bf16 paths see the
+ * same bf16 operands and differ only in the order of fp32 additions. */
 #include "internal.h"
 
 #include <cblas.h>
@@ -37,8 +42,8 @@ static inline size_t pw_row(const mf_pw *p, int g, int j)
 /* The caller passes y and res already offset to this group's first output
  * row; rows then follow with stride ldy (shuffled: G*hw). e->bias and the
  * dyrelu slopes are indexed by the group's local row j. */
-static void pw_ref(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
-                   const mf_epi *e)
+static void pw_plain(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                     const mf_epi *e, int bf16)
 {
     int M = p->cout / p->groups, K = p->cin / p->groups;
     const float *w = p->w + (size_t)g * M * K;
@@ -48,14 +53,29 @@ static void pw_ref(const mf_pw *p, int g, const float *x, size_t ldx, int n, flo
         const float *rr = e->res ? e->res + (size_t)j * e->ldr : NULL;
         for (int q = 0; q < n; q++) {
             double acc = 0.0;
-            for (int k = 0; k < K; k++) acc += (double)w[(size_t)j * K + k] * x[(size_t)k * ldx + q];
+            for (int k = 0; k < K; k++) {
+                float xv = x[(size_t)k * ldx + q];
+                acc += (double)w[(size_t)j * K + k] * (bf16 ? mf_bf16_round(xv) : xv);
+            }
             yr[q] = epilogue1((float)acc, j, e, rr ? rr + q : NULL);
         }
     }
 }
 
+static void pw_ref(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                   const mf_epi *e, void *scratch)
+{
+    pw_plain(p, g, x, ldx, n, y, ldy, e, 0);
+}
+
+static void pw_ref_bf16(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                        const mf_epi *e, void *scratch)
+{
+    pw_plain(p, g, x, ldx, n, y, ldy, e, 1);
+}
+
 static void pw_blas(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
-                    const mf_epi *e)
+                    const mf_epi *e, void *scratch)
 {
     int M = p->cout / p->groups, K = p->cin / p->groups;
     const float *w = p->w + (size_t)g * M * K;
@@ -124,25 +144,35 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
 
 /* ---- token-side helpers ------------------------------------------------- */
 
-void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1)
+static void linear_plain(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, int bf16)
 {
     for (int r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * l->out;
         const float *xr = x + (size_t)r * l->in;
         memcpy(yr + o0, l->b + o0, (size_t)(o1 - o0) * sizeof(float));
         for (int i = 0; i < l->in; i++) {
-            const float xv = xr[i];
+            const float xv = bf16 ? mf_bf16_round(xr[i]) : xr[i];
             const float *w = l->wt + (size_t)i * l->out;
             for (int o = o0; o < o1; o++) yr[o] += xv * w[o];
         }
     }
 }
 
+void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
+{
+    linear_plain(l, x, rows, y, o0, o1, 0);
+}
+
+static void linear_ref_bf16(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
+{
+    linear_plain(l, x, rows, y, o0, o1, 1);
+}
+
 /* Many rows (the classifier head of a large batch): a GEMM. */
-static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1)
+static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
 {
     if (rows <= 8) {
-        mf_linear_ref(l, x, rows, y, o0, o1);
+        linear_plain(l, x, rows, y, o0, o1, 0);
         return;
     }
     for (int r = 0; r < rows; r++) memcpy(y + (size_t)r * l->out + o0, l->b + o0, (size_t)(o1 - o0) * sizeof(float));
@@ -151,10 +181,69 @@ static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int
 }
 
 /* Weights stay plain (no pack functions): pw reads mf_pw.w, linear mf_lin.wt.
- * No direct stem: the forward pass uses im2col + pw.  Both sets run the
- * depthwise convolution and the attention bridges with the plain loops. */
+ * No direct stem: the forward pass uses im2col + pw. */
+/* ---- portable bf16: inputs rounded into the scratch, then the fp32 GEMM ---- */
+
+#define BLAS_BF16_SCRATCH (256u << 10) /* bytes of rounded inputs per pass */
+#define LIN_ROWS 16                   /* rows of a linear rounded per pass */
+
+/* Columns of x rounded per pass: a multiple of 16 that fits the budget. */
+static int blas_bf16_cols(int k)
+{
+    int nc = (int)(BLAS_BF16_SCRATCH / (sizeof(float) * (size_t)k)) / 16 * 16;
+    return nc < 16 ? 16 : nc > 1024 ? 1024 : nc;
+}
+
+static size_t pw_scratch_blas_bf16(int k) { return (size_t)k * (size_t)blas_bf16_cols(k) * sizeof(float); }
+
+static void pw_blas_bf16(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                         const mf_epi *e, void *scratch)
+{
+    const int K = p->cin / p->groups, nc = blas_bf16_cols(K);
+    float *xr = scratch; /* [K][cols] */
+    for (int n0 = 0; n0 < n; n0 += nc) {
+        const int cols = n - n0 < nc ? n - n0 : nc;
+        for (int k = 0; k < K; k++)
+            for (int q = 0; q < cols; q++) xr[(size_t)k * cols + q] = mf_bf16_round(x[(size_t)k * ldx + n0 + q]);
+        mf_epi e2 = *e;
+        if (e2.res) e2.res += n0;
+        pw_blas(p, g, xr, (size_t)cols, cols, y + n0, ldy, &e2, NULL);
+    }
+}
+
+static size_t lin_scratch_blas_bf16(int in) { return (size_t)LIN_ROWS * (size_t)in * sizeof(float); }
+
+static void linear_blas_bf16(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
+{
+    float *xr = scratch; /* [LIN_ROWS][in] */
+    for (int r0 = 0; r0 < rows; r0 += LIN_ROWS) {
+        const int R = rows - r0 < LIN_ROWS ? rows - r0 : LIN_ROWS;
+        for (size_t i = 0; i < (size_t)R * l->in; i++) xr[i] = mf_bf16_round(x[(size_t)r0 * l->in + i]);
+        linear_blas(l, xr, R, y + (size_t)r0 * l->out, o0, o1, NULL);
+    }
+}
+
+/* Both fp32 sets run the depthwise convolution and the attention bridges
+ * with the plain loops. */
 #define PLAIN_LOOPS .dw = dw_ref, .m2f_attn = m2f_attn_ref, .f2m_attn = f2m_attn_ref
 
 const mf_kernels mf_kernels_ref = {.name = "reference", .pw = pw_ref, .linear = mf_linear_ref, PLAIN_LOOPS};
 
 const mf_kernels mf_kernels_blas = {.name = "portable", .pw = pw_blas, .linear = linear_blas, PLAIN_LOOPS};
+
+/* bf16 sets hold only the GEMMs (the model's fp32 set runs the other layers) */
+const mf_kernels mf_kernels_ref_bf16 = {
+    .name = "reference-bf16",
+    .precision = MF_PRECISION_BF16,
+    .pw = pw_ref_bf16,
+    .linear = linear_ref_bf16,
+};
+
+const mf_kernels mf_kernels_blas_bf16 = {
+    .name = "portable-bf16",
+    .precision = MF_PRECISION_BF16,
+    .pw = pw_blas_bf16,
+    .linear = linear_blas_bf16,
+    .pw_scratch_bytes = pw_scratch_blas_bf16,
+    .lin_scratch_bytes = lin_scratch_blas_bf16,
+};

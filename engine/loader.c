@@ -167,6 +167,12 @@ static mf_status parse_labels(const char *text, int n, char ***out, char *err, s
 
 mf_status mf_model_load_buffer(const void *buf, size_t len, mf_model **out, char *err, size_t errlen)
 {
+    return mf_model_load_buffer_opts(buf, len, NULL, out, err, errlen);
+}
+
+mf_status mf_model_load_buffer_opts(const void *buf, size_t len, const mf_model_options *o, mf_model **out,
+                                    char *err, size_t errlen)
+{
     const unsigned char *b = buf;
     *out = NULL;
     if (err && errlen) err[0] = '\0';
@@ -312,7 +318,8 @@ mf_status mf_model_load_buffer(const void *buf, size_t len, mf_model **out, char
         }
     }
     /* f.t names point into specs, which outlive the build */
-    st = mf_model_build(&arch, num_classes, st_lookup, &f, &pre, (const char *const *)labels, out, err, errlen);
+    st = mf_model_build_opts(&arch, num_classes, st_lookup, &f, &pre, (const char *const *)labels, o, out, err,
+                             errlen);
 done:
     for (int i = 0; i < f.ncopies; i++) free(f.copies[i]);
     free(f.copies);
@@ -327,6 +334,11 @@ done:
 }
 
 mf_status mf_model_load(const char *path, mf_model **out, char *err, size_t errlen)
+{
+    return mf_model_load_opts(path, NULL, out, err, errlen);
+}
+
+mf_status mf_model_load_opts(const char *path, const mf_model_options *o, mf_model **out, char *err, size_t errlen)
 {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -353,7 +365,7 @@ mf_status mf_model_load(const char *path, mf_model **out, char *err, size_t errl
         return MF_ERR_IO;
     }
     char tmp[512] = "";
-    mf_status st = mf_model_load_buffer(map, len, out, tmp, sizeof tmp);
+    mf_status st = mf_model_load_buffer_opts(map, len, o, out, tmp, sizeof tmp);
     munmap(map, len);
 #ifdef __GLIBC__
     /* give the header parse's and the folding's freed temporaries back to

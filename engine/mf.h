@@ -102,9 +102,49 @@ int mf_arch_tensor_specs(const mf_arch *a, int num_classes, mf_tensor_spec **out
 size_t mf_arch_param_count(const mf_arch *a, int num_classes);
 double mf_arch_madds(const mf_arch *a, int num_classes, int h, int w);
 
+/* Multiply-adds of one image at h x w by kind of layer (mf_arch_madds is
+ * their sum): what a precision or a kernel speeds up, and what it leaves. */
+typedef enum mf_madds_kind {
+    MF_MADDS_CONV1X1 = 0, /* 1x1 convolutions (blocks and classifier) */
+    MF_MADDS_LINEAR,      /* token-side linears, hyper-functions, the fc and class layers */
+    MF_MADDS_DEPTHWISE,   /* 3x3 depthwise convolutions */
+    MF_MADDS_STEM,        /* the 3x3 stem convolution */
+    MF_MADDS_ATTENTION,   /* the bridges' and the Former's attention products */
+    MF_MADDS_KINDS
+} mf_madds_kind;
+
+void mf_arch_madds_by_kind(const mf_arch *a, int num_classes, int h, int w, double out[MF_MADDS_KINDS]);
+
 /* ---- Model ------------------------------------------------------------- */
 
 typedef struct mf_model mf_model; /* opaque; read-only after load */
+
+/* Arithmetic of a model's 1x1 convolutions (the classifier's included) and
+ * linear layers (token side, hyper-functions, fc and class layer).  FP32:
+ * all float32.  BF16: their weights are rounded to bfloat16 (round to
+ * nearest even) and packed at load, their inputs rounded the same way as
+ * the GEMM reads them, products accumulated in float32; biases,
+ * activations, dynamic ReLU, residuals, the depthwise and stem
+ * convolutions, attention, softmax and LayerNorm stay float32.  Every CPU
+ * runs both: AMX-BF16 tiles, AVX512-BF16 dot products, or a portable
+ * fallback with the same rounding (mf_model_kernels says which). */
+typedef enum mf_precision {
+    MF_PRECISION_FP32 = 0,
+    MF_PRECISION_BF16,
+} mf_precision;
+
+/* "fp32" / "bf16" ("?" for a value outside the enum). */
+const char *mf_precision_name(mf_precision p);
+
+/* "fp32" or "bf16" -> *out; 0 on success, -1 (and *out untouched) otherwise. */
+int mf_precision_parse(const char *s, mf_precision *out);
+
+/* How a model is built; a zeroed struct (or a NULL pointer) is fp32 with the
+ * kernels the CPU (or $MF_KERNELS) selects. */
+typedef struct mf_model_options {
+    mf_precision precision; /* arithmetic of the 1x1 convolutions and linears */
+    const char *kernels;    /* NULL: $MF_KERNELS, else "auto" (see mf_kernels_name) */
+} mf_model_options;
 
 typedef struct mf_preprocess {
     int input_h, input_w;   /* network input (crop) size */
@@ -128,11 +168,24 @@ mf_status mf_model_build(const mf_arch *a, int num_classes, mf_tensor_lookup loo
                          const mf_preprocess *pre, const char *const *labels,
                          mf_model **out, char *err, size_t errlen);
 
-/* Load a model file (safetensors with mobileformer metadata). */
+/* The same with options (NULL: fp32, the default kernels).  Fails with
+ * MF_ERR_ARG, and says why in err, when the options or $MF_KERNELS ask for
+ * kernels this CPU cannot run. */
+mf_status mf_model_build_opts(const mf_arch *a, int num_classes, mf_tensor_lookup lookup, void *ctx,
+                              const mf_preprocess *pre, const char *const *labels, const mf_model_options *o,
+                              mf_model **out, char *err, size_t errlen);
+
+/* Load a model file (safetensors with mobileformer metadata), fp32. */
 mf_status mf_model_load(const char *path, mf_model **out, char *err, size_t errlen);
 
 /* Same from a buffer in memory (not kept after the call). */
 mf_status mf_model_load_buffer(const void *buf, size_t len, mf_model **out, char *err, size_t errlen);
+
+/* Both with options (NULL: as without). */
+mf_status mf_model_load_opts(const char *path, const mf_model_options *o, mf_model **out, char *err,
+                             size_t errlen);
+mf_status mf_model_load_buffer_opts(const void *buf, size_t len, const mf_model_options *o, mf_model **out,
+                                    char *err, size_t errlen);
 
 /* Models with deterministic weights, for benchmarks: mf_synthetic.h. */
 
@@ -143,6 +196,14 @@ int mf_model_num_classes(const mf_model *m);
 const char *mf_model_label(const mf_model *m, int i); /* never NULL for 0 <= i < classes */
 const mf_preprocess *mf_model_preprocess(const mf_model *m);
 size_t mf_model_bytes(const mf_model *m); /* memory held by the model's weights */
+mf_precision mf_model_precision(const mf_model *m);
+/* The kernel set of the model's 1x1 convolutions and linears: "avx512",
+ * "portable" or "reference" (fp32); "amx-bf16", "avx512-bf16",
+ * "portable-bf16" or "reference-bf16" (bf16). */
+const char *mf_model_kernels(const mf_model *m);
+/* The fp32 set running its other layers (depthwise, attention, stem; the
+ * same as mf_model_kernels for an fp32 model): "avx512", "portable", "reference". */
+const char *mf_model_kernels_fp32(const mf_model *m);
 
 /* ---- Inference --------------------------------------------------------- */
 
@@ -170,8 +231,18 @@ void mf_workspace_set_trace(mf_workspace *ws, mf_trace_fn fn, void *user);
 mf_status mf_forward(const mf_model *m, mf_workspace *ws, const float *input, int b, int h, int w,
                      float *logits);
 
-/* Which kernels this process uses ("avx512" or "portable"); MF_KERNELS=portable
- * in the environment forces the portable ones (tests run both). */
+/* The fp32 kernel set a model built now gets ("avx512" or "portable", or
+ * "reference"; "?" when $MF_KERNELS is invalid or asks for what the CPU
+ * lacks).  $MF_KERNELS (or mf_model_options.kernels) forces a path:
+ *   auto (or unset)  the fastest this CPU has: fp32 avx512 > portable;
+ *                    bf16 amx-bf16 > avx512-bf16 > portable-bf16
+ *   reference        the plain scalar twins (fp32: reference; bf16: reference-bf16)
+ *   portable         OpenBLAS + plain loops (fp32: portable; bf16: portable-bf16)
+ *   avx512           fp32: avx512; bf16: avx512-bf16 (vdpbf16ps)
+ *   avx512bf16       bf16: avx512-bf16 (fp32: avx512)
+ *   amx              bf16: amx-bf16 (fp32: avx512)
+ * Forcing what the CPU lacks (or an unknown value) makes the model build fail
+ * with a message naming the missing feature. */
 const char *mf_kernels_name(void);
 
 #ifdef __cplusplus

@@ -29,6 +29,10 @@ void mf_fill_uniform(float *out, size_t n, uint64_t seed, double offset, double 
 mf_status mf_model_synthetic(const mf_arch *a, int num_classes, uint64_t seed, mf_model **out,
                              char *err, size_t errlen);
 
+/* The same with options (NULL: fp32), e.g. a bf16 model. */
+mf_status mf_model_synthetic_opts(const mf_arch *a, int num_classes, uint64_t seed, const mf_model_options *o,
+                                  mf_model **out, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,7 +2,9 @@
  * against the architecture, folds each BatchNorm into the layer before it,
  * folds channel multipliers and shuffles into index maps / output strides,
  * transposes token-side linears and packs 1x1 weights for the kernel set in
- * use.  The model is read-only afterwards. */
+ * use.  In a bf16 model the 1x1 convolutions' and linears' folded weights are
+ * rounded to bfloat16 here, once, before their set packs them.  The model
+ * is read-only afterwards. */
 #include "internal.h"
 #include "recipe.h"
 
@@ -122,10 +124,18 @@ static int fold_conv(build_ctx *c, const char *conv, const char *bn, int n, size
     return 0;
 }
 
-static void set_pw(build_ctx *c, mf_pw *p, const char *conv, const char *bn, int cout, int cin, int groups,
-                   int shuffle_out)
+/* Round a bf16 set's weights to bf16 values before its pack (or plain copy). */
+static void round_for(const mf_kernels *k, float *w, size_t n)
+{
+    if (k->precision != MF_PRECISION_BF16) return;
+    for (size_t i = 0; i < n; i++) w[i] = mf_bf16_round(w[i]);
+}
+
+static void set_pw(build_ctx *c, const mf_kernels *k, mf_pw *p, const char *conv, const char *bn, int cout, int cin,
+                   int groups, int shuffle_out)
 {
     float *w, *b;
+    p->k = k;
     p->cout = cout;
     p->cin = cin;
     p->groups = groups;
@@ -134,7 +144,7 @@ static void set_pw(build_ctx *c, mf_pw *p, const char *conv, const char *bn, int
     p->bias = walloc(c, (size_t)cout);
     if (p->bias) memcpy(p->bias, b, (size_t)cout * sizeof(float));
     int M = cout / groups, K = cin / groups;
-    const mf_kernels *k = c->m->k;
+    round_for(k, w, (size_t)cout * K);
     if (k->pw_pack) {
         p->wp_group = (k->pw_packed_bytes(M, K) + 63) & ~(size_t)63;
         p->wp = walloc_bytes(c, p->wp_group * (size_t)groups);
@@ -178,7 +188,8 @@ static void set_dw(build_ctx *c, mf_dw *d, const char *conv, const char *bn, int
 /* Transposed weight [in][out] -> the layout of the kernel set (plain or packed). */
 static void store_lin(build_ctx *c, mf_lin *l, float *wt)
 {
-    const mf_kernels *k = c->m->k;
+    const mf_kernels *k = l->k;
+    round_for(k, wt, (size_t)l->out * l->in);
     if (k->lin_pack) {
         l->wp = walloc_bytes(c, k->lin_packed_bytes(l->in, l->out));
         if (l->wp) k->lin_pack(wt, l->in, l->out, l->wp);
@@ -190,10 +201,11 @@ static void store_lin(build_ctx *c, mf_lin *l, float *wt)
 
 /* Linear prefix.{weight,bias}; scale/shift (may be NULL) fold a following
  * BatchNorm1d: y = (W x + b) * scale + shift. */
-static void set_lin_bn(build_ctx *c, mf_lin *l, const char *prefix, int out, int in, const double *scale,
-                       const double *shift)
+static void set_lin_bn(build_ctx *c, const mf_kernels *k, mf_lin *l, const char *prefix, int out, int in,
+                       const double *scale, const double *shift)
 {
     const float *w = get(c, "%s.weight", prefix), *b = get(c, "%s.bias", prefix);
+    l->k = k;
     l->out = out;
     l->in = in;
     l->b = walloc(c, (size_t)out);
@@ -211,9 +223,9 @@ static void set_lin_bn(build_ctx *c, mf_lin *l, const char *prefix, int out, int
     free(wt);
 }
 
-static void set_lin(build_ctx *c, mf_lin *l, const char *prefix, int out, int in)
+static void set_lin(build_ctx *c, const mf_kernels *k, mf_lin *l, const char *prefix, int out, int in)
 {
-    set_lin_bn(c, l, prefix, out, in, NULL, NULL);
+    set_lin_bn(c, k, l, prefix, out, in, NULL, NULL);
 }
 
 static void set_norm(build_ctx *c, mf_norm *n, const char *prefix, int d)
@@ -226,11 +238,11 @@ static void set_norm(build_ctx *c, mf_norm *n, const char *prefix, int d)
     memcpy(n->b, b, (size_t)d * sizeof(float));
 }
 
-static void set_hyper(build_ctx *c, mf_hyper *h, const char *p, int D, int C)
+static void set_hyper(build_ctx *c, const mf_kernels *k, mf_hyper *h, const char *p, int D, int C)
 {
     char s[192];
-    snprintf(s, sizeof s, "%s.hyper.0", p); set_lin(c, &h->l1, s, D / 4, D);
-    snprintf(s, sizeof s, "%s.hyper.2", p); set_lin(c, &h->l2, s, 2 * C, D / 4);
+    snprintf(s, sizeof s, "%s.hyper.0", p); set_lin(c, k, &h->l1, s, D / 4, D);
+    snprintf(s, sizeof s, "%s.hyper.2", p); set_lin(c, k, &h->l2, s, 2 * C, D / 4);
 }
 
 static void set_tokens(build_ctx *c, const char *name)
@@ -260,11 +272,12 @@ static void set_stem(build_ctx *c, const char *conv, const char *bn)
 }
 
 /* A linear followed by a BatchNorm1d, folded: y = (W x + b) * scale + shift. */
-static void set_lin_then_bn(build_ctx *c, mf_lin *l, const char *lin, const char *bn, int out, int in)
+static void set_lin_then_bn(build_ctx *c, const mf_kernels *k, mf_lin *l, const char *lin, const char *bn, int out,
+                            int in)
 {
     double *s = malloc((size_t)out * 2 * sizeof(double));
     if (!s) { c->failed = 1; mf_set_err(c->err, c->errlen, "out of memory"); return; }
-    if (!c->failed && bn_scale_shift(c, bn, out, s, s + out) == 0) set_lin_bn(c, l, lin, out, in, s, s + out);
+    if (!c->failed && bn_scale_shift(c, bn, out, s, s + out) == 0) set_lin_bn(c, k, l, lin, out, in, s, s + out);
     free(s);
 }
 
@@ -281,17 +294,19 @@ static void build_rows(build_ctx *c, const mf_layer_recipe *rows, int n, const c
         const int in = mf_dim_eval(r->in, w), out = mf_dim_eval(r->out, w);
         snprintf(s1, sizeof s1, "%s%s", p, r->name ? r->name : "");
         snprintf(s2, sizeof s2, "%s%s", p, r->bn ? r->bn : "");
+        /* the GEMM layers (PW, HYPER, LINEAR*) on the model's set, in its precision */
+        const mf_kernels *k = c->m->k;
         switch (r->kind) {
         case MF_LAYER_DW: set_dw(c, dst, s1, s2, in, out / in, r->strided ? stride : 1, r->shuffled && G > 1); break;
-        case MF_LAYER_PW: set_pw(c, dst, s1, s2, out, in, G, r->shuffled); break;
-        case MF_LAYER_HYPER: set_hyper(c, dst, s1, D, out); break;
+        case MF_LAYER_PW: set_pw(c, k, dst, s1, s2, out, in, G, r->shuffled); break;
+        case MF_LAYER_HYPER: set_hyper(c, k, dst, s1, D, out); break;
         case MF_LAYER_LINEAR:
-            set_lin(c, dst, s1, out, in);
+            set_lin(c, k, dst, s1, out, in);
             /* read once per run: streamed past the caches, not kept */
             if (r->per_image) ((mf_lin *)dst)->stream = 1;
             break;
         case MF_LAYER_LINEAR_BN:
-            set_lin_then_bn(c, dst, s1, s2, out, in);
+            set_lin_then_bn(c, k, dst, s1, s2, out, in);
             if (r->per_image) ((mf_lin *)dst)->stream = 1;
             break;
         case MF_LAYER_NORM: set_norm(c, dst, s1, out); break;
@@ -358,12 +373,46 @@ void mf_model_free(mf_model *m)
     free(m);
 }
 
+const char *mf_precision_name(mf_precision p)
+{
+    switch (p) {
+    case MF_PRECISION_FP32: return "fp32";
+    case MF_PRECISION_BF16: return "bf16";
+    }
+    return "?";
+}
+
+int mf_precision_parse(const char *s, mf_precision *out)
+{
+    if (!s) return -1;
+    if (strcmp(s, "fp32") == 0) *out = MF_PRECISION_FP32;
+    else if (strcmp(s, "bf16") == 0) *out = MF_PRECISION_BF16;
+    else return -1;
+    return 0;
+}
+
 mf_status mf_model_build(const mf_arch *a, int num_classes, mf_tensor_lookup lookup, void *ctx,
                          const mf_preprocess *pre, const char *const *labels, mf_model **out, char *err,
                          size_t errlen)
 {
+    return mf_model_build_opts(a, num_classes, lookup, ctx, pre, labels, NULL, out, err, errlen);
+}
+
+mf_status mf_model_build_opts(const mf_arch *a, int num_classes, mf_tensor_lookup lookup, void *ctx,
+                              const mf_preprocess *pre, const char *const *labels, const mf_model_options *o,
+                              mf_model **out, char *err, size_t errlen)
+{
     *out = NULL;
-    mf_status st = mf_arch_validate(a, err, errlen);
+    const mf_model_options defaults = {0};
+    if (!o) o = &defaults;
+    if (o->precision != MF_PRECISION_FP32 && o->precision != MF_PRECISION_BF16) {
+        mf_set_err(err, errlen, "unknown precision %d", (int)o->precision);
+        return MF_ERR_ARG;
+    }
+    const mf_kernels *gemm, *k32;
+    mf_status st = mf_kernels_choose(o->precision, o->kernels, &gemm, &k32, err, errlen);
+    if (st != MF_OK) return st;
+    st = mf_arch_validate(a, err, errlen);
     if (st != MF_OK) return st;
     if (num_classes < 1 || num_classes > 100000) {
         mf_set_err(err, errlen, "num_classes must be in 1..100000, got %d", num_classes);
@@ -373,7 +422,9 @@ mf_status mf_model_build(const mf_arch *a, int num_classes, mf_tensor_lookup loo
     if (!m) return MF_ERR_NOMEM;
     m->arch = *a;
     m->num_classes = num_classes;
-    m->k = mf_kernels_select();
+    m->precision = o->precision;
+    m->k = gemm;
+    m->k32 = k32;
     if (pre) m->pre = *pre;
     else mf_preprocess_default(&m->pre);
 
@@ -419,6 +470,9 @@ const mf_arch *mf_model_arch(const mf_model *m) { return &m->arch; }
 int mf_model_num_classes(const mf_model *m) { return m->num_classes; }
 const mf_preprocess *mf_model_preprocess(const mf_model *m) { return &m->pre; }
 size_t mf_model_bytes(const mf_model *m) { return m->bytes; }
+mf_precision mf_model_precision(const mf_model *m) { return m->precision; }
+const char *mf_model_kernels(const mf_model *m) { return m->k->name; }
+const char *mf_model_kernels_fp32(const mf_model *m) { return m->k32->name; }
 
 const char *mf_model_label(const mf_model *m, int i)
 {

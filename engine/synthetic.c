@@ -76,6 +76,12 @@ static const float *synth_lookup(void *ctx, const mf_tensor_spec *spec)
 mf_status mf_model_synthetic(const mf_arch *a, int num_classes, uint64_t seed, mf_model **out, char *err,
                              size_t errlen)
 {
+    return mf_model_synthetic_opts(a, num_classes, seed, NULL, out, err, errlen);
+}
+
+mf_status mf_model_synthetic_opts(const mf_arch *a, int num_classes, uint64_t seed, const mf_model_options *o,
+                                  mf_model **out, char *err, size_t errlen)
+{
     mf_tensor_spec *specs;
     *out = NULL;
     mf_status st = mf_arch_validate(a, err, errlen);
@@ -84,7 +90,7 @@ mf_status mf_model_synthetic(const mf_arch *a, int num_classes, uint64_t seed, m
     if (n < 0) return MF_ERR_NOMEM;
     synth_ctx c = {.seed = seed, .specs = specs, .n = n, .bufs = calloc((size_t)n, sizeof(float *))};
     if (!c.bufs) { free(specs); return MF_ERR_NOMEM; }
-    st = mf_model_build(a, num_classes, synth_lookup, &c, NULL, NULL, out, err, errlen);
+    st = mf_model_build_opts(a, num_classes, synth_lookup, &c, NULL, NULL, o, out, err, errlen);
     for (int i = 0; i < n; i++) free(c.bufs[i]);
     free(c.bufs);
     free(specs);

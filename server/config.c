@@ -65,6 +65,10 @@ static const setting settings[] = {
      "explicit control: the models to load at start, comma-separated (empty = all)"},
     {"repository_poll_s", SETTING_INT, FIELD(repository_poll_s), "10", 1, 86400,
      "poll control: seconds between rescans of model_repository (SIGHUP rescans at once)"},
+    {"precision", SETTING_CHOICE, FIELD(precision), "fp32", 1, MF_CONFIG_STR - 1,
+     "arithmetic of the 1x1 convolutions and linears: fp32, or bf16 (AMX / AVX512-BF16 where the CPU has them); "
+     "a model's config.json may set its own",
+     "fp32|bf16"},
     {"default_model", SETTING_STRING, FIELD(default_model), "", 0, MF_CONFIG_STR - 1,
      "the model /v1/predict answers with; empty = the only model (several: 400 naming them)"},
     {"http_threads", SETTING_INT, FIELD(http_threads), "0", 0, 1024,

@@ -28,6 +28,7 @@ typedef struct mf_config {
     char load_models[MF_CONFIG_PATH];      /* explicit: models to load at start, comma-separated */
     int repository_poll_s;                 /* poll: seconds between rescans */
     char default_model[MF_CONFIG_STR];     /* /v1/predict's model; "" = the only one */
+    char precision[MF_CONFIG_STR];         /* "fp32" or "bf16": the models' default */
     int http_threads;                /* HTTP threads (epoll loops); 0 = online cores */
     int workers;                     /* inference threads; 0 = online cores */
     int engine_threads;              /* threads per worker's engine workspace */

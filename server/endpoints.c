@@ -187,7 +187,7 @@ int mf_body_begin(mf_request *r)
 
 /* ---- metadata ----------------------------------------------------------------- */
 
-char *mf_metadata_tail(const mf_model *m, const char *const *labels, int precision)
+char *mf_metadata_tail(const mf_model *m, const char *const *labels)
 {
     const mf_arch *a = mf_model_arch(m);
     const mf_preprocess *p = mf_model_preprocess(m);
@@ -201,7 +201,7 @@ char *mf_metadata_tail(const mf_model *m, const char *const *labels, int precisi
         "{s:s,"
         "s:[{s:s,s:s,s:[i,i,i,i]},{s:s,s:s,s:[i],s:[s,s]}],"
         "s:[{s:s,s:s,s:[i,i]},{s:s,s:s,s:[i,i]}],"
-        "s:s,s:o*,s:i,s:[i,i],s:{s:[i,i],s:i,s:s,s:[f,f,f],s:[f,f,f],s:i},s:I,s:i,s:o*,s:s}",
+        "s:s,s:o*,s:i,s:[i,i],s:{s:[i,i],s:i,s:s,s:[f,f,f],s:[f,f,f],s:i},s:I,s:i,s:o*,s:s,s:s,s:s}",
         "platform", "mobileformer_c",
         "inputs", "name", "input", "datatype", "FP32", "shape", -1, 3, -1, -1, "name", "image", "datatype", "BYTES",
         "shape", -1, "content_types", "image/jpeg", "image/png",
@@ -212,7 +212,8 @@ char *mf_metadata_tail(const mf_model *m, const char *const *labels, int precisi
         "mean", (double)p->mean[0], (double)p->mean[1], (double)p->mean[2], "std", (double)p->std[0],
         (double)p->std[1], (double)p->std[2], "channels", p->channels, "parameters",
         (json_int_t)mf_arch_param_count(a, classes), "labels_count", classes, "labels", lab, "precision",
-        precision ? "bf16" : "fp32");
+        mf_precision_name(mf_model_precision(m)), "kernels", mf_model_kernels(m), "kernels_fp32",
+        mf_model_kernels_fp32(m));
     char *text = o ? json_dumps(o, JSON_FLAGS) : NULL;
     json_decref(o);
     if (!text) return NULL;

@@ -29,7 +29,7 @@ int mf_body_begin(mf_request *r);
 
 /* GET /v2/models/{name} after "name" and "versions": ",\"platform\":...}" --
  * the protocol's inputs and outputs, architecture, classes, preprocessing,
- * labels, precision (malloc'd); NULL on out of memory. */
-char *mf_metadata_tail(const mf_model *m, const char *const *labels, int precision);
+ * labels, precision and kernel sets (malloc'd); NULL on out of memory. */
+char *mf_metadata_tail(const mf_model *m, const char *const *labels);
 
 #endif

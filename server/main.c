@@ -158,10 +158,11 @@ int main(int argc, char **argv)
     char names[1024];
     mf_repo_names(repo, names, sizeof names);
     mf_log_event("info", "listening",
-                 json_pack("{s:s,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:s}", "bind", cfg.bind, "port", mf_http_port(http),
+                 json_pack("{s:s,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:s,s:s}", "bind", cfg.bind, "port", mf_http_port(http),
                            "models", names, "model_repository", cfg.model_repository, "model_control",
                            cfg.model_control, "workers", cfg.workers, "engine_threads", cfg.engine_threads,
-                           "http_threads", cfg.http_threads, "kernels", mf_kernels_name()));
+                           "http_threads", cfg.http_threads, "kernels", mf_kernels_name(), "precision",
+                           cfg.precision));
 
     int sig = 0;
     while (!sig) {

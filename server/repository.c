@@ -108,6 +108,9 @@ void mf_model_config_defaults(const mf_config *cfg, mf_model_config *c)
     c->request_timeout_ms = cfg->request_timeout_ms;
     c->policy = MF_POLICY_LATEST;
     c->latest_n = 1;
+    mf_precision pr = MF_PRECISION_FP32;
+    mf_precision_parse(cfg->precision, &pr); /* the setting is one of the two (config.c) */
+    c->precision = pr;
 }
 
 void mf_model_config_free(mf_model_config *c)
@@ -157,10 +160,10 @@ int mf_model_config_parse(const char *text, size_t len, const char *origin, cons
                 BAD("%s: request_timeout_ms must be an integer in 0..3600000", origin);
         } else if (!strcmp(key, "precision")) {
             if (!json_is_string(v)) BAD("%s: precision must be \"fp32\" or \"bf16\"", origin);
-            const char *p = json_string_value(v);
-            if (!strcmp(p, "fp32")) out->precision = 0;
-            else if (!strcmp(p, "bf16")) out->precision = 1;
-            else BAD("%s: precision must be \"fp32\" or \"bf16\", got \"%.32s\"", origin, p);
+            mf_precision pr;
+            if (mf_precision_parse(json_string_value(v), &pr) != 0)
+                BAD("%s: precision must be \"fp32\" or \"bf16\", got \"%.32s\"", origin, json_string_value(v));
+            out->precision = pr;
         } else if (!strcmp(key, "version_policy")) {
             json_t *x;
             if (!json_is_object(v) || json_object_size(v) != 1)
@@ -484,11 +487,8 @@ static int load_version(mf_repo *r, model_entry *m, const mf_model_config *mc, l
         mf_set_err(err, sizeof err, "%s: %s", path, strerror(errno));
         goto done;
     }
-    if (mc->precision != 0) {
-        mf_set_err(err, sizeof err, "%s: precision bf16 is not supported by this build", path);
-        goto done;
-    }
-    mf_status ms = mf_model_load(path, &v->model, err, sizeof err);
+    const mf_model_options opts = {.precision = (mf_precision)mc->precision};
+    mf_status ms = mf_model_load_opts(path, &opts, &v->model, err, sizeof err);
     if (ms != MF_OK) {
         char e2[sizeof err];
         path_fmt(e2, sizeof e2, "%s: %s", path, err[0] ? err : mf_status_str(ms));
@@ -523,7 +523,7 @@ static int load_version(mf_repo *r, model_entry *m, const mf_model_config *mc, l
     mf_queue_config qc = {.max_batch = mc->max_batch, .max_queue = mc->max_queue, .max_delay_us = mc->max_delay_us,
                           .request_timeout_ms = mc->request_timeout_ms, .series = v->v.series};
     if (mf_queue_new(r->b, v->model, &qc, &v->v.queue, err, sizeof err) != MF_BATCHER_OK) goto done;
-    v->meta_tail = mf_metadata_tail(v->model, (const char *const *)v->labels, mc->precision);
+    v->meta_tail = mf_metadata_tail(v->model, (const char *const *)v->labels);
     v->v.meta_tail = v->meta_tail;
     if (!v->meta_tail) {
         mf_set_err(err, sizeof err, "cannot build the metadata (out of memory)");
@@ -557,9 +557,11 @@ done:;
     prune(m);
     pthread_mutex_unlock(&r->mu);
     mf_log_event("info", "model version loaded",
-                 json_pack("{s:s,s:i,s:s,s:f,s:I,s:I}", "model", m->name, "version", (int)number, "file", path,
-                           "load_ms", secs * 1e3, "weights_bytes", (json_int_t)mf_model_bytes(v->model),
-                           "workspace_bytes", (json_int_t)mf_queue_bytes(v->v.queue)));
+                 json_pack("{s:s,s:i,s:s,s:f,s:I,s:I,s:s,s:s,s:s}", "model", m->name, "version", (int)number, "file",
+                           path, "load_ms", secs * 1e3, "weights_bytes", (json_int_t)mf_model_bytes(v->model),
+                           "workspace_bytes", (json_int_t)mf_queue_bytes(v->v.queue), "precision",
+                           mf_precision_name(mf_model_precision(v->model)), "kernels", mf_model_kernels(v->model),
+                           "kernels_fp32", mf_model_kernels_fp32(v->model)));
     return 0;
 }
 

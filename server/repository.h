@@ -47,7 +47,7 @@ typedef struct mf_model_config {
     int latest_n;            /* MF_POLICY_LATEST: how many of the newest versions */
     int n_specific;          /* MF_POLICY_SPECIFIC: how many in `specific` */
     long specific[16];       /* MF_POLICY_SPECIFIC: the versions */
-    int precision;           /* mf_precision (MF_PRECISION_FP32 when none is given) */
+    int precision;           /* mf_precision (the server's `precision` setting when none is given) */
     char **labels;           /* label override (owned, NULL-terminated), or NULL */
     int n_labels;            /* entries in labels */
 } mf_model_config;

@@ -1,14 +1,20 @@
 /* test_kernels.c -- every optimized kernel against its plain scalar twin on
  * random shapes, odd sizes included: 1x1 convolutions (dense, grouped,
  * shuffled output, every epilogue, in-place residual, K beyond one depth
- * block), 3x3 depthwise (strides 1 and 2, multipliers, folded shuffles, odd
- * sizes), both attention bridges, token-side linears, the direct stem,
- * LayerNorm and the hard sigmoid.  Also the folding of
- * multiplier + shuffle into the depthwise index map against an explicit
- * shuffle of the reference convolution's output. */
+ * block, columns beyond one packing pass), 3x3 depthwise (strides 1 and 2,
+ * multipliers, folded shuffles, odd sizes), both attention bridges,
+ * token-side linears, the direct stem, LayerNorm and the hard sigmoid.
+ * The GEMMs in both precisions: the fp32 sets against the fp32 twins, the
+ * bf16 sets (portable, AVX512-BF16, AMX, each where the CPU has it; a
+ * missing one is reported as SKIP with the feature it lacks) against the
+ * bf16 twins, and the bf16 twins against fp32 within bf16's error.  The
+ * scalar bf16 rounding against VCVTNE2PS2BF16, bit for bit.  Also the
+ * folding of multiplier + shuffle into the depthwise index map against an
+ * explicit shuffle of the reference convolution's output. */
 #include "testutil.h"
 #include "internal.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
@@ -27,28 +33,67 @@ static float *rvec(size_t n)
     return v;
 }
 
-static const mf_kernels *kernel_sets[3];
-static int n_sets;
+static const mf_kernels *kernel_sets[3], *bf16_sets[3];
+static int n_sets, n_bf16;
 
 static void setup(void)
 {
-    n_sets = 0;
+    n_sets = n_bf16 = 0;
     kernel_sets[n_sets++] = &mf_kernels_blas;
     if (mf_cpu_has_avx512()) kernel_sets[n_sets++] = &mf_kernels_avx512;
     else printf("SKIP avx512 kernels: this CPU lacks AVX-512\n");
+    bf16_sets[n_bf16++] = &mf_kernels_blas_bf16;
+    if (mf_cpu_has_avx512bf16()) bf16_sets[n_bf16++] = &mf_kernels_avx512_bf16;
+    else printf("SKIP avx512-bf16 kernels: this CPU lacks AVX512-BF16\n");
+    if (mf_cpu_has_amx_bf16()) bf16_sets[n_bf16++] = &mf_kernels_amx_bf16;
+    else printf("SKIP amx-bf16 kernels: this CPU lacks AMX-BF16 (or the OS refused the tile permission)\n");
 }
+
+/* A kernel's scratch, with a guard after it that must survive the call. */
+#define GUARD 256
+static void *scratch_new(size_t bytes)
+{
+    unsigned char *p = mf_alloc(bytes + GUARD);
+    memset(p + bytes, 0xA5, GUARD);
+    return p;
+}
+
+static void scratch_check(void *s, size_t bytes, const char *what)
+{
+    const unsigned char *p = s;
+    for (size_t i = 0; i < GUARD; i++) ck_assert_msg(p[bytes + i] == 0xA5, "%s: wrote past its scratch", what);
+}
+
+static void round_all(float *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) w[i] = mf_bf16_round(w[i]);
+}
+
+static double worst; /* largest error / tolerance seen by assert_close since the last report */
 
 static void assert_close(const float *got, const float *want, size_t n, double tol, const char *what)
 {
     for (size_t i = 0; i < n; i++) {
-        double err = fabs((double)got[i] - want[i]);
-        ck_assert_msg(err <= tol * (1.0 + fabs(want[i])), "%s: index %zu: %.7g vs reference %.7g", what, i, got[i], want[i]);
+        double err = fabs((double)got[i] - want[i]), lim = tol * (1.0 + fabs(want[i]));
+        ck_assert_msg(err <= lim, "%s: index %zu: %.7g vs reference %.7g", what, i, got[i], want[i]);
+        if (err / lim > worst) worst = err / lim;
     }
 }
 
-START_TEST(pw_random)
+/* One line per kernel family and set list: what ran, and how close it was. */
+static void report(const char *what, const mf_kernels *const *sets, int nsets)
 {
-    for (int trial = 0; trial < 60; trial++) {
+    printf("REPORT %s:", what);
+    for (int s = 0; s < nsets; s++) printf(" %s", sets[s]->name);
+    printf(" -- worst error %.3f of tolerance\n", worst);
+    worst = 0;
+}
+
+/* Random 1x1 convolutions through sets[] against twin.  bf16: the weights
+ * are rounded first, as model.c does for a bf16 set. */
+static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels *twin, int bf16)
+{
+    for (int trial = 0; trial < 70; trial++) {
         int G = (trial % 3 == 0) ? irand(2, 4) : 1;
         int M = G * irand(1, 40), K = G * irand(1, trial % 7 == 0 ? 300 : 50), n = irand(1, 200);
         if (trial % 10 == 9) { /* weights beyond L2: the kernel's row-block-outer order */
@@ -56,6 +101,12 @@ START_TEST(pw_random)
             M = irand(300, 700);
             K = irand(200, 600);
             n = irand(1, 120);
+        }
+        if (trial % 10 == 4) { /* columns beyond one bf16 packing pass */
+            G = 1;
+            M = irand(1, 40);
+            K = irand(300, 700);
+            n = irand(150, 700);
         }
         int shuffle = G > 1 && (trial & 1);
         mf_act act = (mf_act)(trial % 3);
@@ -65,10 +116,12 @@ START_TEST(pw_random)
         float *w = rvec((size_t)M * (K / G)), *b = rvec((size_t)M), *x = rvec((size_t)K * n);
         float *dya = rvec((size_t)M), *dyb = rvec((size_t)M), *res = rvec((size_t)M * n);
         float *want = mf_alloc((size_t)M * n * sizeof(float)), *got = mf_alloc((size_t)M * n * sizeof(float));
-        for (int s = 0; s < n_sets; s++) {
-            const mf_kernels *k = kernel_sets[s];
-            mf_pw pr = {.cout = M, .cin = K, .groups = G, .shuffle_out = shuffle, .w = w, .bias = b};
+        if (bf16) round_all(w, (size_t)M * (K / G));
+        for (int s = 0; s < nsets; s++) {
+            const mf_kernels *k = sets[s];
+            mf_pw pr = {.k = twin, .cout = M, .cin = K, .groups = G, .shuffle_out = shuffle, .w = w, .bias = b};
             mf_pw pk = pr;
+            pk.k = k;
             if (k->pw_pack) { /* the kernel set's own layout, as model.c packs it */
                 int Mg = M / G, Kg = K / G;
                 pk.wp_group = (k->pw_packed_bytes(Mg, Kg) + 63) & ~(size_t)63;
@@ -76,8 +129,9 @@ START_TEST(pw_random)
                 for (int g = 0; g < G; g++) k->pw_pack(w + (size_t)g * Mg * Kg, Mg, Kg, (char *)pk.wp + pk.wp_group * g);
                 pk.w = NULL;
             }
+            const size_t sb = k->pw_scratch_bytes ? k->pw_scratch_bytes(K / G) : 0;
+            void *scr = scratch_new(sb);
             const mf_pw *ps[2] = {&pr, &pk};
-            const mf_kernels *ks[2] = {&mf_kernels_ref, k};
             float *outs[2] = {want, got};
             for (int v = 0; v < 2; v++) {
                 const int Mg = M / G, Kg = K / G;
@@ -98,7 +152,8 @@ START_TEST(pw_random)
                     }
                     if (resmode == 1) { e.res = res + off; e.ldr = ld; }
                     if (resmode == 2) { e.res = outs[v] + off; e.ldr = ld; }
-                    ks[v]->pw(ps[v], g, x + (size_t)g * Kg * n, (size_t)n, n, outs[v] + off, ld, &e);
+                    ps[v]->k->pw(ps[v], g, x + (size_t)g * Kg * n, (size_t)n, n, outs[v] + off, ld, &e,
+                                 v ? scr : NULL);
                     free(ga);
                     free(gb);
                 }
@@ -107,9 +162,98 @@ START_TEST(pw_random)
             snprintf(what, sizeof what, "pw[%s] M=%d K=%d n=%d G=%d shuffle=%d act=%d res=%d", k->name, M, K, n, G,
                      shuffle, act, resmode);
             assert_close(got, want, (size_t)M * n, 2e-5, what);
+            scratch_check(scr, sb, what);
+            mf_free(scr);
             if (pk.wp) mf_free(pk.wp);
         }
         mf_free(w); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(res); mf_free(want); mf_free(got);
+    }
+}
+
+START_TEST(pw_random)
+{
+    pw_check(kernel_sets, n_sets, &mf_kernels_ref, 0);
+    report("pw", kernel_sets, n_sets);
+}
+END_TEST
+
+START_TEST(pw_random_bf16)
+{
+    pw_check(bf16_sets, n_bf16, &mf_kernels_ref_bf16, 1);
+    report("pw bf16", bf16_sets, n_bf16);
+}
+END_TEST
+
+/* The bf16 twin is bf16 arithmetic: against fp32 on the same (rounded)
+ * weights it differs, by no more than the inputs' rounding allows
+ * (8 significant bits: |x - bf16(x)| <= 2^-8 |x|, so |error| <= 2^-8 sum |w x|). */
+START_TEST(bf16_twin_vs_fp32)
+{
+    int differ = 0;
+    for (int trial = 0; trial < 20; trial++) {
+        int M = irand(1, 30), K = irand(1, 200), n = irand(1, 100);
+        float *w = rvec((size_t)M * K), *b = rvec((size_t)M), *x = rvec((size_t)K * n);
+        float *y32 = mf_alloc((size_t)M * n * sizeof(float)), *y16 = mf_alloc((size_t)M * n * sizeof(float));
+        round_all(w, (size_t)M * K);
+        mf_pw p = {.cout = M, .cin = K, .groups = 1, .w = w, .bias = b};
+        mf_epi e = {.act = MF_ACT_NONE, .bias = b};
+        mf_kernels_ref.pw(&p, 0, x, (size_t)n, n, y32, (size_t)n, &e, NULL);
+        mf_kernels_ref_bf16.pw(&p, 0, x, (size_t)n, n, y16, (size_t)n, &e, NULL);
+        for (int j = 0; j < M; j++)
+            for (int q = 0; q < n; q++) {
+                double bound = 0;
+                for (int k = 0; k < K; k++) bound += fabs((double)w[j * K + k] * x[(size_t)k * n + q]);
+                double err = fabs((double)y16[j * n + q] - y32[j * n + q]);
+                ck_assert_msg(err <= bound / 256 + 1e-6, "bf16 twin M=%d K=%d: error %g beyond %g", M, K, err, bound / 256);
+                differ += err > 0;
+            }
+        mf_free(w); mf_free(b); mf_free(x); mf_free(y32); mf_free(y16);
+    }
+    ck_assert_msg(differ > 0, "the bf16 twin gave exactly the fp32 results: it does not round");
+}
+END_TEST
+
+__attribute__((target("avx512f,avx512bf16"))) static void cvt_hw(const float *in, uint16_t *out)
+{
+    __m512 a = _mm512_loadu_ps(in), b = _mm512_loadu_ps(in + 16);
+    _mm512_storeu_si512((void *)out, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+}
+
+/* mf_bf16_bits (the weights, the portable and reference paths) against the
+ * instruction the AVX512-BF16 and AMX sets round their inputs with: zeros,
+ * denormals, ties both ways, the largest finite values, infinities, NaNs,
+ * and random bit patterns. */
+START_TEST(bf16_rounding)
+{
+    const uint32_t special[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x00800000u, 0x3f808000u,
+                                0x3f818000u, 0x3f80ffffu, 0x3f807fffu, 0x7f7fffffu, 0xff7f8000u, 0x7f800000u,
+                                0xff800000u, 0x7fc00000u, 0x7f800001u, 0xffbfffffu, 0x3f800000u, 0xc0490fdbu};
+    const int ns = (int)(sizeof special / sizeof special[0]);
+    ck_assert_uint_eq(mf_bf16_bits(1.0f), 0x3f80);
+    ck_assert_uint_eq(mf_bf16_bits(1e-40f), 0x0000);     /* denormal -> zero */
+    ck_assert(mf_bf16_round(1.00390625f) == 1.0f);       /* tie (1 + 2^-8) to even: down */
+    ck_assert(mf_bf16_round(1.01171875f) == 1.015625f);  /* tie (1 + 3 * 2^-8) to even: up */
+    if (!mf_cpu_has_avx512bf16()) {
+        printf("SKIP bf16 rounding against VCVTNE2PS2BF16: this CPU lacks AVX512-BF16\n");
+        return;
+    }
+    uint64_t st = 99;
+    for (int round = 0; round < 20000; round++) {
+        float in[32];
+        uint16_t hw[32];
+        for (int i = 0; i < 32; i++) {
+            st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+            uint32_t u = round == 0 && i < ns ? special[i] : (uint32_t)(st >> 32);
+            if (round % 3 == 1) u = (u & 0xffff0000u) | 0x8000u; /* exact ties */
+            memcpy(&in[i], &u, 4);
+        }
+        cvt_hw(in, hw);
+        for (int i = 0; i < 32; i++) {
+            uint32_t u;
+            memcpy(&u, &in[i], 4);
+            ck_assert_msg(mf_bf16_bits(in[i]) == hw[i], "bf16 of 0x%08x: scalar 0x%04x, VCVTNE2PS2BF16 0x%04x", u,
+                          mf_bf16_bits(in[i]), hw[i]);
+        }
     }
 }
 END_TEST
@@ -143,6 +287,76 @@ START_TEST(dw_random)
         free(src);
         mf_free(k); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(want); mf_free(got);
     }
+}
+END_TEST
+
+/* The depthwise that writes the next 1x1's packed bf16 input (dw_packed)
+ * against the fp32 depthwise rounded to bf16, bit for bit, padding pairs
+ * zero; then that 1x1 on the packed input (pw_packed) against the same 1x1
+ * packing the fp32 map itself, bit for bit. */
+START_TEST(dw_pw_packed)
+{
+    int ran = 0;
+    for (int si = 0; si < n_bf16; si++) {
+        const mf_kernels *k = bf16_sets[si];
+        if (!k->dw_packed) continue;
+        ran++;
+        for (int trial = 0; trial < 24; trial++) {
+            const int G = 1 + trial % 3, kg = irand(1, 40), cout = G * kg, e = 1 + trial % 2, cin = (cout + e - 1) / e;
+            const int s = 1 + (trial / 3) % 2, h = irand(1, 40), w = irand(1, 50), oh = (h - 1) / s + 1,
+                      ow = (w - 1) / s + 1, n = oh * ow, M = G * irand(1, 20);
+            float *kw = rvec((size_t)cout * 9), *b = rvec((size_t)cout), *x = rvec((size_t)cin * h * w);
+            float *dya = rvec((size_t)cout), *dyb = rvec((size_t)cout);
+            int *src = malloc((size_t)cout * sizeof(int));
+            for (int q = 0; q < cout; q++) src[q] = q / e < cin ? q / e : cin - 1;
+            mf_dw d = {.cout = cout, .cin = cin, .stride = s, .w = kw, .bias = b, .src = src};
+            mf_epi ep = {.act = (mf_act)(trial % 3), .bias = b, .dya = dya, .dyb = dyb};
+            float *yf = mf_alloc((size_t)cout * n * sizeof(float));
+            mf_kernels_avx512.dw(&d, 0, cout, x, h, w, yf, oh, ow, &ep);
+            const size_t pb = k->packed_map_bytes(G, kg, n);
+            uint16_t *yp = mf_alloc(pb);
+            memset(yp, 0xFF, pb); /* NaN everywhere: what is not written shows */
+            float *scr = mf_alloc(2 * (((size_t)n + 15) & ~(size_t)15) * sizeof(float));
+            const int slots = G * ((kg + 1) / 2), mid = slots / 2;
+            k->dw_packed(&d, 0, mid, x, h, w, yp, oh, ow, kg, &ep, scr); /* in two ranges, as a team would */
+            k->dw_packed(&d, mid, slots, x, h, w, yp, oh, ow, kg, &ep, scr);
+            const int NB = (n + 15) / 16, KP = (kg + 31) / 32 * 16;
+            for (int g = 0; g < G; g++)
+                for (int nb = 0; nb < NB; nb++)
+                    for (int kp = 0; kp < KP; kp++)
+                        for (int j = 0; j < 16; j++)
+                            for (int hf = 0; hf < 2; hf++) {
+                                const int kk = 2 * kp + hf, p = 16 * nb + j;
+                                const uint16_t got = yp[((((size_t)g * NB + nb) * KP + kp) * 16 + j) * 2 + hf];
+                                const uint16_t want = kk < kg && p < n ? mf_bf16_bits(yf[(size_t)(g * kg + kk) * n + p]) : 0;
+                                ck_assert_msg(got == want, "dw_packed[%s] G=%d kg=%d %dx%d s=%d: group %d channel %d "
+                                              "pixel %d: 0x%04x, want 0x%04x", k->name, G, kg, h, w, s, g, kk, p, got, want);
+                            }
+            /* the 1x1 reading it */
+            float *wt = rvec((size_t)M * kg), *pbias = rvec((size_t)M);
+            round_all(wt, (size_t)M * kg);
+            mf_pw pw = {.k = k, .cout = M, .cin = cout, .groups = G, .bias = pbias};
+            pw.wp_group = (k->pw_packed_bytes(M / G, kg) + 63) & ~(size_t)63;
+            pw.wp = mf_alloc(pw.wp_group * (size_t)G);
+            for (int g = 0; g < G; g++) k->pw_pack(wt + (size_t)g * (M / G) * kg, M / G, kg, (char *)pw.wp + pw.wp_group * g);
+            float *y1 = mf_alloc((size_t)M * n * sizeof(float)), *y2 = mf_alloc((size_t)M * n * sizeof(float));
+            void *ps = mf_alloc(k->pw_scratch_bytes(kg));
+            for (int g = 0; g < G; g++) {
+                mf_epi pe = {.act = MF_ACT_NONE, .bias = pbias + (size_t)g * (M / G)};
+                const size_t yo = (size_t)g * (M / G) * n;
+                k->pw(&pw, g, yf + (size_t)g * kg * n, (size_t)n, n, y1 + yo, (size_t)n, &pe, ps);
+                const uint16_t *xg = yp + pb / 2 / G * g;
+                const int c16 = n > 16 ? 16 * ((n / 16) / 2) : 0; /* two column ranges */
+                if (c16) k->pw_packed(&pw, g, xg, n, 0, c16, y2 + yo, (size_t)n, &pe, ps);
+                k->pw_packed(&pw, g, xg, n, c16, n - c16, y2 + yo + c16, (size_t)n, &pe, ps);
+            }
+            ck_assert_msg(memcmp(y1, y2, (size_t)M * n * sizeof(float)) == 0, "pw_packed[%s] differs from pw", k->name);
+            mf_free(ps); mf_free(y1); mf_free(y2); mf_free(wt); mf_free(pbias); mf_free(pw.wp);
+            free(src);
+            mf_free(kw); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(yf); mf_free(yp); mf_free(scr);
+        }
+    }
+    if (!ran) printf("SKIP dw_packed/pw_packed: no bf16 set of this CPU has them (they need AVX512-BF16)\n");
 }
 END_TEST
 
@@ -207,32 +421,52 @@ START_TEST(attention_random)
 }
 END_TEST
 
-START_TEST(linear_random)
+static void linear_check(const mf_kernels *const *sets, int nsets, const mf_kernels *twin, int bf16)
 {
     for (int trial = 0; trial < 40; trial++) {
-        int rows = irand(1, 20), in = irand(1, 300), out = irand(1, 200);
-        mf_lin l = {.out = out, .in = in, .wt = rvec((size_t)in * out), .b = rvec((size_t)out)};
+        int rows = irand(1, trial % 4 == 3 ? 60 : 20), in = irand(1, 300), out = irand(1, 200);
+        mf_lin l = {.k = twin, .out = out, .in = in, .wt = rvec((size_t)in * out), .b = rvec((size_t)out),
+                    .stream = trial & 1};
         float *x = rvec((size_t)rows * in);
         float *want = mf_alloc((size_t)rows * out * sizeof(float)), *got = mf_alloc((size_t)rows * out * sizeof(float));
-        mf_linear_ref(&l, x, rows, want, 0, out);
-        for (int s = 0; s < n_sets; s++) {
+        if (bf16) round_all(l.wt, (size_t)in * out);
+        twin->linear(&l, x, rows, want, 0, out, NULL);
+        for (int s = 0; s < nsets; s++) {
             mf_lin lk = l;
-            if (kernel_sets[s]->lin_pack) {
-                lk.wp = mf_alloc(kernel_sets[s]->lin_packed_bytes(in, out));
-                kernel_sets[s]->lin_pack(l.wt, in, out, lk.wp);
+            lk.k = sets[s];
+            if (sets[s]->lin_pack) {
+                lk.wp = mf_alloc(sets[s]->lin_packed_bytes(in, out));
+                sets[s]->lin_pack(l.wt, in, out, lk.wp);
             }
+            const size_t sb = sets[s]->lin_scratch_bytes ? sets[s]->lin_scratch_bytes(in) : 0;
+            void *scr = scratch_new(sb);
             /* in two column ranges (split at a multiple of 48), as a team would */
             int mid = out > 48 ? 48 * ((out / 48 + 1) / 2) : out;
             if (mid > out) mid = out;
-            kernel_sets[s]->linear(&lk, x, rows, got, 0, mid);
-            if (mid < out) kernel_sets[s]->linear(&lk, x, rows, got, mid, out);
+            sets[s]->linear(&lk, x, rows, got, 0, mid, scr);
+            if (mid < out) sets[s]->linear(&lk, x, rows, got, mid, out, scr);
             char what[128];
-            snprintf(what, sizeof what, "linear[%s] rows=%d in=%d out=%d", kernel_sets[s]->name, rows, in, out);
+            snprintf(what, sizeof what, "linear[%s] rows=%d in=%d out=%d", sets[s]->name, rows, in, out);
             assert_close(got, want, (size_t)rows * out, 2e-5, what);
+            scratch_check(scr, sb, what);
+            mf_free(scr);
             if (lk.wp) mf_free(lk.wp);
         }
         mf_free(l.wt); mf_free(l.b); mf_free(x); mf_free(want); mf_free(got);
     }
+}
+
+START_TEST(linear_random)
+{
+    linear_check(kernel_sets, n_sets, &mf_kernels_ref, 0);
+    report("linear", kernel_sets, n_sets);
+}
+END_TEST
+
+START_TEST(linear_random_bf16)
+{
+    linear_check(bf16_sets, n_bf16, &mf_kernels_ref_bf16, 1);
+    report("linear bf16", bf16_sets, n_bf16);
 }
 END_TEST
 
@@ -273,7 +507,10 @@ END_TEST
 /* The direct stem kernel against a plain 3x3 stride-2 convolution. */
 START_TEST(stem_random)
 {
-    if (!mf_kernels_avx512.stem || !mf_cpu_has_avx512()) return;
+    if (!mf_cpu_has_avx512()) {
+        printf("SKIP stem[avx512]: this CPU lacks AVX-512\n");
+        return;
+    }
     for (int trial = 0; trial < 30; trial++) {
         int c = irand(1, 27), h = irand(1, 70), w = irand(1, 90);
         int oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
@@ -310,10 +547,15 @@ int main(void)
     TCase *tc = tcase_create("kernels");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, pw_random);
+    tcase_add_test(tc, pw_random_bf16);
+    tcase_add_test(tc, bf16_twin_vs_fp32);
+    tcase_add_test(tc, bf16_rounding);
     tcase_add_test(tc, dw_random);
     tcase_add_test(tc, dw_shuffle_fold);
+    tcase_add_test(tc, dw_pw_packed);
     tcase_add_test(tc, attention_random);
     tcase_add_test(tc, linear_random);
+    tcase_add_test(tc, linear_random_bf16);
     tcase_add_test(tc, stem_random);
     tcase_add_test(tc, layernorm_and_activations);
     suite_add_tcase(s, tc);

@@ -4,14 +4,16 @@ the same 10,000 images (`make eval-default`):
   1. pytorch   the PyTorch twin with the model file's weights, preprocessing in
                Python with PIL (resize + center crop + normalize, as declared);
   2. engine    build/mobileformer predict on every test image written as a PNG
-               (the C decoder, preprocessing and engine);
+               (the C decoder, preprocessing and engine), in fp32 and in bf16
+               (--precision bf16, on the kernels the CPU selects);
   3. service   build/mobileformer-server on loopback, every PNG POSTed to
                /v1/predict (8 concurrent clients, so requests are batched).
 
-Then: the engine must agree with PyTorch's top-1 on all but at most 0.1% of the
-images (every disagreement is listed with both logit vectors), and the service
-must give exactly the engine's answers (top-1 and probabilities).  Exits 1 if
-either check fails.
+Then: the fp32 engine must agree with PyTorch's top-1 on all but at most 0.1%
+of the images (every disagreement is listed with both logit vectors), the
+service must give exactly the engine's answers (top-1 and probabilities), and
+bf16 must keep its bar: top-1 accuracy within 0.2 points of fp32's and fp32's
+top-1 on at least 99.5% of the images.  Exits 1 if any check fails.
 
     /usr/bin/python3 tools/eval_default.py [--model M] [--limit N] [--json OUT]
 """
@@ -86,12 +88,19 @@ def write_pngs(images, d):
     return paths
 
 
-def engine_answers(model_path, paths):
+def engine_kernels(model_path, precision):
+    r = subprocess.run([os.path.join(ROOT, BUILD, "mobileformer"), "info", "--model", model_path, "--precision",
+                        precision], capture_output=True, text=True)
+    m = re.search(r"(?m)^kernels: (.*)$", r.stdout)
+    return m.group(1) if m else "?"
+
+
+def engine_answers(model_path, paths, precision="fp32"):
     logits, probs = [], []
     cli = os.path.join(ROOT, BUILD, "mobileformer")
     for i in range(0, len(paths), 2000):
-        r = subprocess.run([cli, "predict", "--model", model_path, "--top-k", "1000", "--logits", *paths[i:i + 2000]],
-                           capture_output=True, text=True)
+        r = subprocess.run([cli, "predict", "--model", model_path, "--precision", precision, "--top-k", "1000",
+                            "--logits", *paths[i:i + 2000]], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError("mobileformer predict failed: " + r.stderr[-2000:])
         for line in r.stdout.splitlines():
@@ -181,7 +190,12 @@ def main():
         en_logits, en_probs = engine_answers(args.model, paths)
         en_top1 = en_logits.argmax(1)
         print(f"engine:  accuracy {np.mean(en_top1 == labels):.4f} ({int(np.sum(en_top1 == labels))}/{n}) "
-              f"[{time.time() - t:.0f}s]", flush=True)
+              f"[fp32, kernels {engine_kernels(args.model, 'fp32')}, {time.time() - t:.0f}s]", flush=True)
+        t = time.time()
+        b16_logits, _ = engine_answers(args.model, paths, "bf16")
+        b16_top1 = b16_logits.argmax(1)
+        print(f"engine:  accuracy {np.mean(b16_top1 == labels):.4f} ({int(np.sum(b16_top1 == labels))}/{n}) "
+              f"[bf16, kernels {engine_kernels(args.model, 'bf16')}, {time.time() - t:.0f}s]", flush=True)
         t = time.time()
         sv_probs, batches = service_answers(args.model, paths, classes)
         sv_top1 = sv_probs.argmax(1)
@@ -197,10 +211,20 @@ def main():
     sv_mis = np.nonzero(sv_top1 != en_top1)[0]
     pdiff = float(np.abs(sv_probs - en_probs).max())
     print(f"service vs engine: {len(sv_mis)} top-1 differences, max |probability difference| {pdiff:.2e}")
-    ok = len(dis) <= n * 0.001 and len(sv_mis) == 0 and pdiff <= 1e-6
+    acc32, acc16 = float(np.mean(en_top1 == labels)), float(np.mean(b16_top1 == labels))
+    same = float(np.mean(b16_top1 == en_top1))
+    scale = float(np.abs(en_logits).max())
+    b16_err = float(np.abs(b16_logits - en_logits).max())
+    print(f"bf16 vs fp32 engine: accuracy {100 * (acc16 - acc32):+.2f} points (allowed +-0.2), same top-1 on "
+          f"{100 * same:.2f}% (at least 99.5%), max |logit difference| {b16_err:.2e} ({b16_err / scale:.4f} of "
+          f"max|fp32 logit|)")
+    b16_ok = abs(acc16 - acc32) <= 0.002 + 1e-9 and same >= 0.995
+    ok = len(dis) <= n * 0.001 and len(sv_mis) == 0 and pdiff <= 1e-6 and b16_ok
     summary = {"images": n, "accuracy": {"pytorch": float(np.mean(pt_top1 == labels)),
-                                         "engine": float(np.mean(en_top1 == labels)),
+                                         "engine": acc32, "engine_bf16": acc16,
                                          "service": float(np.mean(sv_top1 == labels))},
+               "bf16_same_top1": same, "bf16_max_logit_difference": b16_err,
+               "kernels": {"fp32": engine_kernels(args.model, "fp32"), "bf16": engine_kernels(args.model, "bf16")},
                "engine_pytorch_disagreements": [int(i) for i in dis], "service_engine_differences": len(sv_mis),
                "max_probability_difference_service_engine": pdiff, "ok": bool(ok)}
     if args.json:

@@ -1,7 +1,9 @@
 """build/mobileformer as a user meets it: every command's happy path on the
 bundled model or synthetic weights, and the errors the engine issue lists
 (missing file, bad shape string, wrong input size for the file, bad values)
-as one line on stderr and a non-zero exit, never a crash.  Needs no torch."""
+as one line on stderr and a non-zero exit, never a crash; --precision on every
+command (info and bench print the precision and the kernel sets that run),
+and MF_KERNELS values it refuses.  Needs no torch."""
 import os
 import struct
 import subprocess
@@ -15,8 +17,8 @@ MODEL = os.path.join(ROOT, "models", "fashion_mnist_mobileformer.safetensors")
 IMAGES = os.path.join(ROOT, "tests", "data", "images")
 
 
-def cli(*args):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+def cli(*args, env_extra=None):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", **(env_extra or {}))
     return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -24,8 +26,8 @@ class Cli(unittest.TestCase):
     def setUp(self):
         self.assertTrue(os.path.exists(CLI), f"{CLI} not built")
 
-    def fails(self, *args, says=None):
-        r = cli(*args)
+    def fails(self, *args, says=None, env_extra=None):
+        r = cli(*args, env_extra=env_extra)
         self.assertNotEqual(r.returncode, 0, f"{args} succeeded: {r.stdout}")
         self.assertGreater(r.returncode, 0, f"{args} died of signal {-r.returncode}")
         lines = [l for l in r.stderr.splitlines() if l.strip()]
@@ -106,6 +108,42 @@ class Cli(unittest.TestCase):
         r = cli("frobnicate", "--model", MODEL)  # usage, then the complaint
         self.assertGreater(r.returncode, 0, r.stderr)
         self.assertIn("unknown command 'frobnicate'", r.stderr.splitlines()[-1])
+
+    def test_precision(self):
+        r = cli("info", "--arch", "mobile_former_26m", "--precision", "bf16")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("precision: bf16", r.stdout)
+        self.assertRegex(r.stdout, r"(?m)^kernels: (amx|avx512|portable)-bf16 \(fp32 layers: (avx512|portable)\)$")
+        r = cli("info", "--model", MODEL)
+        self.assertIn("precision: fp32", r.stdout)
+        self.assertRegex(r.stdout, r"(?m)^kernels: (avx512|portable) \(fp32 layers: (avx512|portable)\)$")
+        r = cli("bench", "--arch", "mobile_former_26m", "--size", "64", "--iters", "2", "--warmup", "0",
+                "--precision", "bf16")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"precision bf16 kernels \S+-bf16 \(fp32 layers \S+\)")
+        r = cli("bench", "--arch", "mobile_former_26m", "--size", "64", "--iters", "2", "--warmup", "0",
+                env_extra={"MF_KERNELS": "reference"})
+        self.assertRegex(r.stdout, r"precision fp32 kernels reference \(fp32 layers reference\)")
+        for bad in ("fp16", "BF16", ""):
+            self.fails("info", "--arch", "mobile_former_26m", "--precision", bad, says="expected fp32 or bf16")
+        self.fails("info", "--arch", "mobile_former_26m", env_extra={"MF_KERNELS": "turbo"}, says="MF_KERNELS='turbo'")
+        with tempfile.TemporaryDirectory() as d:
+            x = os.path.join(d, "x.f32")
+            with open(x, "wb") as f:
+                f.write(struct.pack("<%df" % (3 * 32 * 32), *[((i * 37) % 101) / 50.0 - 1 for i in range(3 * 32 * 32)]))
+            outs = {}
+            for p in ("fp32", "bf16"):
+                y = os.path.join(d, p + ".f32")
+                r = cli("run", "--model", MODEL, "--input", x, "--shape", "1,3,32,32", "--output", y, "--precision", p)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                with open(y, "rb") as f:
+                    outs[p] = struct.unpack("<10f", f.read())
+            scale = max(abs(v) for v in outs["fp32"])
+            self.assertLessEqual(max(abs(a - b) for a, b in zip(outs["fp32"], outs["bf16"])), 3e-2 * scale)
+            self.assertNotEqual(outs["fp32"], outs["bf16"])
+        r = cli("predict", "--model", MODEL, "--precision", "bf16", os.path.join(IMAGES, "png_rgb.png"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('"predictions"', r.stdout)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ This keeps the repository standing alone without ../shared/golden, and covers
 the variants and sizes the golden cases do not.  Tolerance as in the golden
 README: 2e-4 * max(1, max|reference|) per element, and the same top-5 order
 wherever the reference's top-5 logits are further apart than that.
+
+In bf16 (--precision bf16, on every bf16 path this CPU has: portable always,
+avx512bf16 and amx where present, a missing one reported as SKIP with the
+feature it lacks) the bar is the bf16 one: every logit within
+3e-2 * max|reference| (the fp32 reference) and the same top-1 on every image.
 """
 import json
 import os
@@ -55,6 +60,22 @@ def kernel_sets():
     return sets
 
 
+BF16_TOL = 3e-2
+
+
+def bf16_kernel_sets():
+    """The MF_KERNELS values of the bf16 paths this CPU can run."""
+    sets = []
+    for ks in ("portable", "avx512bf16", "amx"):
+        r = subprocess.run([CLI, "info", "--arch", "26m", "--precision", "bf16"], capture_output=True, text=True,
+                           env=dict(os.environ, MF_KERNELS=ks))
+        if r.returncode == 0:
+            sets.append(ks)
+        else:
+            print(f"SKIP bf16 [{ks}]: {r.stderr.strip()}")
+    return sets
+
+
 def top5(v):
     return list(np.argsort(-v, kind="stable")[:5])
 
@@ -63,6 +84,8 @@ class EngineReference(unittest.TestCase):
     def test_cases(self):
         self.assertTrue(os.path.exists(CLI), f"{CLI} not built")
         sets = kernel_sets()
+        bf16_sets = bf16_kernel_sets()
+        self.assertIn("portable", bf16_sets, "the portable bf16 path must run everywhere")
         with tempfile.TemporaryDirectory() as tmp:
             for i, (arch, batch, (h, w), classes) in enumerate(CASES):
                 d = os.path.join(tmp, f"case{i}")
@@ -102,6 +125,24 @@ class EngineReference(unittest.TestCase):
                             if sep_before and sep_after:
                                 self.assertEqual(top5(got[b])[r_], order[r_], f"{name} image {b} top-{r_ + 1}")
                     print(f"{name:20s} {batch}x3x{h}x{w} [{ks}]: worst error {worst:.3f} of tolerance")
+                ref = np.fromfile(os.path.join(d, "logits.f32"), dtype="<f4").reshape(batch, classes)
+                scale = float(np.abs(ref).max())
+                for ks in bf16_sets:
+                    out = os.path.join(d, f"logits_bf16_{ks}.f32")
+                    r = subprocess.run([CLI, "run", "--model", os.path.join(d, "model.safetensors"), "--precision",
+                                        "bf16", "--input", os.path.join(d, "input.f32"),
+                                        "--shape", f"{batch},3,{h},{w}", "--output", out, "--threads", str(1 + i % 2)],
+                                       capture_output=True, text=True, env=dict(os.environ, MF_KERNELS=ks))
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    got = np.fromfile(out, dtype="<f4").reshape(batch, classes)
+                    err = float(np.abs(got - ref).max())
+                    name = case["variant"] if "variant" in case else arch[:20]
+                    self.assertLessEqual(err, BF16_TOL * scale, f"{name} [bf16 {ks}] {h}x{w}: max logit error {err:.3g}"
+                                                                f" > {BF16_TOL} * max|ref| {scale:.3g}")
+                    for b in range(batch):
+                        self.assertEqual(int(got[b].argmax()), int(ref[b].argmax()), f"{name} [bf16 {ks}] image {b} top-1")
+                    print(f"REPORT {name:20s} {batch}x3x{h}x{w} [bf16 {ks}]: max logit error {err / scale:.4f} of "
+                          f"max|ref|, top-1 {batch}/{batch}")
 
 
 if __name__ == "__main__":

@@ -331,6 +331,54 @@ class PoliciesAndConfigTest(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+class PrecisionTest(unittest.TestCase):
+    """bf16 per model (config.json) or for every model (--precision): the
+    same file served in fp32 and bf16 side by side; the FP32-input path of a
+    bf16 model equals `mobileformer run --precision bf16` bit for bit."""
+
+    def test_fp32_and_bf16_side_by_side(self):
+        repo = new_repo("precision")
+        place(repo, "tiny32", 1, ts.MODEL)
+        place(repo, "tiny16", 1, ts.MODEL, config={"precision": "bf16"})
+        place(repo, "bad", 1, ts.MODEL, config={"precision": "fp16"})
+        srv = RepoServer(repo)
+        try:
+            m32 = srv.request("GET", "/v2/models/tiny32").json()
+            m16 = srv.request("GET", "/v2/models/tiny16").json()
+            self.assertEqual((m32["precision"], m16["precision"]), ("fp32", "bf16"))
+            self.assertTrue(m16["kernels"].endswith("bf16"), m16["kernels"])
+            self.assertFalse(m32["kernels"].endswith("bf16"), m32["kernels"])
+            bad = [e for e in srv.index() if e["name"] == "bad"][0]
+            self.assertEqual(bad["state"], "UNAVAILABLE")
+            self.assertIn("precision", bad["reason"])
+            v32, l32 = srv.version_of("tiny32")
+            v16, l16 = srv.version_of("tiny16")
+            self.assertEqual(l32, ref_logits(1))
+            with tempfile.TemporaryDirectory(dir=TMP) as d:
+                x, y = os.path.join(d, "x.f32"), os.path.join(d, "y.f32")
+                with open(x, "wb") as f:
+                    f.write(to.f32(X))
+                subprocess.run([ts.CLI, "run", "--model", ts.MODEL, "--precision", "bf16", "--input", x,
+                                "--shape", "1,3,64,64", "--output", y], check=True, capture_output=True)
+                with open(y, "rb") as f:
+                    want16 = f.read()
+            self.assertEqual(l16, want16, "bf16 logits differ from mobileformer run --precision bf16")
+            a = struct.unpack("<10f", l32)
+            b = struct.unpack("<10f", l16)
+            err = max(abs(p - q) for p, q in zip(a, b)) / max(abs(p) for p in a)
+            self.assertLess(err, 3e-2, "bf16 strays from fp32 by %.4f of max|logit|" % err)
+            self.assertNotEqual(l16, l32)
+            print("\nREPORT precision: the same file as fp32 [%s] and bf16 [%s] in one server; bf16 logits within "
+                  "%.4f of max|fp32 logit|" % (m32["kernels"], m16["kernels"], err))
+        finally:
+            self.assertEqual(srv.stop(), 0)
+        srv = ts.Server("--precision", "bf16")
+        try:
+            self.assertEqual(srv.request("GET", "/v2/models/" + ts.MODEL_NAME).json()["precision"], "bf16")
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
 class ControlTest(unittest.TestCase):
     def test_explicit_load_unload_reload_and_sighup(self):
         repo = new_repo("explicit")

@@ -1,0 +1,140 @@
+/* gemm.c -- the GEMM kernels alone, on the shapes of one network: every 1x1
+ * convolution at its map size and every linear layer at the rows it gets
+ * at a given batch, timed with each kernel set this CPU has.  Prints, per
+ * set, the total time of one image's 1x1 convolutions and of its linears,
+ * and their throughput, so a kernel change can be judged without the rest
+ * of the network around it (make bench measures the whole).
+ *
+ *   build/gemm-bench [ARCH] [SIZE] [IMAGES]     (default mobile_former_508m 224 1)
+ *
+ * IMAGES: images whose tokens a linear takes at once (a thread's run); the
+ * times are divided by it.  Uses engine-private headers: a tool of the
+ * engine's own, not an API user. */
+#include "internal.h"
+#include "mf_synthetic.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Fastest of REPS timed calls of one layer (after one untimed): on a shared
+ * machine the minimum is what the kernel costs, the rest is other load. */
+#define REPS 15
+
+static double time_pw(const mf_pw *p, const float *x, int n, float *y, void *scr)
+{
+    const int G = p->groups, M = p->cout / G, K = p->cin / G;
+    double t[REPS];
+    for (int r = 0; r <= REPS; r++) {
+        uint64_t t0 = mf_now_ns();
+        for (int g = 0; g < G; g++) {
+            mf_epi e = {.act = MF_ACT_NONE, .bias = p->bias + (size_t)g * M};
+            p->k->pw(p, g, x + (size_t)g * K * n, (size_t)n, n, y + (size_t)g * M * n, (size_t)n, &e, scr);
+        }
+        if (r) t[r - 1] = (mf_now_ns() - t0) * 1e-9;
+    }
+    qsort(t, REPS, sizeof t[0], cmp);
+    return t[0];
+}
+
+static double time_lin(const mf_lin *l, const float *x, int rows, float *y, void *scr)
+{
+    double t[REPS];
+    for (int r = 0; r <= REPS; r++) {
+        uint64_t t0 = mf_now_ns();
+        l->k->linear(l, x, rows, y, 0, l->out, scr);
+        if (r) t[r - 1] = (mf_now_ns() - t0) * 1e-9;
+    }
+    qsort(t, REPS, sizeof t[0], cmp);
+    return t[0];
+}
+
+typedef struct totals {
+    double pw_s, pw_madds, lin_s, lin_madds, lin_bytes;
+} totals;
+
+static void add_lin(totals *tt, const mf_lin *l, int rows, float *x, float *y, void *scr, size_t wbytes)
+{
+    if (!l->k) return;
+    tt->lin_s += time_lin(l, x, rows, y, scr);
+    tt->lin_madds += (double)rows * l->in * l->out;
+    tt->lin_bytes += (double)l->in * l->out * wbytes;
+}
+
+static int conv_out(int n, int s) { return (n - 1) / s + 1; }
+
+int main(int argc, char **argv)
+{
+    const char *arch = argc > 1 ? argv[1] : "mobile_former_508m";
+    const int size = argc > 2 ? atoi(argv[2]) : 224, imgs = argc > 3 ? atoi(argv[3]) : 1;
+    const char *sets[] = {"avx512", "portable", "avx512bf16", "amx", "portable"};
+    const mf_precision precs[] = {MF_PRECISION_FP32, MF_PRECISION_FP32, MF_PRECISION_BF16, MF_PRECISION_BF16,
+                                  MF_PRECISION_BF16};
+    mf_arch a;
+    char err[256];
+    if (size < 32 || imgs < 1 || mf_arch_parse(arch, &a, err, sizeof err) != MF_OK) {
+        fprintf(stderr, "usage: gemm-bench [ARCH] [SIZE >= 32] [IMAGES >= 1]\n");
+        return 2;
+    }
+    const size_t big = (size_t)16 << 20;
+    float *x = mf_alloc(big * sizeof(float)), *y = mf_alloc(big * sizeof(float));
+    if (!x || !y) return 1;
+    mf_fill_uniform(x, big, 7, 0.0, 1.0);
+    printf("%s at %dx%d, linears with the tokens of %d image(s); per image:\n", a.name, size, size, imgs);
+    for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+        mf_model *m;
+        mf_model_options o = {.precision = precs[si], .kernels = sets[si]};
+        if (mf_model_synthetic_opts(&a, 1000, 1, &o, &m, err, sizeof err) != MF_OK) {
+            printf("  %-14s SKIP: %s\n", sets[si], err);
+            continue;
+        }
+        void *scr = mf_alloc(8u << 20);
+        totals tt = {0};
+        const size_t wb = m->precision == MF_PRECISION_BF16 ? 2 : 4;
+        const int T = m->arch.tokens, R = T * imgs;
+        int h = conv_out(size, 2), w = conv_out(size, 2);
+        for (int i = 0; i < m->arch.n_blocks; i++) {
+            const mf_block *b = &m->blocks[i];
+            const int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
+            /* A and B3: both 1x1s after the strided depthwise; B: the first before it */
+            const int n1 = b->type == MF_BLOCK_B ? h * w : oh * ow, n2 = oh * ow;
+            tt.pw_s += time_pw(&b->pw1, x, n1, y, scr);
+            tt.pw_madds += (double)b->pw1.cout * b->pw1.cin / b->pw1.groups * n1;
+            if (b->pw2.k) {
+                tt.pw_s += time_pw(&b->pw2, x, n2, y, scr);
+                tt.pw_madds += (double)b->pw2.cout * b->pw2.cin / b->pw2.groups * n2;
+            }
+            if (b->type != MF_BLOCK_A) {
+                const mf_lin *ls[] = {&b->m2f.q, &b->m2f.alpha, &b->m2f.proj, &b->former.q, &b->former.mlp,
+                                      &b->former.ffn1, &b->former.ffn2, &b->f2m.k, &b->f2m.v, &b->hy1.l1, &b->hy2.l1};
+                for (size_t j = 0; j < sizeof ls / sizeof ls[0]; j++) add_lin(&tt, ls[j], j < 9 ? R : imgs, x, y, scr, wb);
+                for (int j = 0; j < imgs; j++) { /* l2: once per image, as forward.c runs it */
+                    add_lin(&tt, &b->hy1.l2, 1, x, y, scr, wb);
+                    add_lin(&tt, &b->hy2.l2, 1, x, y, scr, wb);
+                }
+            }
+            h = oh;
+            w = ow;
+        }
+        tt.pw_s += time_pw(&m->cls_pw, x, h * w, y, scr);
+        tt.pw_madds += (double)m->cls_pw.cout * m->cls_pw.cin / m->cls_pw.groups * h * w;
+        const mf_lin *top[] = {&m->final_m2f.q, &m->final_m2f.alpha, &m->final_m2f.proj};
+        for (int j = 0; j < 3; j++) add_lin(&tt, top[j], R, x, y, scr, wb);
+        add_lin(&tt, &m->fc, imgs, x, y, scr, wb);
+        add_lin(&tt, &m->head, imgs, x, y, scr, wb);
+        printf("  %-14s 1x1 convs %7.3f ms (%6.1f GFLOP/s)   linears %7.3f ms (%6.1f GFLOP/s, weights %5.1f GB/s)\n",
+               mf_model_kernels(m), tt.pw_s * 1e3, 2 * tt.pw_madds / tt.pw_s / 1e9, tt.lin_s * 1e3 / imgs,
+               2 * tt.lin_madds / tt.lin_s / 1e9, tt.lin_bytes / tt.lin_s / 1e9);
+        mf_free(scr);
+        mf_model_free(m);
+    }
+    mf_free(x);
+    mf_free(y);
+    return 0;
+}

@@ -1,0 +1,196 @@
+/* kernels_avx512bf16.c -- bf16 GEMMs with vdpbf16ps, for CPUs with
+ * AVX512-BF16 but no AMX (AMD Zen 4/5; also forced on AMX machines with
+ * MF_KERNELS=avx512bf16): the 1x1 convolutions and the linears of a bf16
+ * model.  Compiled with -mavx512bf16 (and AVX-512), called only after
+ * mf_cpu_has_avx512bf16(); the twins are the bf16 reference kernels
+ * (kernels_ref.c), tests/test_kernels.c holds them together.
+ *
+ * Same operand layouts as the AMX set (kernels_bf16.h): one vdpbf16ps takes
+ * a zmm of 16 VNNI pairs of the operand along the output's columns and one
+ * broadcast pair of the other, and adds two products per lane into fp32. */
+#include "kernels_bf16.h"
+
+#include <immintrin.h>
+
+#define MR 8 /* output rows per micro-tile (a 16-row weight block is two) */
+
+static inline __m512bh bcast_pair(const uint16_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return (__m512bh)_mm512_set1_epi32(v);
+}
+
+/* ---- 1x1 convolution ----------------------------------------------------
+ * Columns in passes of mf_bf16_pw_cols(K), packed into the scratch; then
+ * micro-tiles of MR rows x 16*NV columns over all of K. */
+
+/* rows r0..r0+MR-1 of weight block a ([KB][16][32]) against NV input
+ * blocks at b ([NV][KP][16][2]). */
+static inline __attribute__((always_inline)) void pw_tile(int NV, const uint16_t *a, int r0, const uint16_t *b,
+                                                          int KB, int rows, int row0, int cols, float *y, size_t ldy,
+                                                          const mf_epi *e, const float *res)
+{
+    const int KP = KB * 16;
+    __m512 acc[MR][3];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int kp = 0; kp < KP; kp++) {
+        __m512bh xv[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) xv[v] = (__m512bh)_mm512_load_si512((const void *)(b + ((size_t)v * KP + kp) * 32));
+        const uint16_t *ak = a + (size_t)(kp / 16) * 512 + (size_t)r0 * 32 + (kp % 16) * 2;
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            const __m512bh wv = bcast_pair(ak + 32 * r);
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wv, xv[v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        if (r >= rows) break;
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) {
+            const __mmask16 mk = mf_bf16_mask(cols - 16 * v);
+            const float *rr = res ? res + (size_t)r * e->ldr + 16 * v : NULL;
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * v, mk, mf_bf16_epi(acc[r][v], row0 + r, e, rr, mk));
+        }
+    }
+}
+
+/* x: fp32 inputs packed here pass by pass; or xp: packed already (a whole
+ * map, from column xc0 on). */
+static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint16_t *xp, int xc0, int n, float *y,
+                   size_t ldy, const mf_epi *e, void *scratch)
+{
+    const int M = p->cout / p->groups, K = p->cin / p->groups, KB = mf_bf16_kb(K);
+    const int NC = mf_bf16_pw_cols(K);
+    const uint16_t *wp = (const uint16_t *)((const char *)p->wp + p->wp_group * (size_t)g);
+    for (int n0 = 0; n0 < n; n0 += NC) {
+        const int cols = n - n0 < NC ? n - n0 : NC, NB = (cols + 15) / 16;
+        const uint16_t *xb = xp ? xp + (size_t)((xc0 + n0) / 16) * KB * 512 : scratch;
+        if (!xp) mf_bf16_pack_x(x + n0, ldx, K, cols, scratch);
+        for (int nb = 0; nb < NB; nb += 3) {
+            const int nv = NB - nb < 3 ? NB - nb : 3, c0 = n0 + 16 * nb;
+            const uint16_t *b = xb + (size_t)nb * KB * 512;
+            for (int m0 = 0; m0 < M; m0 += MR) {
+                const int rows = M - m0 < MR ? M - m0 : MR;
+                const uint16_t *a = wp + (size_t)(m0 / 16) * KB * 512;
+                const float *res = e->res ? e->res + (size_t)m0 * e->ldr + c0 : NULL;
+                float *yt = y + (size_t)m0 * ldy + c0;
+                if (nv == 3) pw_tile(3, a, m0 % 16, b, KB, rows, m0, n - c0, yt, ldy, e, res);
+                else if (nv == 2) pw_tile(2, a, m0 % 16, b, KB, rows, m0, n - c0, yt, ldy, e, res);
+                else pw_tile(1, a, m0 % 16, b, KB, rows, m0, n - c0, yt, ldy, e, res);
+            }
+        }
+    }
+}
+
+static void pw_avx512bf16(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                          const mf_epi *e, void *scratch)
+{
+    pw_run(p, g, x, ldx, NULL, 0, n, y, ldy, e, scratch);
+}
+
+static void pw_packed_avx512bf16(const mf_pw *p, int g, const uint16_t *xp, int n, int c0, int cols, float *y,
+                                 size_t ldy, const mf_epi *e, void *scratch)
+{
+    (void)n;
+    pw_run(p, g, NULL, 0, xp, c0, cols, y, ldy, e, scratch);
+}
+
+/* ---- linear -------------------------------------------------------------
+ * Rows 16 at a time, rounded and packed into the scratch, taken R <= 8 at a
+ * time against NP <= 3 panels of 16 outputs. */
+
+static inline __attribute__((always_inline)) void lin_tile(int R, int NP, const uint16_t *xa, int KB,
+                                                           const uint16_t *w, int stream, const float *bias, int cols,
+                                                           float *y, size_t ldy)
+{
+    const int KP = KB * 16;
+    const size_t ps = (size_t)KP * 32;
+    __m512 acc[8][3];
+#pragma GCC unroll 3
+    for (int v = 0; v < NP; v++) {
+        const __m512 b = _mm512_maskz_loadu_ps(mf_bf16_mask(cols - 16 * v), bias + 16 * v);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) acc[r][v] = b;
+    }
+    for (int kp = 0; kp < KP; kp++) {
+        __m512bh wv[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < NP; v++) {
+            const uint16_t *wk = w + v * ps + (size_t)kp * 32;
+            if (stream) _mm_prefetch((const char *)(wk + 16 * 32), _MM_HINT_NTA);
+            wv[v] = (__m512bh)_mm512_load_si512((const void *)wk);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const __m512bh xv = bcast_pair(xa + (size_t)r * KB * 32 + 2 * kp);
+#pragma GCC unroll 3
+            for (int v = 0; v < NP; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], xv, wv[v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < NP; v++) _mm512_mask_storeu_ps(y + (size_t)r * ldy + 16 * v, mf_bf16_mask(cols - 16 * v), acc[r][v]);
+}
+
+#define LIN_CASE(R)                                                                                             \
+    case R:                                                                                                    \
+        if (np == 3) lin_tile(R, 3, xr, KB, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);            \
+        else if (np == 2) lin_tile(R, 2, xr, KB, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);       \
+        else lin_tile(R, 1, xr, KB, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);                    \
+        break;
+
+static void linear_avx512bf16(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
+{
+    const int KB = mf_bf16_kb(l->in), p0 = o0 / 16, p1 = (o1 + 15) / 16;
+    const uint16_t *wp = l->wp;
+    uint16_t *xa = scratch;
+    for (int r0 = 0; r0 < rows; r0 += 16) {
+        const int R16 = rows - r0 < 16 ? rows - r0 : 16;
+        mf_bf16_pack_rows(x + (size_t)r0 * l->in, l->in, R16, xa);
+        for (int p = p0; p < p1; p += 3) {
+            const int np = p1 - p < 3 ? p1 - p : 3, c0 = p * 16;
+            const uint16_t *w = wp + (size_t)p * KB * 512;
+            for (int rr = 0; rr < R16; rr += 8) {
+                const uint16_t *xr = xa + (size_t)rr * KB * 32;
+                float *yr = y + (size_t)(r0 + rr) * l->out + c0;
+                switch (R16 - rr < 8 ? R16 - rr : 8) {
+                    LIN_CASE(1)
+                    LIN_CASE(2)
+                    LIN_CASE(3)
+                    LIN_CASE(4)
+                    LIN_CASE(5)
+                    LIN_CASE(6)
+                    LIN_CASE(7)
+                    LIN_CASE(8)
+                }
+            }
+        }
+    }
+}
+
+static size_t pw_scratch(int k) { return mf_bf16_pw_scratch(k); }
+static size_t lin_scratch(int in) { return mf_bf16_lin_scratch(in); }
+
+const mf_kernels mf_kernels_avx512_bf16 = {
+    .name = "avx512-bf16",
+    .precision = MF_PRECISION_BF16,
+    .pw = pw_avx512bf16,
+    .linear = linear_avx512bf16,
+    .pw_packed_bytes = mf_bf16_pw_packed_bytes,
+    .pw_pack = mf_bf16_pw_pack,
+    .lin_packed_bytes = mf_bf16_lin_packed_bytes,
+    .lin_pack = mf_bf16_lin_pack,
+    .pw_scratch_bytes = pw_scratch,
+    .lin_scratch_bytes = lin_scratch,
+    .packed_map_bytes = mf_bf16_packed_map_bytes,
+    .dw_packed = mf_bf16_dw_packed,
+    .pw_packed = pw_packed_avx512bf16,
+};
