@@ -40,6 +40,7 @@ NGINX_IMAGE=${MF_NGINX_IMAGE:-mobileformer-nginx:latest}
 BASE_IMAGE=debian:bookworm-slim
 export DOCKER COMPOSE
 dockerd_pid=""
+said_unavailable=""
 test_name=${test_name:-docker}
 
 now() { date +%s.%N; }
@@ -52,6 +53,7 @@ fail() {
 
 # one line, and the exit status the situation calls for
 unavailable() {
+  said_unavailable=1
   if [ "${CI:-}" = true ] || [ "${MF_DOCKER_REQUIRED:-}" = 1 ]; then
     echo "FAIL $test_name: Docker cannot run on this machine: $* (CI=true: Docker is expected to work)"
     exit 1

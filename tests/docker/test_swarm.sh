@@ -10,7 +10,7 @@
 # under wrk through nginx on 127.0.0.1 (8 connections):
 #   1. docker service update --force: a rolling update, zero failed requests;
 #   2. an image change (a new image on top of mobileformer:latest), posting
-#      slow requests (3 connections, 8 PNGs of 36 megapixels in each request:
+#      slow requests (3 connections, 6 PNGs of 36 megapixels in each request:
 #      seconds each) so that some are inside the old tasks when they get
 #      SIGTERM: zero failed requests, by the drain;
 #   3. docker kill of one task's container: Swarm starts a new task; failures
@@ -58,7 +58,7 @@ cleanup() {
   fi
   docker_down
   rm -rf "$tmp"
-  [ $rc -eq 0 ] || echo "FAIL $test_name (logs: build/docker/logs/, build/docker/dockerd.log)"
+  [ $rc -eq 0 ] || [ -n "$said_unavailable" ] || echo "FAIL $test_name (logs: build/docker/logs/, build/docker/dockerd.log)"
   exit $rc
 }
 trap cleanup EXIT
@@ -88,7 +88,7 @@ printf 'FROM %s\nLABEL org.opencontainers.image.version=swarm-test-%s\n' "$IMAGE
   | $DOCKER build -q -t "$image2" - > /dev/null || fail "building $image2"
 echo "built $image2 (the image change of the rolling update: $IMAGE plus a label)"
 $PY tests/docker/make_slow_body.py "$tmp/slow.body"
-echo "made the slow request: 8 PNGs of 6000 x 6000 in one multipart body ($(wc -c < "$tmp/slow.body") bytes)"
+echo "made the slow request: 6 PNGs of 6000 x 6000 in one multipart body ($(wc -c < "$tmp/slow.body") bytes)"
 
 state=$($DOCKER info -f '{{.Swarm.LocalNodeState}}')
 if [ "$state" = inactive ]; then
@@ -190,11 +190,11 @@ $PY tests/docker/analyze.py nginx --name "swarm roll --force" --wrk "$tmp/wrk-fo
   --distinct-after "$(plus "$t_roll" "$roll_s"):2" || fail "rolling update (--force)"
 echo "REPORT swarm roll --force: 2 tasks replaced one by one (start-first) in $roll_s s, zero failed requests"
 
-echo "== 2. rolling update to another image, slow requests (8 images of 36 megapixels each) in flight"
+echo "== 2. rolling update to another image, slow requests (6 images of 36 megapixels each) in flight"
 roll image slow --image "$image2"
 inflight=$(inflight_at_sigterm)
 $PY tests/docker/analyze.py nginx --name "swarm roll --image" --wrk "$tmp/wrk-image.log" --access "$tmp/access.log" \
-  --t0 "$t0" --t-end "$t_end" --conns $conns --event "update=$t_roll" --expect zero --min-ok 5 || fail "rolling update (--image)"
+  --t0 "$t0" --t-end "$t_end" --conns $conns --event "update=$t_roll" --expect zero --min-ok 4 || fail "rolling update (--image)"
 running=$($DOCKER service ps -f desired-state=running --format '{{.Image}}' "$SVC" | sort -u | paste -sd ' ' -)
 [ "$running" = "$image2" ] || fail "tasks run $running after the update, not $image2"
 echo "REPORT swarm roll --image: to $image2 in $roll_s s; requests in flight in each old task at its SIGTERM: $inflight, all answered (the drain); zero failed requests"
@@ -251,7 +251,7 @@ while :; do
   inflight=$(inflight_at_sigterm)
   if $PY tests/docker/analyze.py nginx --name "swarm roll, drain 0" --wrk "$tmp/wrk-nodrain.log" \
        --access "$tmp/access.log" --t0 "$t0" --t-end "$t_end" --conns $conns --event "update=$t_roll" \
-       --expect failures --min-ok 5 > "$tmp/nodrain.txt"; then
+       --expect failures --min-ok 4 > "$tmp/nodrain.txt"; then
     cat "$tmp/nodrain.txt"
     break
   fi
