@@ -1,12 +1,12 @@
 """Write a request body that takes the service seconds: a multipart/form-data POST
-of 6 large PNGs (6000 x 6000 RGB, 36 megapixels each, 4.7 MB in all).
+of 4 large PNGs (6000 x 6000 RGB, 36 megapixels each, 3.1 MB in all).
 
     /usr/bin/python3 tests/docker/make_slow_body.py OUT [IMAGES]
 
 tests/docker/test_swarm.sh posts it (tests/docker/post_body.lua, boundary
 "mfslowbatch") so that requests are still inside a replica when Swarm stops it:
 each image is decoded (36 million pixels, about 0.25 s) and resized to 32 x 32,
-one after the other, so a request takes about 1.5 s on an idle core.  Within the
+one after the other, so a request takes about 1 s on an idle core.  Within the
 service's limits: max_pixels 40 M per image, max_body_bytes 16 MiB.  The rows
 repeat, so the PNG compresses to 0.8 MB but still decodes pixel by pixel.
 Python's zlib only.
@@ -36,7 +36,7 @@ def png():
 
 def main():
     out = sys.argv[1]
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 6
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 4
     img = png()
     body = b"".join(b"--" + BOUNDARY + b"\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big%d.png\"\r\n"
                     b"Content-Type: image/png\r\n\r\n" % i + img + b"\r\n" for i in range(n))

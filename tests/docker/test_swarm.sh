@@ -10,7 +10,7 @@
 # under wrk through nginx on 127.0.0.1 (8 connections):
 #   1. docker service update --force: a rolling update, zero failed requests;
 #   2. an image change (a new image on top of mobileformer:latest), posting
-#      slow requests (3 connections, 6 PNGs of 36 megapixels in each request:
+#      slow requests (3 connections, 4 PNGs of 36 megapixels in each request:
 #      seconds each) so that some are inside the old tasks when they get
 #      SIGTERM: zero failed requests, by the drain;
 #   3. docker kill of one task's container: Swarm starts a new task; failures
@@ -18,7 +18,7 @@
 #   4. scale 2 -> 4 -> 2: zero failed requests, and all 4 replicas served;
 #   5. the drain taken away (MF_DRAIN_TIMEOUT_MS=0), then the slow run of 2
 #      again (--force): failures expected -- the test can fail, and the drain is
-#      what made 2 clean (retried, up to 3 times, while no request happened to
+#      what made 2 clean (retried, up to 4 times, while no request happened to
 #      be in flight at SIGTERM).
 # With short requests the drain is seldom needed here: Swarm takes a task out
 # of its DNS 2 s before SIGTERM and nginx re-resolves every second, so nothing is
@@ -88,7 +88,7 @@ printf 'FROM %s\nLABEL org.opencontainers.image.version=swarm-test-%s\n' "$IMAGE
   | $DOCKER build -q -t "$image2" - > /dev/null || fail "building $image2"
 echo "built $image2 (the image change of the rolling update: $IMAGE plus a label)"
 $PY tests/docker/make_slow_body.py "$tmp/slow.body"
-echo "made the slow request: 6 PNGs of 6000 x 6000 in one multipart body ($(wc -c < "$tmp/slow.body") bytes)"
+echo "made the slow request: 4 PNGs of 6000 x 6000 in one multipart body ($(wc -c < "$tmp/slow.body") bytes)"
 
 state=$($DOCKER info -f '{{.Swarm.LocalNodeState}}')
 if [ "$state" = inactive ]; then
@@ -190,7 +190,7 @@ $PY tests/docker/analyze.py nginx --name "swarm roll --force" --wrk "$tmp/wrk-fo
   --distinct-after "$(plus "$t_roll" "$roll_s"):2" || fail "rolling update (--force)"
 echo "REPORT swarm roll --force: 2 tasks replaced one by one (start-first) in $roll_s s, zero failed requests"
 
-echo "== 2. rolling update to another image, slow requests (6 images of 36 megapixels each) in flight"
+echo "== 2. rolling update to another image, slow requests (4 images of 36 megapixels each) in flight"
 roll image slow --image "$image2"
 inflight=$(inflight_at_sigterm)
 $PY tests/docker/analyze.py nginx --name "swarm roll --image" --wrk "$tmp/wrk-image.log" --access "$tmp/access.log" \
@@ -244,7 +244,7 @@ echo "== 5. the same slow-request rolling update without the drain (MF_DRAIN_TIM
 timeout 180 $DOCKER service update --detach=false --env-add MF_DRAIN_TIMEOUT_MS=0 "$SVC" > "$LOGS/update-drain0.log" 2>&1 \
   || fail "service update --env-add MF_DRAIN_TIMEOUT_MS=0"
 # requests must be inside an old task at its SIGTERM for this run to show anything:
-# up to 3 tries until some are
+# up to 4 tries until some are
 try=1
 while :; do
   roll nodrain slow --force
@@ -259,7 +259,7 @@ while :; do
   case " $inflight " in
     *" "[1-9]*) fail "requests were in flight at SIGTERM ($inflight) and none failed without the drain" ;;
   esac
-  [ $try -lt 3 ] || fail "in 3 tries no request was in flight when an old task got SIGTERM"
+  [ $try -lt 4 ] || fail "in 4 tries no request was in flight when an old task got SIGTERM"
   echo "no request was in flight at SIGTERM (try $try): again"
   try=$((try + 1))
 done
