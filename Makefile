@@ -12,6 +12,8 @@
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
 #   make fuzz         libFuzzer campaigns, FUZZ_SECONDS (600) per target (tests/fuzz/run.sh)
 #   make tsan         threaded parts under ThreadSanitizer: batcher suite, server load + SIGTERM
+#   make test-docker  the image, one container and deploy/docker-compose.yml in Docker (tests/docker/)
+#   make test-swarm   deploy/stack.yml on a Docker Swarm: rolling updates, kill, scaling (after test-docker)
 #
 # One FINAL_CFLAGS is assembled here; -MMD keeps header dependencies.
 
@@ -57,7 +59,7 @@ CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
 
-.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench
+.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench test-docker test-swarm
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -207,6 +209,16 @@ tsan: deps
 soak: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/tests/make_bombs
 	@MF_BUILD=$(BUILD) sh bench/soak.sh $(SOAK_ARGS)
+
+# Docker for real (not part of `make test`): Debian's docker.io, started here
+# when no daemon runs (data root build/docker/); the image compiles inside Docker
+test-docker:
+	@sh scripts/install-deps.sh docker
+	@sh tests/docker/test_docker.sh
+
+test-swarm:
+	@sh scripts/install-deps.sh docker
+	@sh tests/docker/test_swarm.sh
 
 clean:
 	rm -rf build

@@ -1,24 +1,30 @@
 #!/bin/sh
 # Installs the Debian packages the project needs, only those missing.
 # Used by `make run`, `make test`, .ci/run and docker/Dockerfile so they cannot drift.
-#   scripts/install-deps.sh [build|runtime|test|all]   (default: test)
+#   scripts/install-deps.sh [build|runtime|test|docker|all]   (default: test)
 # build:   compiler and -dev libraries to build the engine and server
 # runtime: shared libraries only (the Docker runtime stage)
 # test:    build + tools the tests use (torch for the twin/converter, nginx, wrk,
 #          valgrind, the Fashion-MNIST data set, chromium for the page test,
 #          clang and its libFuzzer/sanitizer runtimes for the fuzz targets)
+# docker:  Debian's Docker engine and docker-compose 1.29, debootstrap (to make
+#          the debian:bookworm-slim base image when no registry is reachable),
+#          and what tests/docker/ drives them with (wrk, curl, python3); not
+#          part of `all` (make test-docker, make test-swarm)
 set -eu
 profile=${1:-test}
 
 runtime_pkgs="libjansson4 libjpeg62-turbo libpng16-16 libopenblas0-pthread ca-certificates"
 build_pkgs="build-essential pkg-config libjansson-dev libjpeg62-turbo-dev libpng-dev libopenblas-dev check"
+docker_pkgs="docker.io docker-compose debootstrap wrk curl python3"
 test_pkgs="python3 python3-numpy python3-torch python3-yaml python3-pil nginx-light wrk valgrind curl dataset-fashion-mnist chromium chromium-driver clang libclang-rt-14-dev"
 
 case "$profile" in
   runtime) pkgs="$runtime_pkgs" ;;
   build)   pkgs="$runtime_pkgs $build_pkgs" ;;
   test|all) pkgs="$runtime_pkgs $build_pkgs $test_pkgs" ;;
-  *) echo "install-deps.sh: unknown profile '$profile' (build|runtime|test|all)" >&2; exit 2 ;;
+  docker)  pkgs="$docker_pkgs" ;;
+  *) echo "install-deps.sh: unknown profile '$profile' (build|runtime|test|docker|all)" >&2; exit 2 ;;
 esac
 
 missing=""

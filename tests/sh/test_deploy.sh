@@ -11,8 +11,8 @@
 #    provide every shared library the binaries load.
 # 2. The compose topology on loopback: two replicas (the compose service's MF_*
 #    environment, ephemeral ports) behind Debian's nginx running deploy/nginx.conf
-#    itself, with only the upstream server, listen port and temporary paths
-#    substituted (the diff is printed).  Requests through nginx reach both
+#    itself, with only the replicas' address, listen port and temporary paths
+#    substituted (the diff is printed; make test-docker runs it unchanged).  Requests through nginx reach both
 #    replicas; a body over client_max_body_size gets 413.  Then wrk posts a JPEG
 #    through nginx (bench/post_image.lua) and replica b is killed with SIGKILL in
 #    the middle of the run; b is restarted on its port and must get traffic again;
@@ -126,18 +126,18 @@ $PY tests/support/check_deploy_files.py --server "$SERVER" --url "http://127.0.0
 rm -rf "$tmp/image"
 
 echo "== nginx with deploy/nginx.conf"
-# the substitution: the one upstream server line becomes the two replicas (its
-# parameters kept), nginx listens on a free loopback port, and its temporary
-# files go to $tmp (http-level paths cannot be given with -g)
+# the substitution: the replicas Docker's DNS would give for "mobileformer"
+# become an upstream block of the two loopback replicas (max_fails=0: like the
+# per-request list nginx makes of a resolved name, no failure is remembered),
+# nginx listens on a free loopback port, and its temporary files go to $tmp
+# (http-level paths cannot be given with -g)
 make_conf() {
   awk -v a="127.0.0.1:$a_port" -v b="127.0.0.1:$b_port" -v listen="127.0.0.1:$1" -v tmp="$tmp" '
-    /^[ \t]*server mobileformer:8080[ ;]/ {
-      line = $0; sub(/mobileformer:8080/, a, line); print line
-      line = $0; sub(/mobileformer:8080/, b, line); print line
-      n++; next }
+    /^[ \t]*set \$mobileformer mobileformer:8080;/ { sub(/mobileformer:8080/, "mf_replicas"); print; n++; next }
     /^[ \t]*listen 8080;/ { sub(/8080/, listen); print; n++; next }
     /^http \{/ { print; printf "    client_body_temp_path %s/body; proxy_temp_path %s/proxy;\n", tmp, tmp
       printf "    fastcgi_temp_path %s/fastcgi; uwsgi_temp_path %s/uwsgi; scgi_temp_path %s/scgi;\n", tmp, tmp, tmp
+      printf "    upstream mf_replicas { server %s max_fails=0; server %s max_fails=0; }\n", a, b
       n++; next }
     { print }
     END { if (n != 3) exit 1 }' deploy/nginx.conf > "$tmp/nginx.conf"
@@ -275,7 +275,7 @@ EOF
 wrk_phase sigkill KILL "$b_pid"
 
 # replica b comes back on its port, as compose's restart policy would bring it;
-# nginx tries it again fail_timeout (5 s) after its last failure
+# nginx remembers no failure (max_fails=0), so it gets requests again at once
 start_replica b2 "$b_port"
 b_pid=$started_pid
 echo "replica b restarted on 127.0.0.1:$b_port (pid $b_pid)"

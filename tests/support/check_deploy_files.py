@@ -1,7 +1,8 @@
 """Check the deployment files against the service they deploy.
 
-No Docker engine or Kubernetes cluster runs here, so tests/sh/test_deploy.sh
-checks what can be checked without one (run by it; Debian's python3 + PyYAML):
+tests/sh/test_deploy.sh (part of `make test`) runs this, without Docker or
+Kubernetes; `make test-docker` and `make test-swarm` (tests/docker/) run the
+image, compose and the Swarm stack for real.  Checked here (Debian's python3 + PyYAML):
 
   docker/Dockerfile     the build stage runs only scripts/install-deps.sh and make
                         targets that `make test` builds; every COPY source exists
@@ -9,11 +10,16 @@ checks what can be checked without one (run by it; Debian's python3 + PyYAML):
                         Makefile's outputs; non-root USER; EXPOSE = the port; the
                         HEALTHCHECK script asks a real endpoint.
   .dockerignore         keeps build outputs, bench/node_modules, bench/out, .git out.
-  deploy/docker-compose.yml, deploy/nginx.conf, deploy/k8s/*.yaml
+  deploy/docker-compose.yml, deploy/stack.yml, deploy/nginx.conf,
+  deploy/nginx.Dockerfile, deploy/k8s/*.yaml
                         valid YAML; every MF_* name is a setting of the server and
                         the values pass the server's own validation (it is started
                         with them); ports, probe paths, model paths, body limit,
-                        timeouts and grace periods agree with the settings.
+                        timeouts and grace periods agree with the settings; the
+                        compose file, the stack and the Kubernetes manifests carry
+                        the same MF_* settings and the same limits; the stack has
+                        dnsrr, start-first updates with rollback, restart policy,
+                        a read-only model mount and nginx.conf as a Swarm config.
   with --url URL        every probe path answers 200 on that running server, and
                         docker/healthcheck.sh exits 0 against it.
 
@@ -430,8 +436,10 @@ def run_build_stage(image, root):
 def healthcheck_paths():
     with open(os.path.join(REPO, "docker", "healthcheck.sh")) as f:
         text = f.read()
-    paths = set(re.findall(r"GET (/\S+) HTTP", text))
-    check(paths == {"/v2/health/ready"}, "docker/healthcheck.sh asks GET /v2/health/ready", str(paths))
+    m = re.search(r"^path=\$\{HEALTHCHECK_PATH:-(/\S+)\}$", text, re.M)
+    paths = {m.group(1)} if m and re.search(r"GET %s HTTP", text) else set()
+    check(paths == {"/v2/health/ready"}, "docker/healthcheck.sh asks GET /v2/health/ready (unless HEALTHCHECK_PATH)",
+          str(paths))
     return paths
 
 
@@ -440,50 +448,68 @@ def healthcheck_paths():
 def nginx_directives():
     with open(os.path.join(DEPLOY, "nginx.conf")) as f:
         text = "\n".join(line.split("#", 1)[0] for line in f.read().splitlines())
-    upstreams = dict(re.findall(r"\bupstream\s+(\S+)\s*\{([^}]*)\}", text))
-    text_wo_up = re.sub(r"\bupstream\s+\S+\s*\{[^}]*\}", "", text)
 
-    def all_of(name, body):
+    def all_of(name, body=text):
         return [v.strip() for v in re.findall(r"(?:^|[\s;{])%s\s+([^;]*);" % re.escape(name), body)]
-    return text, upstreams, text_wo_up, all_of
+    return text, all_of
 
 
-def check_nginx(cfg, service, port, nginx_port):
-    text, upstreams, rest, all_of = nginx_directives()
-    passes = all_of("proxy_pass", rest)
-    check(len(passes) == 1 and passes[0].startswith("http://"), "nginx.conf: one proxy_pass", str(passes))
-    name = passes[0][len("http://"):].rstrip("/") if passes else ""
-    body = upstreams.get(name, "")
-    check(bool(body), "nginx.conf: proxy_pass goes to upstream %s" % name)
-    servers = [s.split() for s in all_of("server", body)]
-    check(len(servers) == 1 and servers[0][0] == "%s:%d" % (service, port),
-          "nginx.conf: upstream server is the compose service %s:%d" % (service, port),
-          str(servers))
-    check(re.search(r"(^|[\s;{])least_conn\s*;", body) is not None,
-          "nginx.conf: upstream uses least_conn")
-    ka = all_of("keepalive", body)
-    check(len(ka) == 1 and int(ka[0]) > 0, "nginx.conf: keepalive connections to the replicas", str(ka))
-    kat = all_of("keepalive_timeout", body)
-    check(len(kat) == 1 and duration_ms(kat[0]) < cfg["connection_timeout_s"] * 1000,
-          "nginx.conf: upstream keepalive_timeout < connection_timeout_s (%d s)" % cfg["connection_timeout_s"],
-          str(kat))
-    check(all_of("proxy_http_version", rest) == ["1.1"] and 'Connection ""' in all_of("proxy_set_header", rest),
-          "nginx.conf: HTTP/1.1 and no Connection header upstream (needed for keepalive)")
-    listens = all_of("listen", rest)
-    check(listens == [str(nginx_port)], "nginx.conf: listens on %d (compose's nginx port)" % nginx_port,
+def check_nginx(cfg, service, port, nginx_port, where):
+    """deploy/nginx.conf against the service it fronts (SERVICE:PORT, as named by
+    compose or by the stack) and the port it is published on."""
+    text, all_of = nginx_directives()
+    passes = all_of("proxy_pass")
+    m = re.fullmatch(r"http://(\$\w+)", passes[0]) if len(passes) == 1 else None
+    check(m is not None, "nginx.conf: one proxy_pass, through a variable (re-resolved at run time)", str(passes))
+    var = m.group(1) if m else "$?"
+    sets = [v.split(None, 1) for v in all_of("set")]
+    target = [v[1] for v in sets if len(v) == 2 and v[0] == var]
+    check(target == ["%s:%d" % (service, port)],
+          "nginx.conf: %s is %s:%d (the service in %s)" % (var, service, port, where), str(target))
+    check(not re.search(r"\bupstream\s+\S+\s*\{", text),
+          "nginx.conf: no upstream block (nginx 1.22 would resolve its servers once, at start)")
+    res = all_of("resolver")
+    toks = res[0].split() if len(res) == 1 else []
+    valid = [t[6:] for t in toks if t.startswith("valid=")]
+    check(toks[:1] == ["127.0.0.11"] and len(valid) == 1 and duration_ms(valid[0]) <= 5000,
+          "nginx.conf: resolver 127.0.0.11 (Docker's DNS), answers kept at most 5 s", str(res))
+    ct = all_of("proxy_connect_timeout")
+    check(len(ct) == 1 and duration_ms(ct[0]) < 1000,
+          "nginx.conf: proxy_connect_timeout under a second (a vanished replica is skipped fast)", str(ct))
+    listens = all_of("listen")
+    check(listens == [str(nginx_port)], "nginx.conf: listens on %d (nginx's port in %s)" % (nginx_port, where),
           str(listens))
-    cmbs = all_of("client_max_body_size", rest)
+    cmbs = all_of("client_max_body_size")
     check(len(cmbs) == 1 and size_bytes(cmbs[0]) == cfg["max_body_bytes"],
           "nginx.conf: client_max_body_size = max_body_bytes (%d)" % cfg["max_body_bytes"], str(cmbs))
     for d in ("proxy_read_timeout", "proxy_send_timeout"):
-        v = all_of(d, rest)
+        v = all_of(d)
         check(len(v) == 1 and duration_ms(v[0]) > cfg["request_timeout_ms"],
               "nginx.conf: %s > request_timeout_ms (%d)" % (d, cfg["request_timeout_ms"]), str(v))
-    nu = all_of("proxy_next_upstream", rest)
+    nu = all_of("proxy_next_upstream")
     toks = nu[0].split() if len(nu) == 1 else []
-    check("error" in toks and set(toks) <= {"error", "timeout"},
-          "nginx.conf: retries on the next replica on connection errors only "
+    check("error" in toks and "timeout" in toks and set(toks) <= {"error", "timeout"},
+          "nginx.conf: retries on the next replica on connection errors and connect timeouts only "
           "(no http_5xx, no non_idempotent)", str(nu))
+
+
+def nginx_image():
+    """What deploy/nginx.Dockerfile puts in the nginx image: its health check script and MF_PORT."""
+    ins = dockerfile_instructions(os.path.join(DEPLOY, "nginx.Dockerfile"))
+    copies, env = {}, {}
+    for word, rest in ins:
+        if word == "COPY":
+            toks = shlex.split(rest)
+            copies[toks[-1]] = toks[-2]
+        elif word == "ENV":
+            for tok in shlex.split(rest):
+                k, _, v = tok.partition("=")
+                env[k] = v
+    check([r for w, r in ins if w == "FROM"] == ["debian:bookworm-slim"],
+          "deploy/nginx.Dockerfile: on debian:bookworm-slim, like the service image")
+    check(copies.get("/etc/nginx/nginx.conf") == "deploy/nginx.conf",
+          "deploy/nginx.Dockerfile: deploy/nginx.conf is the default config")
+    return copies, env
 
 
 # ---- docker-compose.yml -------------------------------------------------------
@@ -523,8 +549,8 @@ def check_compose(settings, image):
 
     res = svc.get("deploy", {}).get("resources", {})
     lim, rsv = res.get("limits", {}), res.get("reservations", {})
-    check("cpus" in lim and "memory" in lim and "cpus" in rsv and "memory" in rsv,
-          "docker-compose.yml: CPU and memory limits and reservations")
+    check("cpus" in lim and "memory" in lim and "memory" in rsv,
+          "docker-compose.yml: CPU and memory limits, memory reservation")
     ncpu = cpus(lim.get("cpus", 0))
     check(0 < cfg["workers"] * cfg["engine_threads"] <= max(1, round(ncpu)) and cfg["http_threads"] > 0,
           "docker-compose.yml: MF_WORKERS x MF_ENGINE_THREADS and MF_HTTP_THREADS set, within the %g CPUs"
@@ -552,26 +578,125 @@ def check_compose(settings, image):
           "docker-compose.yml: mobileformer health check = the image's HEALTHCHECK", str(hc))
 
     # nginx in front
-    ports = [str(p) for p in ngx.get("ports", [])]
-    check(len(ports) == 1 and ports[0].count(":") == 1, "docker-compose.yml: nginx publishes one port", str(ports))
-    nginx_port = int(ports[0].split(":")[1]) if ports else 0
+    check("name" not in doc, "docker-compose.yml: no top-level name (docker-compose 1.29 refuses it; use -p)")
+    nb = ngx.get("build", {})
+    check(os.path.normpath(os.path.join(DEPLOY, nb.get("context", "."))) == REPO
+          and os.path.normpath(os.path.join(REPO, nb.get("dockerfile", ""))) == os.path.join(DEPLOY, "nginx.Dockerfile"),
+          "docker-compose.yml: nginx is built from deploy/nginx.Dockerfile")
+    ports = [interpolate(str(p)) for p in ngx.get("ports", [])]
+    parts = ports[0].split(":") if len(ports) == 1 else []
+    check(len(parts) == 3 and parts[0] == "127.0.0.1",
+          "docker-compose.yml: nginx publishes one port, by default on 127.0.0.1 only", str(ports))
+    nginx_port = int(parts[-1]) if parts else 0
     nmounts = {v.get("target"): v for v in ngx.get("volumes", []) if isinstance(v, dict)}
     conf = nmounts.get("/etc/nginx/nginx.conf", {})
     check(os.path.normpath(os.path.join(DEPLOY, conf.get("source", ""))) == os.path.join(DEPLOY, "nginx.conf")
           and conf.get("read_only") is True,
           "docker-compose.yml: nginx reads deploy/nginx.conf, read-only")
+    ncopies, nenv = nginx_image()
     nhc = ngx.get("healthcheck", {}).get("test", [])
-    if nhc[1:2]:
-        m = nmounts.get(nhc[1], {})
-        check(os.path.normpath(os.path.join(DEPLOY, m.get("source", "")))
-              == os.path.join(REPO, "docker", "healthcheck.sh")
-              and as_env(ngx.get("environment")).get("MF_PORT") == str(nginx_port),
-              "docker-compose.yml: nginx health check = docker/healthcheck.sh on nginx's port")
+    check(nhc[:1] == ["CMD"] and ncopies.get(nhc[1] if len(nhc) > 1 else "") == "docker/healthcheck.sh"
+          and nenv.get("MF_PORT") == str(nginx_port),
+          "docker-compose.yml: nginx health check = docker/healthcheck.sh (in its image) on nginx's port", str(nhc))
     check("mobileformer" in (ngx.get("depends_on") or {}), "docker-compose.yml: nginx depends on mobileformer")
     check(ngx.get("restart") in ("always", "unless-stopped", "on-failure"),
           "docker-compose.yml: nginx restart policy")
-    check_nginx(cfg, "mobileformer", port, nginx_port)
-    return env
+    check_nginx(cfg, "mobileformer", port, nginx_port, "docker-compose.yml")
+    return {"env": env, "limits": lim}
+
+
+# ---- stack.yml (Docker Swarm) -------------------------------------------------
+
+def check_stack(settings, image):
+    path = os.path.join(DEPLOY, "stack.yml")
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    check(isinstance(doc, dict) and str(doc.get("version")) == "3.8",
+          "stack.yml: valid YAML, compose file format 3.8 (docker stack deploy)")
+    services = doc.get("services", {})
+    svc, ngx = services.get("mobileformer", {}), services.get("nginx", {})
+    check(bool(svc) and bool(ngx), "stack.yml: services mobileformer and nginx")
+    check("build" not in svc and "build" not in ngx, "stack.yml: images only (a swarm does not build)")
+    env = as_env(svc.get("environment"))
+    settings.check_env("stack.yml mobileformer environment", env)
+    full_env = dict(image["env"])
+    full_env.update(env)
+    cfg = settings.effective(full_env)
+    port = cfg["port"]
+    d = svc.get("deploy", {})
+    check(d.get("endpoint_mode") == "dnsrr",
+          "stack.yml: endpoint_mode dnsrr (Docker's DNS gives nginx every task; no IPVS routing mesh)")
+    check(int(d.get("replicas", 0)) >= 2, "stack.yml: at least 2 replicas")
+    uc, rc = d.get("update_config", {}), d.get("rollback_config", {})
+    check(uc.get("order") == "start-first" and uc.get("parallelism") == 1 and uc.get("failure_action") == "rollback",
+          "stack.yml: update_config start-first, parallelism 1, failure_action rollback", str(uc))
+    check(rc.get("parallelism") == 1 and rc.get("order") == "start-first", "stack.yml: rollback_config", str(rc))
+    check(d.get("restart_policy", {}).get("condition") in ("any", "on-failure"), "stack.yml: restart_policy")
+    lim = d.get("resources", {}).get("limits", {})
+    rsv = d.get("resources", {}).get("reservations", {})
+    ok = all(k in lim for k in ("cpus", "memory")) and all(k in rsv for k in ("cpus", "memory"))
+    check(ok, "stack.yml: CPU and memory limits and reservations")
+    if ok:
+        ncpu = cpus(lim["cpus"])
+        check(0 < cfg["workers"] * cfg["engine_threads"] <= max(1, round(ncpu)) and cfg["http_threads"] > 0,
+              "stack.yml: MF_WORKERS x MF_ENGINE_THREADS and MF_HTTP_THREADS set, within the %g CPUs" % ncpu)
+        check(cpus(rsv["cpus"]) <= ncpu and memory_bytes(rsv["memory"]) <= memory_bytes(lim["memory"]),
+              "stack.yml: reservations <= limits")
+    check(duration_ms(svc.get("stop_grace_period", "10s")) > cfg["drain_timeout_ms"],
+          "stack.yml: stop_grace_period > drain_timeout_ms (%d)" % cfg["drain_timeout_ms"])
+    hc = svc.get("healthcheck", {}).get("test", [])
+    check(hc[:1] == ["CMD"] and hc[1:] == image["health_cmd"],
+          "stack.yml: mobileformer health check = the image's HEALTHCHECK", str(hc))
+    check(svc.get("read_only") is True and svc.get("cap_drop") == ["ALL"],
+          "stack.yml: read-only root filesystem, all capabilities dropped")
+    model_dir = os.path.dirname(cfg["model"])
+    mm = [v for v in svc.get("volumes", []) if isinstance(v, dict) and v.get("target") == model_dir]
+    check(len(mm) == 1 and mm[0].get("read_only") is True,
+          "stack.yml: the model folder %s is mounted read-only" % model_dir)
+    if len(mm) == 1:
+        src = os.path.normpath(os.path.join(DEPLOY, interpolate(mm[0].get("source", ""))))
+        check(src == os.path.join(REPO, "models") and os.path.basename(cfg["model"]) == os.path.basename(BUNDLED_MODEL),
+              "stack.yml: by default that is the repository's models/ and MF_MODEL the bundled model")
+    nets = doc.get("networks", {})
+    check(all(nets.get(n, {}).get("driver") == "overlay" for n in svc.get("networks", []))
+          and svc.get("networks") == ngx.get("networks") and svc.get("networks"),
+          "stack.yml: mobileformer and nginx share an overlay network")
+    # nginx: its config a Swarm config, its port in host mode
+    confs = ngx.get("configs", [])
+    top = doc.get("configs", {})
+    src = [c.get("source") for c in confs if isinstance(c, dict) and c.get("target") == "/etc/nginx/nginx.conf"]
+    check(len(src) == 1 and os.path.normpath(os.path.join(DEPLOY, top.get(src[0], {}).get("file", "")))
+          == os.path.join(DEPLOY, "nginx.conf"),
+          "stack.yml: nginx's /etc/nginx/nginx.conf is a Swarm config of deploy/nginx.conf")
+    ports = ngx.get("ports", [])
+    check(len(ports) == 1 and isinstance(ports[0], dict) and ports[0].get("mode") == "host",
+          "stack.yml: nginx publishes one port in host mode (no routing mesh)", str(ports))
+    nginx_port = int(ports[0].get("target", 0)) if ports and isinstance(ports[0], dict) else 0
+    ncopies, nenv = nginx_image()
+    nhc = ngx.get("healthcheck", {}).get("test", [])
+    check(nhc[:1] == ["CMD"] and ncopies.get(nhc[1] if len(nhc) > 1 else "") == "docker/healthcheck.sh"
+          and nenv.get("MF_PORT") == str(nginx_port)
+          and as_env(ngx.get("environment")).get("HEALTHCHECK_PATH") == "/nginx-health",
+          "stack.yml: nginx health check = docker/healthcheck.sh on nginx's own /nginx-health")
+    check("/nginx-health" in nginx_directives()[0], "nginx.conf: has location /nginx-health")
+    check(ngx.get("deploy", {}).get("restart_policy", {}).get("condition") in ("any", "on-failure"),
+          "stack.yml: nginx restart_policy")
+    check_nginx(cfg, "mobileformer", port, nginx_port, "stack.yml")
+    return {"env": env, "limits": lim}
+
+
+def check_same_settings(compose, stack, k8s):
+    """The three deployments carry the same service settings and limits."""
+    if not (compose and stack and k8s):
+        return
+    for name, other in (("docker-compose.yml", compose), ("stack.yml", stack)):
+        diff = sorted(set(k8s["env"].items()) ^ set(other["env"].items()))
+        check(not diff, "%s and deploy/k8s/configmap.yaml: the same MF_* settings" % name,
+              "differ: %s" % ", ".join("%s=%s" % kv for kv in diff))
+        kl, ol = k8s["limits"], other["limits"]
+        check(cpus(kl["cpu"]) == cpus(ol["cpus"]) and memory_bytes(kl["memory"]) == memory_bytes(ol["memory"]),
+              "%s and deploy/k8s/deployment.yaml: the same CPU and memory limits" % name,
+              "%s vs %s" % (ol, kl))
 
 
 # ---- Kubernetes ---------------------------------------------------------------
@@ -679,6 +804,7 @@ def check_k8s(settings, image):
     metrics = hpa["spec"].get("metrics", [])
     check(any(m.get("resource", {}).get("name") == "cpu" for m in metrics), "hpa.yaml: on CPU")
     check(dep["spec"]["selector"]["matchLabels"].items() <= labels.items(), "deployment.yaml: selector matches")
+    return {"env": env, "limits": c.get("resources", {}).get("limits", {})}
 
 
 # ---- the runtime image's libraries --------------------------------------------
@@ -767,8 +893,10 @@ def main():
     if image is None:
         sys.exit(1)
     paths = healthcheck_paths() | PROBES
-    check_compose(settings, image)
-    check_k8s(settings, image)
+    compose = check_compose(settings, image)
+    stack = check_stack(settings, image)
+    k8s = check_k8s(settings, image)
+    check_same_settings(compose, stack, k8s)
     bindir = os.path.dirname(os.path.abspath(args.server))
     check_runtime_libs([os.path.join(bindir, b) for b in ("mobileformer-server", "mobileformer")])
     if args.build_stage_root:
