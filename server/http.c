@@ -81,6 +81,7 @@
 #define BODY_FIRST (64u * 1024)    /* body bytes allocated up front; more as they arrive */
 #define BODY_GRACE_NS 5000000000ull /* the allowance before min_body_rate applies */
 #define RESERVE_HEAD_NS 2000000000ull /* head deadline of a reserve connection */
+#define DRAIN_HEAD_NS 1000000000ull   /* head deadline of a connection taken from the backlog at drain */
 #define LINGER_NS 2000000000ull    /* how long a closing connection's input is drained */
 #define SWEEP_NS 100000000ull      /* deadline sweep period */
 #define REPORT_NS 1000000000ull    /* at most one "closed slow connections" line per second */
@@ -119,6 +120,7 @@ struct mf_conn {
     int close_after;              /* close once the answer is written */
     int write_done;               /* the answer is written; after_answer is due */
     int dead;                     /* closed; freed by conn_reap once nothing refers to it */
+    int drain_new;                /* accepted from the backlog at drain; no request yet (drain_pending) */
     mf_counter abort_stage;       /* dead with an unanswered request: where it stopped */
     int orphan;                   /* dead while jobs were pending: freed from the ready list */
 };
@@ -136,6 +138,7 @@ struct mf_loop {
     unsigned long slow_head, slow_body; /* slow connections closed since that line */
     time_t date_t;                /* second of date */
     char date[40];                /* the Date header value, per second */
+    atomic_int drain_acked;       /* drain: took its share of the backlog and left the listener */
 };
 
 typedef struct mf_ip_count {
@@ -385,10 +388,19 @@ static void conn_free(mf_conn *c)
     (void)s;
 }
 
+/* A connection taken at drain has sent its first request head (or gone). */
+static void drain_settle(mf_conn *c)
+{
+    if (!c->drain_new) return;
+    c->drain_new = 0;
+    atomic_fetch_sub(&c->lp->srv->drain_pending, 1);
+}
+
 /* Close the socket and release what the connection counts against. */
 static void close_fd(mf_conn *c)
 {
     struct mf_http *s = c->lp->srv;
+    drain_settle(c);
     if (c->fd < 0) return;
     epoll_ctl(c->lp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
@@ -586,6 +598,7 @@ static mf_request *request_new(mf_conn *c)
     }
     r->srv = s;
     r->conn = c;
+    drain_settle(c);
     r->start_ns = mf_now_ns();
     r->endpoint = MF_ENDPOINT_OTHER;
     r->dialect = MF_DIALECT_V1;
@@ -1092,7 +1105,8 @@ static void conn_event(mf_conn *c, uint32_t ev)
 
 /* ---- accepting ----------------------------------------------------------- */
 
-static void accept_ready(mf_loop *lp)
+/* Accept up to 64 connections; returns 1 if the backlog may hold more. */
+static int accept_ready(mf_loop *lp)
 {
     struct mf_http *s = lp->srv;
     for (int k = 0; k < 64; k++) {
@@ -1106,7 +1120,7 @@ static void accept_ready(mf_loop *lp)
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE)
                 mf_log_event("warn", "accept: out of file descriptors", json_pack("{s:i}", "conns", atomic_load(&s->conns)));
-            return;
+            return 0;
         }
         int n = atomic_fetch_add(&s->conns, 1) + 1;
         mf_metrics_gauge_add(s->metrics, MF_GAUGE_CONNECTIONS, 1);
@@ -1157,6 +1171,13 @@ static void accept_ready(mf_loop *lp)
         uint64_t head = s->cfg->connection_timeout_s ? sec_ns(s->cfg->connection_timeout_s) : 0;
         if (c->reserve && (!head || head > RESERVE_HEAD_NS)) head = RESERVE_HEAD_NS;
         c->due_ns = head ? c->phase_ns + head : 0;
+        if (atomic_load(&s->draining)) {
+            /* queued before the drain: its request is awaited (the drain
+             * waits for it), for DRAIN_HEAD_NS at most */
+            c->drain_new = 1;
+            atomic_fetch_add(&s->drain_pending, 1);
+            if (!c->due_ns || c->due_ns > c->phase_ns + DRAIN_HEAD_NS) c->due_ns = c->phase_ns + DRAIN_HEAD_NS;
+        }
         c->next = lp->conns;
         if (lp->conns) lp->conns->prev = c;
         lp->conns = c;
@@ -1167,6 +1188,18 @@ static void accept_ready(mf_loop *lp)
             conn_reap(c);
         }
     }
+    return 1;
+}
+
+/* Drain has begun: take every connection the kernel has queued (they were
+ * accepted by the TCP stack and their clients may have sent requests: they
+ * are served, each answer with Connection: close), then leave the listener.
+ * mf_http_begin_drain closes it once every loop has done this. */
+static void drain_accept(mf_loop *lp)
+{
+    while (accept_ready(lp)) {}
+    epoll_ctl(lp->epfd, EPOLL_CTL_DEL, lp->srv->listen_fd, NULL);
+    atomic_store(&lp->drain_acked, 1);
 }
 
 /* ---- the loop ----------------------------------------------------------- */
@@ -1217,7 +1250,7 @@ static void sweep(mf_loop *lp, uint64_t now)
     for (mf_conn *c = lp->conns, *next; c; c = next) {
         next = c->next;
         if (c->fd < 0) continue;
-        if (draining && c->st == C_HEAD && c->in_len == 0 && !c->req) {
+        if (draining && c->st == C_HEAD && c->in_len == 0 && !c->req && !c->drain_new) {
             conn_close(c, MF_COUNTER_ABORT_HEAD); /* idle keep-alive: nothing to drain */
             conn_reap(c);
             continue;
@@ -1263,10 +1296,15 @@ static void *loop_main(void *arg)
         int n = epoll_wait(lp->epfd, evs, MAX_EVENTS, (int)(SWEEP_NS / 1000000));
         for (int i = 0; i < n; i++) {
             void *p = evs[i].data.ptr;
-            if (p == &listen_marker) accept_ready(lp);
-            else if (p == lp) run_ready(lp);
-            else conn_event(p, evs[i].events);
+            if (p == &listen_marker) {
+                if (!atomic_load(&s->draining)) accept_ready(lp);
+            } else if (p == lp) {
+                run_ready(lp);
+            } else {
+                conn_event(p, evs[i].events);
+            }
         }
+        if (atomic_load(&s->draining) && !atomic_load(&lp->drain_acked)) drain_accept(lp);
         uint64_t now = mf_now_ns();
         if (now - lp->last_sweep_ns >= SWEEP_NS) {
             lp->last_sweep_ns = now;
@@ -1423,13 +1461,30 @@ int mf_http_port(const mf_http *h) { return h->port; }
 void mf_http_begin_drain(mf_http *h)
 {
     if (!h || atomic_exchange(&h->draining, 1)) return;
-    /* new connections are refused from now on; the socket itself is closed
-     * only in mf_http_stop, after the loops have stopped polling it */
-    for (int i = 0; i < h->n_loops; i++) epoll_ctl(h->loops[i].epfd, EPOLL_CTL_DEL, h->listen_fd, NULL);
+    /* Each loop takes the connections already queued on the listening
+     * socket and leaves it (drain_accept); shutting the socket down with
+     * connections still queued would reset them, and their clients (a proxy
+     * that has sent a request on one) would see an error.  Then new
+     * connections are refused; the socket itself is closed only in
+     * mf_http_stop, after the loops have stopped polling it. */
+    for (int i = 0; i < h->n_loops; i++) {
+        uint64_t one = 1;
+        ssize_t w = write(h->loops[i].evfd, &one, sizeof one);
+        (void)w;
+    }
+    const uint64_t until = mf_now_ns() + 500 * 1000000ull;
+    for (int i = 0; i < h->n_loops; i++)
+        while (!atomic_load(&h->loops[i].drain_acked) && h->loops[i].started && mf_now_ns() < until) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
     shutdown(h->listen_fd, SHUT_RDWR);
 }
 
-long mf_http_inflight(const mf_http *h) { return h ? atomic_load(&h->inflight) : 0; }
+long mf_http_inflight(const mf_http *h)
+{
+    return h ? atomic_load(&h->inflight) + atomic_load(&h->drain_pending) : 0;
+}
 
 void mf_http_stop(mf_http *h)
 {

@@ -51,7 +51,9 @@ int mf_http_port(const mf_http *h);
  * stops accepting (mf_batcher_drain; then 503 shutting_down). */
 void mf_http_begin_drain(mf_http *h);
 
-/* Requests received and not yet completed (answer sent or connection gone). */
+/* Requests received and not yet completed (answer sent or connection gone),
+ * and, once a drain has begun, connections taken from the backlog whose
+ * request has not arrived yet. */
 long mf_http_inflight(const mf_http *h);
 
 /* Stop the daemon (closes every connection) and free. NULL is fine. */

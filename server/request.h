@@ -52,6 +52,7 @@ struct mf_http {
     atomic_int draining;         /* set once by mf_http_begin_drain */
     atomic_int stopping;         /* the loops must exit */
     atomic_long inflight;        /* requests between their head and their end */
+    atomic_long drain_pending;   /* connections taken from the backlog at drain, no request read yet */
     atomic_int conns;            /* open connections, reserve ones included */
     atomic_llong body_bytes;     /* bytes reserved by request bodies being read (max_inflight_body_bytes) */
     int reserve;                 /* connections beyond max_connections kept for health and metrics */
