@@ -8,6 +8,7 @@
 #   make roofline     this CPU's fp32/bf16/AMX peaks and L2/L3/DRAM bandwidth, the batch-1 floors they imply
 #   make gemm-bench   the 1x1 and linear kernels alone on one network's shapes (GEMM_ARGS="ARCH SIZE IMAGES")
 #   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
+#   make bench-protocol  /v1 vs Open Inference Protocol JSON and binary, 1 and 16 connections (bench/protocol.py)
 #   make eval-default accuracy of the bundled model: PyTorch, engine, service (tools/eval_default.py)
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
 #   make fuzz         libFuzzer campaigns, FUZZ_SECONDS (600) per target (tests/fuzz/run.sh)
@@ -59,7 +60,7 @@ CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
 
-.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench test-docker test-swarm
+.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench test-docker test-swarm bench-protocol
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -176,7 +177,12 @@ bench: all
 	@sh bench/engine.sh
 
 ARCHS ?= mobile_former_26m mobile_former_151m mobile_former_508m
-$(BUILD)/roofline: bench/roofline.c $(ENGINE_LIB)
+$(BUILD)/# /v1/predict vs the Open Inference Protocol (JSON, binary) on the bundled model and a 151m preset
+bench-protocol: deps
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 bench/protocol.py $(PROTOCOL_ARGS)
+
+roofline: bench/roofline.c $(ENGINE_LIB)
 	$(CC) $(FINAL_CFLAGS) -O2 -o $@ $< $(ENGINE_LIB) $(FINAL_LDLIBS)
 
 roofline: $(BUILD)/roofline

@@ -8,36 +8,16 @@
 -- non-2xx answers and socket errors) that bench/loadtest.sh and
 -- tests/sh/test_deploy.sh read.
 
-local function content_type(name)
-   local ext = string.lower(string.match(name, "%.(%w+)$") or "")
-   if ext == "png" then return "image/png" end
-   if ext == "jpg" or ext == "jpeg" then return "image/jpeg" end
-   return "application/octet-stream"
-end
-
-local function read_file(name)
-   local f = assert(io.open(name, "rb"), "cannot open " .. name)
-   local data = f:read("*a")
-   f:close()
-   return data
-end
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "wrk_common.lua")
 
 function init(args)
    local name = args[1] or error("post_image.lua: give the image file after --")
    wrk.method = "POST"
    wrk.path = args[2] or "/v1/predict"
-   wrk.body = read_file(name)
-   wrk.headers["Content-Type"] = content_type(name)
+   wrk.body = common.read_file(name)
+   wrk.headers["Content-Type"] = common.content_type(name)
 end
 
 function done(summary, latency, requests)
-   local e = summary.errors
-   local secs = summary.duration / 1e6
-   io.write(string.format(
-      'wrk-json {"requests":%d,"seconds":%.3f,"rps":%.2f,"p50_ms":%.3f,"p90_ms":%.3f,' ..
-      '"p99_ms":%.3f,"max_ms":%.3f,"non2xx":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
-      summary.requests, secs, summary.requests / secs,
-      latency:percentile(50) / 1000, latency:percentile(90) / 1000,
-      latency:percentile(99) / 1000, latency.max / 1000,
-      e.status, e.connect, e.read, e.write, e.timeout))
+   common.report(summary, latency)
 end

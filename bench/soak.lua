@@ -9,6 +9,8 @@
 -- where sent counts the requests started per kind and status the answers
 -- received per HTTP status, over all threads.
 
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "wrk_common.lua")
+
 local payloads = {}   -- {weight, kind, request}
 local total_weight = 0
 local threads = {}
@@ -20,13 +22,6 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
-local function read_file(name)
-   local f = assert(io.open(name, "rb"), "cannot open " .. name)
-   local data = f:read("*a")
-   f:close()
-   return data
-end
-
 function init(args)
    if #args == 0 then error("soak.lua: give weight:kind:ctype:file arguments after --") end
    for _, a in ipairs(args) do
@@ -35,7 +30,7 @@ function init(args)
       total_weight = total_weight + tonumber(w)
       table.insert(payloads, {total_weight, kind,
                               wrk.format("POST", "/v1/predict", {["Content-Type"] = ctype},
-                                         read_file(file))})
+                                         common.read_file(file))})
       sent[kind] = 0
    end
    math.randomseed(os.time() * 1000 + id)

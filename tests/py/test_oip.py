@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -497,6 +498,39 @@ class OipTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stdout[-3000:] + p.stderr[-2000:])
         self.assertIn("0 failed", p.stdout)
         print("\nREPORT " + p.stdout.strip().splitlines()[-1])
+
+
+class DocExamplesTest(unittest.TestCase):
+    """The curl examples of README.md and docs/protocol.md (between the
+    oip-examples markers) run against the bundled model; the README's shown
+    answer is the real one."""
+
+    def test_examples_run(self):
+        bundled = os.path.join(ts.REPO, "models", "fashion_mnist_mobileformer.safetensors")
+        if not os.path.exists(bundled):
+            self.fail("the bundled model is missing")
+        srv = ts.Server(model=bundled)
+        try:
+            for doc in ("README.md", os.path.join("docs", "protocol.md")):
+                with open(os.path.join(ts.REPO, doc)) as f:
+                    text = f.read()
+                m = re.search(r"<!-- oip-examples:begin[^>]*-->\n```sh\n(.*?)```\n(.*?)<!-- oip-examples:end -->",
+                              text, re.S)
+                self.assertIsNotNone(m, doc + " lacks its oip-examples block")
+                script = m.group(1).replace("http://localhost:8080", "http://127.0.0.1:%d" % srv.port)
+                with tempfile.TemporaryDirectory(dir=ts.TMP) as d:
+                    script = script.replace("/tmp/", d + "/")
+                    p = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ts.REPO,
+                                       capture_output=True, text=True, timeout=120)
+                self.assertEqual(p.returncode, 0, doc + ": " + p.stderr[-2000:])
+                answers = [json.loads(x) for x in re.findall(r'\{"model_name".*?\]\}\]\}', p.stdout)]
+                self.assertGreaterEqual(len(answers), 2 if doc == "README.md" else 1, p.stdout[-2000:])
+                if doc == "README.md":
+                    self.assertIn("HTTP/1.1 200 OK", p.stdout)
+                    shown = re.search(r"```json\n(.*?)\n```", m.group(2), re.S)
+                    self.assertEqual(answers[-1], json.loads(shown.group(1)), "README shows another answer")
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
 
 class SchedulePolicyTest(unittest.TestCase):
