@@ -10,7 +10,8 @@
 #    its COPY lines copy, and the runtime profile of scripts/install-deps.sh must
 #    provide every shared library the binaries load.
 # 2. The compose topology on loopback: two replicas (the compose service's MF_*
-#    environment, ephemeral ports) behind Debian's nginx running deploy/nginx.conf
+#    environment, ephemeral ports; they serve the tree's models/repository, the
+#    folder compose mounts at /models/repository) behind Debian's nginx running deploy/nginx.conf
 #    itself, with only the replicas' address, listen port and temporary paths
 #    substituted (the diff is printed; make test-docker runs it unchanged).  Requests through nginx reach both
 #    replicas; a body over client_max_body_size gets 413.  Then wrk posts a JPEG
@@ -22,9 +23,11 @@
 #    does not replay a POST it already sent), none from a second after the signal
 #    on, and requests kept succeeding on replica a.  REPORT lines give the figures.
 #
-# MODEL defaults to models/fashion_mnist_mobileformer.safetensors; while that file
-# does not exist, a stand-in with the same architecture and synthetic weights is
-# made (tests/support/make_stand_in_model.py).  Every process started here is stopped
+# MODEL defaults to models/fashion_mnist_mobileformer.safetensors, which the tree's
+# models/repository serves as version 1; another MODEL, or the stand-in made
+# while that file does not exist (same architecture, synthetic weights:
+# tests/support/make_stand_in_model.py), is served from a repository made in the
+# temporary directory instead.  Every process started here is stopped
 # on exit, whatever the outcome.  Needs nginx, wrk, curl, python3-yaml
 # (scripts/install-deps.sh test).
 set -eu
@@ -87,6 +90,17 @@ if [ ! -f "$MODEL" ]; then
   $PY tests/support/make_stand_in_model.py "$tmp/stand_in.safetensors"
   MODEL=$tmp/stand_in.safetensors
 fi
+# the replicas serve the compose service's MF_MODEL_REPOSITORY, which
+# --print-compose-env gives as the tree's models/repository (mounted at
+# /models/repository in compose), unless MODEL is another file: then a
+# repository of it alone, here
+repository_flag=""
+if [ "$MODEL" != models/fashion_mnist_mobileformer.safetensors ]; then
+  name=$(basename "$MODEL" .safetensors)
+  mkdir -p "$tmp/repository/$name/1"
+  ln -s "$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")" "$tmp/repository/$name/1/model.safetensors"
+  repository_flag="--model_repository=$tmp/repository"
+fi
 
 free_port() {
   $PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -99,7 +113,7 @@ start_replica() {
   : > "$tmp/$1.log"
   (
     while IFS= read -r kv; do export "${kv?}"; done < "$tmp/compose.env"
-    exec "$SERVER" --model "$MODEL" --port "${2:-0}" --bind 127.0.0.1
+    exec "$SERVER" ${repository_flag:+"$repository_flag"} --port "${2:-0}" --bind 127.0.0.1
   ) 2> "$tmp/$1.log" &
   started_pid=$!
   pids="$pids $started_pid"
@@ -117,7 +131,8 @@ start_replica a
 a_pid=$started_pid a_port=$started_port
 start_replica b
 b_pid=$started_pid b_port=$started_port
-echo "replicas: a on 127.0.0.1:$a_port (pid $a_pid), b on 127.0.0.1:$b_port (pid $b_pid), model $MODEL"
+models=$(sed -n 's/.*"msg": *"listening".*"models": *"\([^"]*\)".*"model_repository": *"\([^"]*\)".*/\1 from \2/p' "$tmp/a.log" | head -n 1)
+echo "replicas: a on 127.0.0.1:$a_port (pid $a_pid), b on 127.0.0.1:$b_port (pid $b_pid), serving $models"
 
 echo "== deployment files"
 mkdir "$tmp/image"

@@ -20,15 +20,26 @@ image, compose and the Swarm stack for real.  Checked here (Debian's python3 + P
                         the same MF_* settings and the same limits; the stack has
                         dnsrr, start-first updates with rollback, restart policy,
                         a read-only model mount and nginx.conf as a Swarm config.
+  the model repository  what the replicas serve (MF_MODEL_REPOSITORY, or one
+                        MF_MODEL file) lies inside a read-only mount; by default
+                        the mount is this tree's models/ and the repository
+                        models/repository, whose versions (symlinks included)
+                        resolve inside the mount; the Kubernetes init container
+                        lays out the same repository from the image's model; and
+                        the server, started with the compose service's settings
+                        on the tree's repository, serves every model in it.
   with --url URL        every probe path answers 200 on that running server, and
                         docker/healthcheck.sh exits 0 against it.
 
 The setting names and defaults come from `mobileformer-server --print-config-json`;
-values are validated by starting the server with them and a model path that does
-not exist: exit status 2 means a setting was refused, 1 that only the model failed.
+values are validated by starting the server with them and a model path (or model
+repository) that does not exist: exit status 2 means a setting was refused, 1
+that only the model failed.
 
     /usr/bin/python3 tests/support/check_deploy_files.py --server BUILD/mobileformer-server [--url URL]
     /usr/bin/python3 tests/support/check_deploy_files.py --server S --print-compose-env
+        (the compose service's MF_* environment, its paths in /models changed into
+        the folder mounted there by default: what a replica sees, on this machine)
 Prints one line per check ("ok", "FAIL", "SKIP"); exits 1 if any failed.
 """
 import argparse
@@ -39,8 +50,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -52,6 +66,7 @@ REPO = os.path.abspath(os.environ.get("MF_DEPLOY_CHECK_REPO") or
 DEPLOY = os.path.join(REPO, "deploy")
 K8S = os.path.join(DEPLOY, "k8s")
 BUNDLED_MODEL = "models/fashion_mnist_mobileformer.safetensors"
+TREE_REPOSITORY = "models/repository"   # the repository the deployments serve by default
 PROBES = {"/v2/health/live", "/v2/health/ready"}
 
 failures = []
@@ -112,10 +127,15 @@ class Settings:
         mf = {n: str(v) for n, v in env.items() if n in self.env_names}
         clean = {k: v for k, v in os.environ.items() if not k.startswith("MF_")}
         clean.update(mf)
+        # the model (or the repository) made to fail: what is left to refuse is a setting
+        expect = "cannot load model"
+        if mf.get("MF_MODEL_REPOSITORY"):
+            clean["MF_MODEL_REPOSITORY"] = "/nonexistent/mf-deploy-check-repository"
+            expect = "model_repository /nonexistent/mf-deploy-check-repository"
         r = subprocess.run([self.server, "--config", os.path.join(REPO, "config", "server.json"),
                             "--model", "/nonexistent/mf-deploy-check.safetensors"],
                            env=clean, capture_output=True, text=True, timeout=60)
-        check(r.returncode == 1 and "cannot load model" in r.stderr,
+        check(r.returncode == 1 and expect in r.stderr,
               "%s: the server accepts these %d settings" % (where, len(mf)),
               "exit %d: %s" % (r.returncode, r.stderr.strip()[-300:]))
 
@@ -200,6 +220,169 @@ def ignored(path, pats):
     return False
 
 
+# ---- what the replicas serve: the model repository ----------------------------
+
+def served(cfg):
+    """("repository", DIR) when model_repository is set (model is then not used),
+    else ("model", FILE)."""
+    if cfg.get("model_repository"):
+        return "repository", os.path.normpath(cfg["model_repository"])
+    return "model", os.path.normpath(cfg["model"])
+
+
+def inside(path, folder):
+    path, folder = os.path.normpath(path), os.path.normpath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def check_bind_mount(where, cfg, volumes):
+    """Compose and stack: what the replicas serve lies inside a read-only bind
+    mount; by default that mount is this tree's models/, and what is served in
+    it the tree's repository (or, with one model file, the bundled model).
+    Returns (mount target, its source here) or None."""
+    kind, path = served(cfg)
+    what = "the model repository" if kind == "repository" else "the model"
+    mounts = [v for v in volumes or [] if isinstance(v, dict) and v.get("target")]
+    mm = sorted((v for v in mounts if inside(path, v["target"])),
+                key=lambda v: len(os.path.normpath(v["target"])), reverse=True)   # the innermost holds it
+    ok = bool(mm) and mm[0].get("read_only") is True and mm[0].get("type", "bind") == "bind" and (
+        kind == "repository" or os.path.normpath(mm[0]["target"]) != path)
+    check(ok, "%s: %s %s is inside a read-only bind mount" % (where, what, path),
+          ", ".join("%s (%s)" % (v["target"], "read-only" if v.get("read_only") else "writable")
+                    for v in mounts) or "no mounts")
+    if not ok:
+        return None
+    m = mm[0]
+    src = os.path.normpath(os.path.join(DEPLOY, interpolate(m.get("source", ""))))
+    host = os.path.normpath(os.path.join(src, os.path.relpath(path, m["target"])))
+    if kind == "repository":
+        check(src == os.path.join(REPO, "models") and host == os.path.join(REPO, TREE_REPOSITORY),
+              "%s: by default the mount is the tree's models/ and MF_MODEL_REPOSITORY its %s"
+              % (where, TREE_REPOSITORY[len("models/"):]), "%s mounted at %s; %s" % (rel(src), m["target"], path))
+    else:
+        check(src == os.path.join(REPO, "models") and os.path.basename(path) == os.path.basename(BUNDLED_MODEL),
+              "%s: by default that is the repository's models/ and MF_MODEL the bundled model" % where,
+              "%s, %s" % (rel(src), path))
+    return os.path.normpath(m["target"]), src
+
+
+def to_host(value, mount):
+    """A path inside the container's mount, as the same file on this machine."""
+    target, src = mount
+    if isinstance(value, str) and value.startswith("/") and inside(value, target):
+        return os.path.normpath(os.path.join(src, os.path.relpath(value, target)))
+    return value
+
+
+def check_tree_repository():
+    """models/repository: DIR/<name>/<version>/model.safetensors, each a file or
+    a relative symlink that resolves inside models/ -- the folder the
+    deployments mount, where an absolute link or one out of it would dangle.
+    Returns {name: [versions]}."""
+    root = os.path.join(REPO, TREE_REPOSITORY)
+    mount = os.path.realpath(os.path.join(REPO, "models"))
+    if not check(os.path.isdir(root), "%s is a folder" % TREE_REPOSITORY):
+        return {}
+    if not os.path.exists(os.path.join(REPO, BUNDLED_MODEL)):
+        skip("%s" % TREE_REPOSITORY, "the bundled model its version 1 links to is not in the tree yet")
+        return {}
+    layout = {}
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if name.startswith(".") or not os.path.isdir(d):
+            continue
+        versions = sorted(int(v) for v in os.listdir(d)
+                          if re.fullmatch(r"[1-9][0-9]{0,8}", v) and os.path.isdir(os.path.join(d, v)))
+        files = [os.path.join(d, str(v), "model.safetensors") for v in versions]
+        check(bool(versions) and all(os.path.isfile(f) for f in files),
+              "%s/%s: versions %s, each with its model.safetensors" % (TREE_REPOSITORY, name, versions),
+              "missing or dangling: %s" % ", ".join(rel(f) for f in files if not os.path.isfile(f)))
+        # the version folders and the files: any of them may be a link
+        links = [p for v in versions for p in (os.path.join(d, str(v)), os.path.join(d, str(v), "model.safetensors"))
+                 if os.path.islink(p)]
+        bad = [rel(f) for f in files if not inside(os.path.realpath(f), mount)]
+        bad += ["%s -> %s (absolute)" % (rel(f), os.readlink(f)) for f in links if os.path.isabs(os.readlink(f))]
+        check(not bad, "%s/%s: every version resolves inside models/, the mounted folder (%d relative symlinks)"
+              % (TREE_REPOSITORY, name, len(links)), "; ".join(bad))
+        layout[name] = versions
+    check(bool(layout), "%s holds a model" % TREE_REPOSITORY)
+    return layout
+
+
+def check_repository_serves(server, image_env, env, mount, layout):
+    """The server with the compose service's settings, the repository path taken
+    to this tree's models/repository as the mount would, on a free loopback
+    port: every model of the tree READY in its newest version (the default
+    version policy, latest 1), listed so by its metadata, and answering a
+    prediction; then SIGTERM, exit 0."""
+    where = "the compose settings on the tree's %s" % TREE_REPOSITORY
+    full = dict(image_env)
+    full.update(env)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("MF_")}
+    run_env.update({k: str(to_host(v, mount)) for k, v in full.items()})
+    run_env["OPENBLAS_NUM_THREADS"] = "1"
+    cmd = [server, "--config", os.path.join(REPO, "config", "server.json"), "--port", "0", "--bind", "127.0.0.1",
+           "--log_requests", "false"]
+    p = subprocess.Popen(cmd, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines, port = [], []
+
+    def reader():
+        for line in p.stderr:
+            lines.append(line)
+            m = re.search(r'"msg": *"listening".*"port": *(\d+)', line)
+            if m:
+                port.append(int(m.group(1)))
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not port and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        if not check(bool(port), "%s: the server starts" % where, "".join(lines[-5:]).strip()[-600:]):
+            return
+        url = "http://127.0.0.1:%d" % port[0]
+
+        def call(path, body=None, ctype="application/json"):
+            req = urllib.request.Request(url + path, data=body, method="POST" if body is not None else "GET",
+                                         headers={"Content-Type": ctype})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode(errors="replace")
+        listening = json.loads([ln for ln in lines if '"listening"' in ln][0])
+        check(listening.get("model_repository") == to_host(env.get("MF_MODEL_REPOSITORY"), mount)
+              and listening.get("model_control") == env.get("MF_MODEL_CONTROL", "none"),
+              "%s: it serves the repository, model_control %s" % (where, env.get("MF_MODEL_CONTROL", "none")),
+              json.dumps(listening))
+        status, index = call("/v2/repository/index", b"{}")
+        ready = sorted((e["name"], e["version"]) for e in index if e.get("state") == "READY") \
+            if status == 200 and isinstance(index, list) else index
+        want = sorted((n, str(v[-1])) for n, v in layout.items())
+        check(ready == want, "%s: every model READY in its newest version: %s"
+              % (where, ", ".join("%s %s" % nv for nv in want)), "index: %s %s" % (status, index))
+        with open(os.path.join(REPO, "tests", "data", "images", "photo.jpg"), "rb") as f:
+            photo = f.read()
+        for name, versions in sorted(layout.items()):
+            status, meta = call("/v2/models/" + name)
+            check(status == 200 and meta.get("versions") == [str(versions[-1])],
+                  "%s: GET /v2/models/%s lists version %d" % (where, name, versions[-1]), "%s %s" % (status, meta))
+            status, pred = call("/v1/models/%s/predict" % name, photo, "image/jpeg")
+            check(status == 200 and pred.get("model") == name and pred.get("predictions"),
+                  "%s: POST /v1/models/%s/predict answers" % (where, name), "%s %s" % (status, str(pred)[:300]))
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        try:
+            rc = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        t.join(timeout=5)
+    if port:
+        check(rc == 0, "%s: SIGTERM, exit 0" % where, "exit %s" % rc)
+
+
 # ---- Makefile ----------------------------------------------------------------
 
 def makefile_facts():
@@ -254,6 +437,9 @@ def check_dockerfile(settings, make_default, make_tested, make_outputs):
     pats = pats or []
     for must in ("build", ".git", "bench/node_modules", "bench/out"):
         check(ignored(must + "/x", pats), ".dockerignore keeps %s out of the context" % must)
+    # mounted, not baked: versions added there must not grow every build context
+    check(ignored(TREE_REPOSITORY + "/m/1/model.safetensors", pats),
+          ".dockerignore keeps the model repository %s out of the context (it is mounted)" % TREE_REPOSITORY)
 
     stages, stage = [], None
     for word, rest in ins:
@@ -561,17 +747,7 @@ def check_compose(settings, image):
     check(duration_ms(svc.get("stop_grace_period", "10s")) > cfg["drain_timeout_ms"],
           "docker-compose.yml: stop_grace_period > drain_timeout_ms (%d)" % cfg["drain_timeout_ms"])
 
-    model_dir = os.path.dirname(cfg["model"])
-    mounts = [v for v in svc.get("volumes", []) if isinstance(v, dict)]
-    mm = [v for v in mounts if v.get("target") == model_dir]
-    ok = len(mm) == 1 and mm[0].get("read_only") is True
-    check(ok, "docker-compose.yml: the model folder %s is mounted read-only" % model_dir)
-    if ok:
-        src = os.path.normpath(os.path.join(DEPLOY, interpolate(mm[0]["source"])))
-        check(src == os.path.join(REPO, "models")
-              and os.path.basename(cfg["model"]) == os.path.basename(BUNDLED_MODEL),
-              "docker-compose.yml: by default that is the repository's models/ and MF_MODEL the bundled model",
-              "%s, %s" % (rel(src), cfg["model"]))
+    mount = check_bind_mount("docker-compose.yml", cfg, svc.get("volumes"))
 
     hc = svc.get("healthcheck", {}).get("test", [])
     check(hc[:1] == ["CMD"] and hc[1:] == image["health_cmd"],
@@ -602,7 +778,16 @@ def check_compose(settings, image):
     check(ngx.get("restart") in ("always", "unless-stopped", "on-failure"),
           "docker-compose.yml: nginx restart policy")
     check_nginx(cfg, "mobileformer", port, nginx_port, "docker-compose.yml")
-    return {"env": env, "limits": lim}
+    check_behind_proxy(cfg, "docker-compose.yml")
+    return {"env": env, "limits": lim, "mount": mount, "image_env": image["env"], "cfg": cfg}
+
+
+def check_behind_proxy(cfg, where):
+    """Behind nginx (or an ingress) every connection comes from the proxy's
+    address: a limit per client address would limit all clients together."""
+    check(cfg["max_connections_per_client"] == 0,
+          "%s: MF_MAX_CONNECTIONS_PER_CLIENT 0 (behind a proxy every client has the proxy's address)" % where,
+          str(cfg["max_connections_per_client"]))
 
 
 # ---- stack.yml (Docker Swarm) -------------------------------------------------
@@ -649,14 +834,7 @@ def check_stack(settings, image):
           "stack.yml: mobileformer health check = the image's HEALTHCHECK", str(hc))
     check(svc.get("read_only") is True and svc.get("cap_drop") == ["ALL"],
           "stack.yml: read-only root filesystem, all capabilities dropped")
-    model_dir = os.path.dirname(cfg["model"])
-    mm = [v for v in svc.get("volumes", []) if isinstance(v, dict) and v.get("target") == model_dir]
-    check(len(mm) == 1 and mm[0].get("read_only") is True,
-          "stack.yml: the model folder %s is mounted read-only" % model_dir)
-    if len(mm) == 1:
-        src = os.path.normpath(os.path.join(DEPLOY, interpolate(mm[0].get("source", ""))))
-        check(src == os.path.join(REPO, "models") and os.path.basename(cfg["model"]) == os.path.basename(BUNDLED_MODEL),
-              "stack.yml: by default that is the repository's models/ and MF_MODEL the bundled model")
+    check_bind_mount("stack.yml", cfg, svc.get("volumes"))
     nets = doc.get("networks", {})
     check(all(nets.get(n, {}).get("driver") == "overlay" for n in svc.get("networks", []))
           and svc.get("networks") == ngx.get("networks") and svc.get("networks"),
@@ -682,6 +860,7 @@ def check_stack(settings, image):
     check(ngx.get("deploy", {}).get("restart_policy", {}).get("condition") in ("any", "on-failure"),
           "stack.yml: nginx restart_policy")
     check_nginx(cfg, "mobileformer", port, nginx_port, "stack.yml")
+    check_behind_proxy(cfg, "stack.yml")
     return {"env": env, "limits": lim}
 
 
@@ -701,7 +880,71 @@ def check_same_settings(compose, stack, k8s):
 
 # ---- Kubernetes ---------------------------------------------------------------
 
-def check_k8s(settings, image):
+def init_copy(cmd):
+    """(source, destination file) of an init container's `cp SRC DEST` or
+    `install [-D] [-m MODE] SRC DEST`; None for another command."""
+    if cmd[:1] == ["cp"] and len(cmd) == 3:
+        src, dest = cmd[1], cmd[2]
+        return src, os.path.join(dest, os.path.basename(src)) if dest.endswith("/") else dest
+    if cmd[:1] == ["install"]:
+        args, rest = cmd[1:], []
+        while args:
+            a = args.pop(0)
+            if a in ("-m", "--mode"):
+                args.pop(0) if args else None
+            elif a.startswith("-"):
+                if a not in ("-D", "-p", "--preserve-timestamps"):
+                    return None
+            else:
+                rest.append(a)
+        return tuple(rest) if len(rest) == 2 and "-D" in cmd else None
+    return None
+
+
+def check_model_volume(pod, c, cfg, image, layout):
+    """What the container serves is inside a volume mounted read-only; an
+    emptyDir is filled by an init container from the image's bundled model,
+    laid out as the tree's repository is (the same model names)."""
+    kind, path = served(cfg)
+    what = "the model repository" if kind == "repository" else "the model"
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    vm = sorted((m for m in c.get("volumeMounts", []) if inside(path, m["mountPath"])),
+                key=lambda m: len(os.path.normpath(m["mountPath"])), reverse=True)
+    ok = bool(vm) and vm[0].get("readOnly") is True and vm[0]["name"] in vols
+    check(ok, "deployment.yaml: %s %s is inside a volume mounted read-only" % (what, path),
+          str(c.get("volumeMounts")))
+    if not ok:
+        return
+    vol, target = vm[0]["name"], os.path.normpath(vm[0]["mountPath"])
+    fills = []
+    for ic in pod.get("initContainers", []):
+        mine = [m for m in ic.get("volumeMounts", []) if m["name"] == vol and not m.get("readOnly")]
+        copy = init_copy(ic.get("command", []))
+        if mine and copy:
+            src, dest = copy
+            if inside(dest, mine[0]["mountPath"]):   # the same file, as the main container sees it
+                fills.append((ic["name"], src, os.path.join(target, os.path.relpath(dest, mine[0]["mountPath"]))))
+    if "emptyDir" in vols[vol]:
+        check(bool(fills), "deployment.yaml: an init container fills the emptyDir volume %s (cp or install -D)" % vol)
+    for name, src, dest in fills:
+        from_model = image["copies"].get(src) == BUNDLED_MODEL
+        if kind == "repository":
+            parts = os.path.relpath(dest, path).split("/")
+            ok = (from_model and len(parts) == 3 and parts[0] in layout
+                  and re.fullmatch(r"[1-9][0-9]{0,8}", parts[1]) is not None and parts[2] == "model.safetensors")
+            check(ok, "deployment.yaml: init container %s lays out the image's bundled model as %s/<version>/"
+                  "model.safetensors in MF_MODEL_REPOSITORY, a model of the tree's %s"
+                  % (name, parts[0] if parts else "?", TREE_REPOSITORY), "%s -> %s" % (src, dest))
+        else:
+            check(from_model and dest == path, "deployment.yaml: init container %s copies the image's model to MF_MODEL"
+                  % name, "%s -> %s" % (src, dest))
+    if kind == "repository" and "emptyDir" in vols[vol]:
+        names = {os.path.relpath(d, path).split("/")[0] for _, _, d in fills}
+        check(names == set(layout), "deployment.yaml: the init containers lay out the models of the tree's %s (%s)"
+              % (TREE_REPOSITORY, ", ".join(sorted(layout))), "they lay out: %s" % ", ".join(sorted(names)))
+
+
+def check_k8s(settings, image, layout):
     docs = []
     for path in sorted(glob.glob(os.path.join(K8S, "*.yaml"))):
         with open(path) as f:
@@ -782,17 +1025,8 @@ def check_k8s(settings, image):
     check(csc.get("readOnlyRootFilesystem") is True and csc.get("allowPrivilegeEscalation") is False,
           "deployment.yaml: read-only root filesystem, no privilege escalation")
 
-    model_dir = os.path.dirname(cfg["model"])
-    vm = [m for m in c.get("volumeMounts", []) if m["mountPath"] == model_dir]
-    vols = {v["name"]: v for v in pod.get("volumes", [])}
-    check(len(vm) == 1 and vm[0].get("readOnly") is True and vm[0]["name"] in vols,
-          "deployment.yaml: the model folder %s is a volume, mounted read-only" % model_dir)
-    for ic in pod.get("initContainers", []):
-        cmd = ic.get("command", [])
-        if cmd[:1] == ["cp"]:
-            check(image["copies"].get(cmd[1]) == BUNDLED_MODEL and cmd[2].rstrip("/") == model_dir
-                  and os.path.basename(cmd[1]) == os.path.basename(cfg["model"]),
-                  "deployment.yaml: init container copies the image's model to MF_MODEL", str(cmd))
+    check_model_volume(pod, c, cfg, image, layout)
+    check_behind_proxy(cfg, "deploy/k8s ConfigMap")
 
     sel = svc["spec"]["selector"]
     check(all(labels.get(k) == v for k, v in sel.items()), "service.yaml: selector matches the pods")
@@ -881,7 +1115,13 @@ def main():
     args = ap.parse_args()
     if args.print_compose_env:
         with open(os.path.join(DEPLOY, "docker-compose.yml")) as f:
-            env = as_env(yaml.safe_load(f)["services"]["mobileformer"].get("environment"))
+            svc = yaml.safe_load(f)["services"]["mobileformer"]
+        env = as_env(svc.get("environment"))
+        for m in svc.get("volumes", []):
+            if isinstance(m, dict) and m.get("target") and m.get("source"):
+                mount = (os.path.normpath(m["target"]),
+                         os.path.normpath(os.path.join(DEPLOY, interpolate(m["source"]))))
+                env = {k: to_host(v, mount) for k, v in env.items()}
         for k, v in env.items():
             if not re.fullmatch(r"[A-Za-z0-9_./:-]*", v):
                 sys.exit("unexpected characters in %s=%s" % (k, v))
@@ -893,10 +1133,13 @@ def main():
     if image is None:
         sys.exit(1)
     paths = healthcheck_paths() | PROBES
+    layout = check_tree_repository()
     compose = check_compose(settings, image)
     stack = check_stack(settings, image)
-    k8s = check_k8s(settings, image)
+    k8s = check_k8s(settings, image, layout)
     check_same_settings(compose, stack, k8s)
+    if compose and compose["mount"] and layout and served(compose["cfg"])[0] == "repository":
+        check_repository_serves(args.server, compose["image_env"], compose["env"], compose["mount"], layout)
     bindir = os.path.dirname(os.path.abspath(args.server))
     check_runtime_libs([os.path.join(bindir, b) for b in ("mobileformer-server", "mobileformer")])
     if args.build_stage_root:
