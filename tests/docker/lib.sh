@@ -229,6 +229,12 @@ free_port() {
 
 http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 30 "$@"; }
 
+# model_versions URL MODEL: the versions GET URL/v2/models/MODEL lists, space-separated
+model_versions() {
+  curl -s --max-time 10 "$1/v2/models/$2" \
+    | $PY -c 'import json, sys; print(" ".join(json.load(sys.stdin).get("versions", [])))' 2>/dev/null
+}
+
 # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds, at most SECONDS
 wait_for() {
   what=$1 limit=$2

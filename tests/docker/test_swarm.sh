@@ -104,6 +104,7 @@ fi
 echo "== deploy deploy/stack.yml as stack $STACK"
 PUBLISH_PORT=$(free_port)
 NGINX_CONF_NAME=${STACK}_nginx_conf
+# the tree's models/ at /models: the stack serves its repository/ (read-only)
 export PUBLISH_PORT NGINX_CONF_NAME MODEL_DIR="$REPO/models" MOBILEFORMER_IMAGE="$IMAGE" NGINX_IMAGE="$NGINX_IMAGE"
 url=http://127.0.0.1:$PUBLISH_PORT
 t_dep=$(now)
@@ -133,7 +134,9 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do
   [ "$(http_status -H 'Content-Type: image/jpeg' --data-binary "@$IMG" "$url/v1/predict")" = 200 ] && ok=$((ok + 1))
 done
 [ $ok = 10 ] || fail "only $ok of 10 predictions through nginx answered 200"
-echo "10 predictions through nginx (its config a Swarm config): 200"
+v=$(model_versions "$url" fashion_mnist_mobileformer)
+[ "$v" = 1 ] || fail "through nginx fashion_mnist_mobileformer lists versions '$v', not 1 (the tree's models/repository)"
+echo "10 predictions through nginx (its config a Swarm config): 200; fashion_mnist_mobileformer version 1 from the repository in the mounted models/"
 
 nginx_logs() { $DOCKER service logs --raw "${STACK}_nginx" 2>/dev/null > "$tmp/access.log" || true; }
 # run_wrk NAME SECONDS fast|slow: wrk through nginx in the background, posting
