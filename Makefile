@@ -21,11 +21,12 @@
 CC       ?= cc
 OPT      ?= -O2
 SANITIZE ?=
-PKGS      = jansson libpng libjpeg openblas
+PKGS      = jansson libpng libjpeg libwebp libwebpdemux openblas
+LIBS_NOPC = -lgif   # giflib ships no pkg-config file
 WARN      = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
 FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP $(OPT) $(WARN) \
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Ivision -Iserver $(CFLAGS)
-FINAL_LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread $(LDLIBS)
+FINAL_LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(LIBS_NOPC) -lm -pthread $(LDLIBS)
 AVX512_FLAGS  = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2
 BF16_FLAGS    = $(AVX512_FLAGS) -mavx512bf16
 AMX_FLAGS     = $(BF16_FLAGS) -mamx-tile -mamx-bf16
@@ -139,7 +140,7 @@ $(FUZZ_BUILD)/obj/engine/kernels_amx.o: engine/kernels_amx.c
 
 $(FUZZ_BUILD)/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Itests/fuzz -o $@ $< $(FUZZ_OBJ) \
-	    $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
+	    $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(LIBS_NOPC) -lm -pthread
 
 fuzz-bins: $(FUZZ_BIN)
 

@@ -14,8 +14,8 @@
 set -eu
 profile=${1:-test}
 
-runtime_pkgs="libjansson4 libjpeg62-turbo libpng16-16 libopenblas0-pthread ca-certificates"
-build_pkgs="build-essential pkg-config libjansson-dev libjpeg62-turbo-dev libpng-dev libopenblas-dev check"
+runtime_pkgs="libjansson4 libjpeg62-turbo libpng16-16 libwebp7 libwebpdemux2 libgif7 libopenblas0-pthread ca-certificates"
+build_pkgs="build-essential pkg-config libjansson-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev libopenblas-dev check"
 docker_pkgs="docker.io docker-compose debootstrap wrk curl python3"
 test_pkgs="python3 python3-numpy python3-torch python3-yaml python3-pil nginx-light wrk valgrind curl dataset-fashion-mnist chromium chromium-driver clang libclang-rt-14-dev"
 

@@ -77,6 +77,11 @@ static const setting settings[] = {
      "inference threads, each with its own engine workspace; 0 = number of online cores"},
     {"engine_threads", SETTING_INT, FIELD(engine_threads), "1", 1, 256,
      "threads inside each worker's engine workspace (BLAS stays single-threaded)"},
+    {"decode_threads", SETTING_INT, FIELD(decode_threads), "0", 0, 1024,
+     "threads that decode and preprocess uploads (small ones are decoded on the HTTP thread); 0 = online cores"},
+    {"jpeg_scaled_decode", SETTING_BOOL, FIELD(jpeg_scaled_decode), "false", 0, 1,
+     "decode JPEGs at the smallest DCT scale (1/8..8/8) that still covers the model's resize: several times "
+     "cheaper for photos, probabilities no longer PIL-exact"},
     {"max_batch", SETTING_INT, FIELD(max_batch), "8", 1, 1024,
      "most images in one forward pass"},
     {"max_delay_us", SETTING_INT, FIELD(max_delay_us), "2000", 0, 10000000,
@@ -403,6 +408,7 @@ void mf_config_resolve(mf_config *c)
     if (cores > 1024) cores = 1024;
     if (c->http_threads == 0) c->http_threads = (int)cores;
     if (c->workers == 0) c->workers = (int)cores;
+    if (c->decode_threads == 0) c->decode_threads = (int)cores;
     if (!c->model_name[0]) {
         const char *base = strrchr(c->model, '/');
         base = base ? base + 1 : c->model;

@@ -32,6 +32,8 @@ typedef struct mf_config {
     int http_threads;                /* HTTP threads (epoll loops); 0 = online cores */
     int workers;                     /* inference threads; 0 = online cores */
     int engine_threads;              /* threads per worker's engine workspace */
+    int decode_threads;              /* decode pool threads; 0 = online cores (resolved at start) */
+    bool jpeg_scaled_decode;         /* JPEG decoded at a reduced DCT scale covering the resize */
     int max_batch;                   /* most images per forward pass */
     int max_delay_us;                /* longest wait for a batch to fill */
     int max_queue;                   /* most images waiting for a worker */

@@ -199,12 +199,12 @@ char *mf_metadata_tail(const mf_model *m, const char *const *labels)
     for (int i = 0; lab && i < classes; i++) json_array_append_new(lab, json_string(labels[i]));
     json_t *o = json_pack(
         "{s:s,"
-        "s:[{s:s,s:s,s:[i,i,i,i]},{s:s,s:s,s:[i],s:[s,s]}],"
+        "s:[{s:s,s:s,s:[i,i,i,i]},{s:s,s:s,s:[i],s:[s,s,s,s]}],"
         "s:[{s:s,s:s,s:[i,i]},{s:s,s:s,s:[i,i]}],"
         "s:s,s:o*,s:i,s:[i,i],s:{s:[i,i],s:i,s:s,s:[f,f,f],s:[f,f,f],s:i},s:I,s:i,s:o*,s:s,s:s,s:s}",
         "platform", "mobileformer_c",
         "inputs", "name", "input", "datatype", "FP32", "shape", -1, 3, -1, -1, "name", "image", "datatype", "BYTES",
-        "shape", -1, "content_types", "image/jpeg", "image/png",
+        "shape", -1, "content_types", "image/jpeg", "image/png", "image/webp", "image/gif",
         "outputs", "name", "logits", "datatype", "FP32", "shape", -1, classes, "name", "probabilities", "datatype",
         "FP32", "shape", -1, classes,
         "arch_name", a->name, "architecture", arch, "num_classes", classes, "input_size", p->input_h, p->input_w,

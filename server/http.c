@@ -121,6 +121,9 @@ struct mf_conn {
     int write_done;               /* the answer is written; after_answer is due */
     int dead;                     /* closed; freed by conn_reap once nothing refers to it */
     int drain_new;                /* accepted from the backlog at drain; no request yet (drain_pending) */
+    int probed;                   /* a 100 Continue went out to see whether the client is still there */
+    int probe_left;               /* part of it is still to be written, before the answer */
+    size_t probe_off;             /* bytes of it written */
     mf_counter abort_stage;       /* dead with an unanswered request: where it stopped */
     int orphan;                   /* dead while jobs were pending: freed from the ready list */
 };
@@ -252,6 +255,13 @@ void mf_request_jobs_begin(mf_request *r, int n)
 {
     pthread_mutex_lock(&r->mu);
     r->pending = n;
+    pthread_mutex_unlock(&r->mu);
+}
+
+void mf_request_jobs_add(mf_request *r, int n)
+{
+    pthread_mutex_lock(&r->mu);
+    r->pending += n;
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -435,6 +445,10 @@ static void conn_reap(mf_conn *c)
         if (!r->answered) mf_metrics_count(c->lp->srv->metrics, c->abort_stage, 1);
         if (pending) {
             c->orphan = 1;
+            /* nobody waits for the answer: what has not started is taken
+             * back (its done callbacks run here or soon; the last one puts
+             * the orphan on the ready list, which frees it) */
+            if (r->cancel && !r->answered) r->cancel(r);
             return;
         }
         c->req = NULL;
@@ -520,18 +534,22 @@ void mf_http_send(mf_request *r)
     if (r->resp.close || !c->keep_alive || atomic_load(&s->draining) || c->reserve || c->discard) c->close_after = 1;
     char ctype[300] = "";
     if (r->resp.ctype) snprintf(ctype, sizeof ctype, "Content-Type: %s\r\n", r->resp.ctype);
-    size_t cap = 256 + strlen(ctype) + r->resp.extra_len;
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n"; /* conn_busy_event's, if cut short */
+    const size_t pre = c->probe_left ? sizeof probe - 1 - c->probe_off : 0;
+    size_t cap = 256 + pre + strlen(ctype) + r->resp.extra_len;
     free(c->out);
     c->out = malloc(cap);
     if (!c->out) {
         conn_close(c, MF_COUNTER_ABORT_ANSWER);
         return;
     }
-    int n = snprintf(c->out, cap, "HTTP/1.1 %u %s\r\nDate: %s\r\n%sContent-Length: %zu\r\n%s%.*s\r\n",
+    memcpy(c->out, probe + c->probe_off, pre);
+    c->probe_left = 0;
+    int n = snprintf(c->out + pre, cap - pre, "HTTP/1.1 %u %s\r\nDate: %s\r\n%sContent-Length: %zu\r\n%s%.*s\r\n",
                      r->resp.status, reason(r->resp.status), lp->date,
                      c->close_after ? "Connection: close\r\n" : "", r->resp.len, ctype, (int)r->resp.extra_len,
                      r->resp.extra);
-    c->out_len = n > 0 && (size_t)n < cap ? (size_t)n : 0;
+    c->out_len = n > 0 && (size_t)n < cap - pre ? pre + (size_t)n : 0;
     c->out_off = 0;
     c->write_done = 0;
     c->st = C_WRITE;
@@ -549,6 +567,8 @@ static void after_answer(mf_conn *c)
     c->req = NULL;
     c->requests++;
     c->write_done = 0;
+    c->probed = 0;
+    c->probe_off = 0;
     free(c->out);
     c->out = NULL;
     c->out_len = c->out_off = 0;
@@ -1073,16 +1093,40 @@ static void conn_read(mf_conn *c)
     (void)s;
 }
 
-/* While waiting for jobs: the client shut its side or reset. */
+/* While waiting for jobs: the client shut its side or reset.
+ *
+ * A FIN alone does not say whether the client has gone (close) or only
+ * stopped sending (shutdown(SHUT_WR)) and still reads.  An HTTP/1.1 client
+ * must accept a 1xx interim answer before the final one, so the server
+ * sends "100 Continue": a client that has closed its socket answers it with
+ * a reset, which arrives as EPOLLERR/EPOLLHUP and closes the connection
+ * (and cancels the request's work, conn_reap); one that still reads ignores
+ * it and gets its answer.  HTTP/1.0 clients get no 1xx: a FIN from them is
+ * taken as a half-close.  Only a FIN with nothing after it counts: bytes of
+ * a next request (pipelining) are left for after the answer. */
 static void conn_busy_event(mf_conn *c, uint32_t ev)
 {
     if (ev & (EPOLLERR | EPOLLHUP)) {
         conn_close(c, MF_COUNTER_ABORT_WAIT);
         return;
     }
-    /* FIN only: the client may have half-closed and still read; the answer
-     * is written when it is ready (a failed write then closes) */
-    set_events(c, 0);
+    set_events(c, 0); /* errors and hang-ups are still reported */
+    if (!(ev & EPOLLRDHUP) || c->probed || !c->req || c->req->minor < 1) return;
+    char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n != 0) return; /* data first (or an error): not a bare FIN */
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    c->probed = 1;
+    ssize_t w = send(c->fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        conn_close(c, MF_COUNTER_ABORT_WAIT); /* already reset */
+        return;
+    }
+    if (w >= 0 && (size_t)w < sizeof probe - 1) {
+        /* a full socket buffer: the rest goes before the answer */
+        c->probe_off = (size_t)(w > 0 ? w : 0);
+        c->probe_left = 1;
+    }
 }
 
 static void conn_event(mf_conn *c, uint32_t ev)
@@ -1402,7 +1446,8 @@ static void free_all(struct mf_http *s)
     free(s);
 }
 
-mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *batcher, mf_metrics *metrics,
+mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *batcher, mf_decoder *decoder,
+                             mf_metrics *metrics,
                              mf_http **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -1414,6 +1459,7 @@ mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *ba
     s->cfg = cfg;
     s->repo = repo;
     s->batcher = batcher;
+    s->decoder = decoder;
     s->metrics = metrics;
     s->listen_fd = -1;
     pthread_mutex_init(&s->ip_mu, NULL);

@@ -19,6 +19,7 @@
 #define MF_HTTP_H
 
 #include "batcher.h"
+#include "decoder.h"
 #include "config.h"
 #include "metrics.h"
 #include "mf.h"
@@ -39,7 +40,8 @@ typedef struct mf_http mf_http; /* opaque (request.h) */
 
 /* Start serving the repository's models.  The listening port (useful with
  * port 0) is mf_http_port(). */
-mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *batcher, mf_metrics *metrics,
+mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *batcher, mf_decoder *decoder,
+                             mf_metrics *metrics,
                              mf_http **out, char *err, size_t errlen);
 
 int mf_http_port(const mf_http *h);

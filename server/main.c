@@ -1,17 +1,19 @@
-/* main.c -- mobileformer-server: settings, model, batcher, HTTP, signals.
+/* main.c -- mobileformer-server: settings, models, pools, HTTP, signals.
  *
  * Start-up order: settings (exit 2 on a bad one), metrics, batcher, the
  * model repository (its models loaded; with one --model file, exit 1 with one
- * log line if it is missing or corrupt), HTTP; only then is the service
- * ready.  SIGTERM/SIGINT only write their number to a pipe
+ * log line if it is missing or corrupt), the decode pool, HTTP; only then is
+ * the service ready.  SIGTERM/SIGINT/SIGHUP only write their number to a pipe
  * (self-pipe: async-signal-safe, and it works whichever thread the kernel
  * picks -- OpenBLAS starts threads before main() runs, so blocking the
  * signals here could not cover every thread and signalfd would miss them);
  * this thread reads the pipe and does the work.  Shutdown:
  * readiness turns 503 and the listening socket closes, requests in flight
  * (and new ones on connections already open) get up to drain_timeout_ms to
- * finish, what is still queued then is answered 503, and the process exits 0.
- * A second signal skips the rest of the wait.  SIGHUP is logged and ignored.
+ * finish, what is still queued then is answered 503, the decode pool and
+ * then the HTTP loops stop, and the process exits 0.  A second signal skips
+ * the rest of the wait.  SIGHUP rescans the model repository (model_control
+ * explicit or poll; logged and ignored with none).
  */
 #include "batcher.h"
 #include "config.h"
@@ -125,6 +127,7 @@ int main(int argc, char **argv)
     mf_repo *repo = NULL;
     mf_metrics *metrics = NULL;
     mf_batcher *batcher = NULL;
+    mf_decoder *decoder = NULL;
     mf_http *http = NULL;
 
     metrics = mf_metrics_new();
@@ -150,7 +153,11 @@ int main(int argc, char **argv)
         mf_log_event("error", msg, json_pack("{s:s}", "model", cfg.model));
         goto out;
     }
-    if (mf_http_start(&cfg, repo, batcher, metrics, &http, err, sizeof err) != MF_HTTP_OK) {
+    if (mf_decoder_new(cfg.decode_threads, &decoder, err, sizeof err) != 0) {
+        mf_log_event("error", err, NULL);
+        goto out;
+    }
+    if (mf_http_start(&cfg, repo, batcher, decoder, metrics, &http, err, sizeof err) != MF_HTTP_OK) {
         mf_log_event("error", err, NULL);
         goto out;
     }
@@ -196,6 +203,9 @@ int main(int argc, char **argv)
     uint64_t flush = now_ms() + 1000;
     while (mf_http_inflight(http) > 0 && now_ms() < flush) wait_signal(10);
     long left = mf_http_inflight(http);
+    /* the decode pool's threads reference requests: they go before the loops */
+    mf_decoder_free(decoder);
+    decoder = NULL;
     mf_http_stop(http);
     http = NULL;
     mf_log_event("info", "stopped",
@@ -203,6 +213,7 @@ int main(int argc, char **argv)
                            "forced", forced));
     rc = 0;
 out:
+    mf_decoder_free(decoder);
     mf_http_stop(http);
     mf_batcher_drain(batcher, 0);
     mf_repo_close(repo);

@@ -71,6 +71,8 @@ static const struct {
     [MF_HIST_BATCH_SIZE] = {"mobileformer_batch_size", "Images per forward pass."},
     [MF_HIST_REQUEST] = {"mobileformer_model_request_duration_seconds",
                          "Time from request headers to answer, requests to a model."},
+    [MF_HIST_DECODE_WAIT] = {"mobileformer_decode_wait_seconds",
+                             "Time one image waited for a thread of the decode pool."},
 };
 
 static const char *const state_names[MF_STATE_COUNT] = {

@@ -30,6 +30,7 @@ typedef enum mf_histogram {
     MF_HIST_INFERENCE,    /* mobileformer_inference_seconds, per batch */
     MF_HIST_BATCH_SIZE,   /* mobileformer_batch_size, per batch */
     MF_HIST_REQUEST,      /* mobileformer_model_request_duration_seconds, per request */
+    MF_HIST_DECODE_WAIT,  /* mobileformer_decode_wait_seconds, per image sent to the decode pool */
     MF_HIST_COUNT
 } mf_histogram;
 
@@ -70,7 +71,10 @@ typedef enum mf_gauge {
       "Requests whose client went away before the answer, by stage.")                                  \
     X(ABORT_BODY, "mobileformer_client_aborts_total", "stage=\"body\"", "")                              \
     X(ABORT_WAIT, "mobileformer_client_aborts_total", "stage=\"waiting\"", "")                           \
-    X(ABORT_ANSWER, "mobileformer_client_aborts_total", "stage=\"answer\"", "")
+    X(ABORT_ANSWER, "mobileformer_client_aborts_total", "stage=\"answer\"", "")                        \
+    X(CANCEL_DECODE, "mobileformer_cancelled_total", "stage=\"decode\"",                               \
+      "Images dropped before inference because their client went away.")                               \
+    X(CANCEL_QUEUE, "mobileformer_cancelled_total", "stage=\"queue\"", "")
 
 typedef enum mf_counter {
 #define MF_COUNTER_ENUM(name, family, labels, help) MF_COUNTER_##name,

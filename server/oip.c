@@ -21,6 +21,9 @@
 
 typedef struct oip_state {
     mf_oip_request q;         /* the parsed request */
+    uint8_t **images;         /* [q.n] JSON images, base64-decoded (owned), or NULL */
+    int prio;                 /* the batcher priority */
+    uint64_t deadline_ns;     /* parameters.timeout from the body's arrival, 0 = none */
     uint32_t off[MF_OIP_MAX_IMAGES + 1]; /* binary BYTES: element i at binary + off[i] + 4 */
     int ihcl;                 /* Inference-Header-Content-Length given */
     size_t header_len;        /* its value */
@@ -487,6 +490,13 @@ static int oip_answer(mf_request *r)
     return mf_reply(r, 200, "application/octet-stream", (char *)body, tl + bn, 1, NULL);
 }
 
+/* The images are in their tensors: queue them. */
+static int oip_submit(mf_request *r)
+{
+    oip_state *s = st_of(r);
+    return mf_images_submit(r, s->prio, s->deadline_ns, oip_answer);
+}
+
 int mf_oip_body(mf_request *r)
 {
     oip_state *s = st_of(r);
@@ -498,21 +508,36 @@ int mf_oip_body(mf_request *r)
     if (bad) return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
     if (q->image && q->binary && mf_oip_bytes_offsets(q, s->off, err, sizeof err) != 0)
         return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
-    if (mf_images_alloc(r, q->n, q->image ? 0 : q->h, q->image ? 0 : q->w) != 0) return 0;
+    /* JSON images: every base64 decoded before any image is decoded (a bad
+     * one is answered with nothing in the decode pool) */
+    size_t *lens = NULL;
+    if (q->image && !q->binary) {
+        s->images = calloc((size_t)q->n, sizeof *s->images);
+        lens = calloc((size_t)q->n, sizeof *lens);
+        if (!s->images || !lens) {
+            free(lens);
+            return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the images");
+        }
+        for (int i = 0; i < q->n; i++)
+            if (mf_oip_json_image(q, i, &s->images[i], &lens[i], err, sizeof err) != 0) {
+                free(lens);
+                return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
+            }
+    }
+    if (mf_images_alloc(r, q->n, q->image ? 0 : q->h, q->image ? 0 : q->w) != 0) {
+        free(lens);
+        return 0;
+    }
+    /* OIP priority: 1 highest, 0 and 2 the default, larger ones lower */
+    s->prio = q->priority == 1 ? 0 : q->priority <= 2 ? MF_PRIORITY_DEFAULT : MF_PRIORITIES - 1;
+    s->deadline_ns = q->timeout_us ? mf_now_ns() + q->timeout_us * 1000u : 0;
     if (q->image) {
         for (int i = 0; i < q->n; i++) {
-            if (q->binary) {
-                if (mf_images_decode(r, i, q->binary + s->off[i] + 4, s->off[i + 1] - s->off[i] - 4) != 0) return 0;
-            } else {
-                uint8_t *d;
-                size_t dl;
-                if (mf_oip_json_image(q, i, &d, &dl, err, sizeof err) != 0)
-                    return mf_reply_error(r, MF_E_BAD_REQUEST, "%s", err);
-                int rc = mf_images_decode(r, i, d, dl);
-                free(d);
-                if (rc != 0) return 0;
-            }
+            if (q->binary) mf_images_decode(r, i, q->binary + s->off[i] + 4, s->off[i + 1] - s->off[i] - 4);
+            else mf_images_decode(r, i, s->images[i], lens[i]);
         }
+        free(lens);
+        return mf_images_decoded(r, oip_submit);
     } else {
         float *tmp = malloc((size_t)q->n * 3 * q->h * q->w * sizeof(float));
         if (!tmp) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the input");
@@ -524,16 +549,16 @@ int mf_oip_body(mf_request *r)
         for (int i = 0; i < q->n; i++) memcpy(mf_images_input(r, i), tmp + per * i, per * sizeof(float));
         free(tmp);
     }
-    /* OIP priority: 1 highest, 0 and 2 the default, larger ones lower */
-    int prio = q->priority == 1 ? 0 : q->priority <= 2 ? MF_PRIORITY_DEFAULT : MF_PRIORITIES - 1;
-    uint64_t deadline = q->timeout_us ? mf_now_ns() + q->timeout_us * 1000u : 0;
-    return mf_images_submit(r, prio, deadline, oip_answer);
+    return oip_submit(r);
 }
 
 void mf_oip_free(mf_request *r)
 {
     oip_state *s = r->oip;
     if (!s) return;
+    if (s->images)
+        for (int i = 0; i < s->q.n; i++) free(s->images[i]);
+    free(s->images);
     mf_oip_request_free(&s->q);
     free(s);
     r->oip = NULL;

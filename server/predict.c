@@ -1,6 +1,7 @@
 /* predict.c -- a request's images as jobs, and /v1 predict; see predict.h. */
 #include "predict.h"
 
+#include "decoder.h"
 #include "image.h"
 #include "mf_util.h"
 #include "multipart.h"
@@ -18,13 +19,21 @@
 
 #define MAX_IMAGES 32 /* parts of one multipart request */
 
+/* Images whose decode is expected to cost less than this are decoded on
+ * the HTTP thread that received them (a pool hand-off costs more than they
+ * do); the rest go to the decode pool (decoder.h). */
+#define INLINE_DECODE_NS 200000
+
 typedef struct image_slot {
     mf_request *req;     /* owner */
     mf_job job;          /* the image's place in the batcher */
+    mf_decode_task task; /* its decode, when it went to the pool */
+    int pooled;          /* decoded by the pool (task holds the outcome) */
     float *input;        /* [3, H, W], preprocessed */
     float *logits;       /* [classes]; probabilities after softmax (v1) */
     double decode_s;     /* decode time */
     double preprocess_s; /* preprocess time */
+    double decode_wait_s;/* waiting for a pool thread */
 } image_slot;
 
 struct mf_predict {
@@ -35,6 +44,8 @@ struct mf_predict {
     int h, w;                  /* their input size */
     image_slot *slots;         /* [n_images] */
     float *tensors;            /* inputs and logits of all slots */
+    atomic_int cancel;         /* the client went away: decodes stop at their next row */
+    int (*next)(mf_request *r);/* after the pool's decodes: what comes next */
 };
 
 void mf_predict_free(mf_request *r)
@@ -54,6 +65,8 @@ static mf_predict *state(mf_request *r)
 }
 
 /* ---- the images --------------------------------------------------------- */
+
+static void images_cancel(mf_request *r);
 
 int mf_images_alloc(mf_request *r, int n, int h, int w)
 {
@@ -78,7 +91,9 @@ int mf_images_alloc(mf_request *r, int n, int h, int w)
         sl->req = r;
         sl->input = p->tensors + (size_t)i * per_image;
         sl->logits = sl->input + in_floats;
+        sl->task.slot = -1;
     }
+    r->cancel = images_cancel;
     return 0;
 }
 
@@ -86,42 +101,127 @@ float *mf_images_input(mf_request *r, int i) { return r->predict->slots[i].input
 float *mf_images_logits(mf_request *r, int i) { return r->predict->slots[i].logits; }
 int mf_images_count(mf_request *r) { return r->predict ? r->predict->n_images : 0; }
 
+/* The decode limits of the server's settings (no deadline yet: the decode
+ * budget starts when the decode does). */
+static mf_image_limits image_limits(mf_request *r)
+{
+    const mf_config *cfg = r->srv->cfg;
+    mf_predict *p = r->predict;
+    return (mf_image_limits){.max_pixels = (size_t)cfg->max_pixels,
+                             .max_side = cfg->max_image_side,
+                             .cancel = &p->cancel,
+                             .min_side = cfg->jpeg_scaled_decode && r->mv->pre->resize > 0 ? r->mv->pre->resize : 0};
+}
+
+/* The outcome of image i's decode and preprocess: 0, or -1 with the error
+ * answered. */
+static int image_outcome(mf_request *r, int i, mf_img_status st, int prep_rc, const char *err)
+{
+    mf_predict *p = r->predict;
+    image_slot *sl = &p->slots[i];
+    char which[32] = "";
+    if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+    if (st != MF_IMG_OK) {
+        mf_reply_error(r, mf_err_of_image(st), "%s%s", which, err[0] ? err : mf_img_status_code(st));
+        return -1;
+    }
+    if (prep_rc == MF_PREPROCESS_NOMEM) {
+        mf_reply_error(r, MF_E_OUT_OF_MEMORY, "%scannot allocate memory to preprocess the image", which);
+        return -1;
+    }
+    if (prep_rc != 0) {
+        mf_reply_error(r, MF_E_PREPROCESS_FAILED, "%scould not preprocess the image", which);
+        return -1;
+    }
+    mf_series_observe(r->mv->series, MF_HIST_DECODE, sl->decode_s);
+    mf_series_observe(r->mv->series, MF_HIST_PREPROCESS, sl->preprocess_s);
+    if (sl->pooled) mf_series_observe(r->mv->series, MF_HIST_DECODE_WAIT, sl->decode_wait_s);
+    return 0;
+}
+
+/* A pool thread: image decoded (or cancelled).  The last one hands the
+ * request back to its HTTP thread. */
+static void on_decoded(mf_decode_task *t)
+{
+    image_slot *sl = t->user;
+    if (t->status == MF_IMG_CANCELLED) mf_metrics_count(sl->req->srv->metrics, MF_COUNTER_CANCEL_DECODE, 1);
+    mf_request_job_done(sl->req);
+}
+
 int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len)
 {
     struct mf_http *s = r->srv;
     mf_predict *p = r->predict;
     image_slot *sl = &p->slots[i];
-    char err[256] = "", which[32] = "";
-    if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+    mf_image_limits lim = image_limits(r);
+    const uint64_t budget = s->cfg->decode_timeout_ms ? (uint64_t)s->cfg->decode_timeout_ms * 1000000u : 0;
+    if (s->decoder && mf_decode_cost_ns(data, len, &lim) > INLINE_DECODE_NS) {
+        sl->pooled = 1;
+        sl->task = (mf_decode_task){.data = data,
+                                    .len = len,
+                                    .limits = lim,
+                                    .budget_ns = budget,
+                                    .pre = r->mv->pre,
+                                    .out = sl->input,
+                                    .done = on_decoded,
+                                    .user = sl,
+                                    .slot = -1};
+        mf_request_jobs_add(r, 1);
+        mf_decoder_submit(s->decoder, &sl->task);
+        return 0;
+    }
+    /* small: here and now (the outcome is looked at with the pool's, in
+     * order, once every image is done: an error must not end the request
+     * while a pool thread still works for it) */
+    mf_decode_task *t = &sl->task;
     mf_image img = {0, 0, NULL};
     uint64_t t0 = mf_now_ns();
-    mf_image_limits lim = {.max_pixels = (size_t)s->cfg->max_pixels,
-                           .max_side = s->cfg->max_image_side,
-                           .deadline_ns = s->cfg->decode_timeout_ms
-                                              ? t0 + (uint64_t)s->cfg->decode_timeout_ms * 1000000u
-                                              : 0};
-    mf_img_status st = mf_image_decode_limited(data, len, &lim, &img, err, sizeof err);
+    if (budget) lim.deadline_ns = t0 + budget;
+    t->err[0] = '\0';
+    t->status = mf_image_decode_limited(data, len, &lim, &img, t->err, sizeof t->err);
     uint64_t t1 = mf_now_ns();
-    if (st != MF_IMG_OK) {
-        mf_reply_error(r, mf_err_of_image(st), "%s%s", which, err[0] ? err : mf_img_status_code(st));
-        return -1;
-    }
-    int rc = mf_preprocess_image(&img, r->mv->pre, sl->input);
-    uint64_t t2 = mf_now_ns();
+    t->preprocess_rc = t->status == MF_IMG_OK ? mf_preprocess_image(&img, r->mv->pre, sl->input) : 0;
     mf_image_free(&img);
-    if (rc == MF_PREPROCESS_NOMEM) {
-        mf_reply_error(r, MF_E_OUT_OF_MEMORY, "%scannot allocate memory to preprocess the image", which);
-        return -1;
-    }
-    if (rc != 0) {
-        mf_reply_error(r, MF_E_PREPROCESS_FAILED, "%scould not preprocess the image", which);
-        return -1;
-    }
-    sl->decode_s = (double)(t1 - t0) * 1e-9;
-    sl->preprocess_s = (double)(t2 - t1) * 1e-9;
-    mf_series_observe(r->mv->series, MF_HIST_DECODE, sl->decode_s);
-    mf_series_observe(r->mv->series, MF_HIST_PREPROCESS, sl->preprocess_s);
+    t->decode_s = (double)(t1 - t0) * 1e-9;
+    t->preprocess_s = (double)(mf_now_ns() - t1) * 1e-9;
+    t->wait_s = 0;
     return 0;
+}
+
+/* Every decode is done: their outcomes in order (the first failure is the
+ * answer), then the next step. */
+static int after_decode(mf_request *r)
+{
+    mf_predict *p = r->predict;
+    for (int i = 0; i < p->n_images; i++) {
+        image_slot *sl = &p->slots[i];
+        sl->decode_s = sl->task.decode_s;
+        sl->preprocess_s = sl->task.preprocess_s;
+        sl->decode_wait_s = sl->task.wait_s;
+        if (image_outcome(r, i, sl->task.status, sl->task.preprocess_rc, sl->task.err) != 0) return 0;
+    }
+    return p->next(r);
+}
+
+int mf_images_decoded(mf_request *r, int (*next)(mf_request *r))
+{
+    r->predict->next = next;
+    return mf_request_wait(r, after_decode);
+}
+
+/* The client went away (http.c, a closed connection with work pending):
+ * decodes not started and jobs still queued are taken back; a decode in
+ * progress stops at its next row.  Runs on the request's HTTP thread. */
+static void images_cancel(mf_request *r)
+{
+    mf_predict *p = r->predict;
+    if (!p) return;
+    atomic_store(&p->cancel, 1);
+    for (int i = 0; i < p->n_images; i++) {
+        image_slot *sl = &p->slots[i];
+        if (sl->pooled) mf_decoder_cancel(r->srv->decoder, &sl->task); /* on_decoded counts it */
+        if (mf_batcher_cancel(&sl->job)) mf_metrics_count(r->srv->metrics, MF_COUNTER_CANCEL_QUEUE, 1);
+    }
 }
 
 /* Worker thread: one image finished.  The last one hands the request back. */
@@ -231,9 +331,10 @@ int mf_predict_begin(mf_request *r)
         strcpy(p->content_type, ct);
         p->multipart = 1;
     } else if (mt[0] && strcmp(mt, "image/jpeg") != 0 && strcmp(mt, "image/jpg") != 0 &&
-               strcmp(mt, "image/png") != 0 && strcmp(mt, "application/octet-stream") != 0) {
+               strcmp(mt, "image/png") != 0 && strcmp(mt, "image/webp") != 0 && strcmp(mt, "image/gif") != 0 &&
+               strcmp(mt, "application/octet-stream") != 0) {
         return mf_reply_error(r, MF_E_UNSUPPORTED_MEDIA_TYPE,
-                              "Content-Type %s is not supported; send image/jpeg, image/png, "
+                              "Content-Type %s is not supported; send image/jpeg, image/png, image/webp, image/gif, "
                               "application/octet-stream or multipart/form-data",
                               mt);
     }
@@ -245,8 +346,9 @@ int mf_predict_begin(mf_request *r)
 
 static json_t *latency_json(const image_slot *sl, double total_ms)
 {
-    return json_pack("{s:f,s:f,s:f,s:f,s:f}", "decode", sl->decode_s * 1e3, "preprocess", sl->preprocess_s * 1e3,
-                     "queue", sl->job.queue_s * 1e3, "inference", sl->job.inference_s * 1e3, "total", total_ms);
+    return json_pack("{s:f,s:f,s:f,s:f,s:f,s:f}", "decode_wait", sl->decode_wait_s * 1e3, "decode", sl->decode_s * 1e3,
+                     "preprocess", sl->preprocess_s * 1e3, "queue", sl->job.queue_s * 1e3, "inference",
+                     sl->job.inference_s * 1e3, "total", total_ms);
 }
 
 /* Every job is finished: answer. */
@@ -283,6 +385,8 @@ static int predict_answer(mf_request *r)
     return mf_reply_json(r, 200, o);
 }
 
+static int predict_submit(mf_request *r) { return mf_images_submit(r, MF_PRIORITY_DEFAULT, 0, predict_answer); }
+
 /* Body complete: split, decode, preprocess, queue. */
 int mf_predict_body(mf_request *r)
 {
@@ -304,5 +408,5 @@ int mf_predict_body(mf_request *r)
     if (mf_images_alloc(r, n, 0, 0) != 0) return 0;
     for (int i = 0; i < n; i++)
         if (mf_images_decode(r, i, parts[i].data, parts[i].len) != 0) return 0;
-    return mf_images_submit(r, MF_PRIORITY_DEFAULT, 0, predict_answer);
+    return mf_images_decoded(r, predict_submit);
 }

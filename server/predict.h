@@ -6,8 +6,9 @@
  *   POST /v1/predict, /v1/models/{m}[/versions/{v}]/predict:
  *   begin  (headers)   top_k and Content-Type checked before any body byte is
  *                      read; the queue is told an image is on its way
- *   body   (complete)  multipart split, decode (limits from the header and a
- *                      time budget), preprocess to the model's input, submit
+ *   body   (complete)  multipart split; decode (limits from the header and a
+ *                      time budget) and preprocess to the model's input, on
+ *                      the decode pool unless the image is small; submit
  *   answer (jobs done) softmax, top-k, JSON with per-stage latencies
  *
  * A request's images are its own: each job is embedded in the request's
@@ -33,10 +34,18 @@ int mf_predict_body(mf_request *r);
  * logits.  0, or -1 with the error answered. */
 int mf_images_alloc(mf_request *r, int n, int h, int w);
 
-/* Image i from encoded bytes: decode (the server's limits) and preprocess.
- * 0, or -1 with the error answered (which = "image %d: " in the message
- * when the request has several). */
+/* Image i from encoded bytes (which must stay valid until the decodes are
+ * done): decoded (the server's limits) and preprocessed -- at once on this
+ * thread when its header says it is small, else on the decode pool.  Its
+ * outcome is looked at by mf_images_decoded.  Returns 0. */
 int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len);
+
+/* After the last mf_images_decode (every image of the request must have had
+ * one): next(r) runs on this HTTP thread once every image is decoded (at
+ * once when none went to the pool); the first image that failed is answered
+ * instead ("image %d: " in the message when the request has several).  The connection waits meanwhile,
+ * watched only for its client going away (then the decodes are cancelled). */
+int mf_images_decoded(mf_request *r, int (*next)(mf_request *r));
 
 /* Image i's input tensor, to fill directly ([3][h][w] floats). */
 float *mf_images_input(mf_request *r, int i);

@@ -34,6 +34,8 @@ mf_err mf_err_of_image(mf_img_status s)
     case MF_IMG_NOMEM: return MF_E_OUT_OF_MEMORY;
     case MF_IMG_TOO_COMPLEX: return MF_E_IMAGE_TOO_COMPLEX;
     case MF_IMG_TOO_SLOW: return MF_E_DECODE_TIMEOUT;
+    case MF_IMG_OTHER_FORMAT: return MF_E_UNSUPPORTED_MEDIA_TYPE;
+    case MF_IMG_CANCELLED: return MF_E_CLIENT_GONE;
     case MF_IMG_OK: break;
     }
     return MF_E_INTERNAL;

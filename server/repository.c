@@ -426,6 +426,7 @@ static int reap(mf_repo *r)
         if (!found) break;
         const uint64_t t0 = mf_now_ns();
         rec_release_resources(r, found);
+        malloc_trim(0); /* the freed weights' pages back to the system, before the index says so */
         mf_metrics_model_unload(r->metrics, found->owner->name);
         pthread_mutex_lock(&r->mu);
         found->state = MF_STATE_UNAVAILABLE;
@@ -436,7 +437,6 @@ static int reap(mf_repo *r)
                                "reason", found->reason, "free_ms", mf_ms_since(t0)));
         freed++;
     }
-    if (freed) malloc_trim(0); /* give the freed weights' pages back to the system */
     return freed;
 }
 

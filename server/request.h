@@ -23,6 +23,7 @@
 
 #include "batcher.h"
 #include "config.h"
+#include "decoder.h"
 #include "metrics.h"
 #include "mf.h"
 #include "route.h"
@@ -46,6 +47,7 @@ struct mf_http {
     const mf_config *cfg;        /* borrowed settings */
     mf_repo *repo;               /* borrowed: the models */
     mf_batcher *batcher;         /* borrowed */
+    mf_decoder *decoder;         /* borrowed: the decode pool */
     mf_metrics *metrics;         /* borrowed */
     int port;                    /* bound port */
     int listen_fd;               /* the listening socket (-1 once closed) */
@@ -109,6 +111,7 @@ struct mf_request {
     int pending;                  /* jobs not finished */
     int waiting;                  /* the I/O thread waits for them (mf_request_wait) */
     mf_handler answer;            /* runs when the last job is done */
+    void (*cancel)(mf_request *r);/* the client went away while jobs are pending: take back what has not started */
     mf_predict *predict;          /* predict.c's state (owned; freed by mf_predict_free) */
     void *control;                /* the repository API's state (owned, free()) */
     void *oip;                    /* oip.c's state (owned; mf_oip_free) */
@@ -141,6 +144,7 @@ void mf_request_unexpect(mf_request *r);
 /* Jobs: n are about to be submitted (before mf_batcher_submit); one
  * finished (any thread, once per job); the submit failed (undo n). */
 void mf_request_jobs_begin(mf_request *r, int n);
+void mf_request_jobs_add(mf_request *r, int n); /* n more (decode tasks, one at a time) */
 void mf_request_job_done(mf_request *r);
 void mf_request_jobs_cancel(mf_request *r);
 

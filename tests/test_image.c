@@ -110,6 +110,10 @@ static const char *const good[] = {
     "png_palette.png", "png_palette_trns.png", "png_gray16.png", "png_rgb16.png",
     "png_rgba16.png", "png_la16.png", "png_interlaced.png", "png_interlaced_gray16.png",
     "png_interlaced_pal4.png", "png_exif6.png", "tall.png",
+    "webp_lossy.webp", "webp_lossless.webp", "webp_alpha.webp", "webp_alpha_lossless.webp",
+    "webp_exif6.webp", "webp_anim.webp",
+    "gif_pil.gif", "gif_local.gif", "gif_offset_trns.gif", "gif_past_screen.gif", "gif_interlaced.gif",
+    "gif_no_table.gif", "gif_gray_local.gif", "gif_past_table.gif", "gif_anim.gif",
 };
 #define N_GOOD ((int)(sizeof good / sizeof good[0]))
 
@@ -217,6 +221,13 @@ static const struct {
     {"zero.png", MF_IMG_CORRUPT},
     {"huge.jpg", MF_IMG_TOO_LARGE},
     {"huge.png", MF_IMG_TOO_LARGE},
+    {"trunc.webp", MF_IMG_CORRUPT},
+    {"trunc.gif", MF_IMG_CORRUPT},
+    {"huge.gif", MF_IMG_TOO_LARGE},
+    {"other.bmp", MF_IMG_OTHER_FORMAT},
+    {"other.tiff", MF_IMG_OTHER_FORMAT},
+    {"other.heic", MF_IMG_OTHER_FORMAT},
+    {"other.avif", MF_IMG_OTHER_FORMAT},
 };
 #define N_BAD ((int)(sizeof bad / sizeof bad[0]))
 
@@ -258,13 +269,20 @@ START_TEST(test_sniff)
     static const uint8_t jpg[] = {0xff, 0xd8, 0xff, 0xe0};
     static const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0};
     static const uint8_t gif[] = "GIF89a....";
+    static const uint8_t gif7[] = "GIF87a....";
+    static const uint8_t webp[] = "RIFF\x10\0\0\0WEBPVP8 ";
+    static const uint8_t notgif[] = "GIF90a....";
     ck_assert_int_eq(mf_image_sniff(jpg, sizeof jpg), MF_IMG_FMT_JPEG);
     ck_assert_int_eq(mf_image_sniff(jpg, 3), MF_IMG_FMT_JPEG);
     ck_assert_int_eq(mf_image_sniff(jpg, 2), MF_IMG_FMT_UNKNOWN);
     ck_assert_int_eq(mf_image_sniff(png, sizeof png), MF_IMG_FMT_PNG);
     ck_assert_int_eq(mf_image_sniff(png, 8), MF_IMG_FMT_PNG);
     ck_assert_int_eq(mf_image_sniff(png, 7), MF_IMG_FMT_UNKNOWN);
-    ck_assert_int_eq(mf_image_sniff(gif, sizeof gif), MF_IMG_FMT_UNKNOWN);
+    ck_assert_int_eq(mf_image_sniff(gif, sizeof gif), MF_IMG_FMT_GIF);
+    ck_assert_int_eq(mf_image_sniff(gif7, sizeof gif7), MF_IMG_FMT_GIF);
+    ck_assert_int_eq(mf_image_sniff(notgif, sizeof notgif), MF_IMG_FMT_UNKNOWN);
+    ck_assert_int_eq(mf_image_sniff(webp, sizeof webp), MF_IMG_FMT_WEBP);
+    ck_assert_int_eq(mf_image_sniff(webp, 11), MF_IMG_FMT_UNKNOWN);
     ck_assert_int_eq(mf_image_sniff(NULL, 10), MF_IMG_FMT_UNKNOWN);
     ck_assert_int_eq(mf_image_sniff(jpg, 0), MF_IMG_FMT_UNKNOWN);
     size_t len;
@@ -285,10 +303,145 @@ START_TEST(test_status_codes)
     ck_assert_str_eq(mf_img_status_code(MF_IMG_CORRUPT), "corrupt_image");
     ck_assert_str_eq(mf_img_status_code(MF_IMG_TOO_LARGE), "image_too_large");
     ck_assert_str_eq(mf_img_status_code(MF_IMG_NOMEM), "out_of_memory");
+    ck_assert_str_eq(mf_img_status_code(MF_IMG_OTHER_FORMAT), "unsupported_media_type");
+    ck_assert_str_eq(mf_img_status_code(MF_IMG_CANCELLED), "cancelled");
     ck_assert_ptr_nonnull(mf_img_status_code((mf_img_status)99));
     mf_image img = {0, 0, NULL};
     mf_image_free(&img);
     mf_image_free(NULL);
+}
+END_TEST
+
+/* Formats we know and do not decode are named, in the error text too. */
+START_TEST(test_other_formats)
+{
+    static const struct {
+        const char *file, *name;
+    } cases[] = {{"other.bmp", "BMP"}, {"other.tiff", "TIFF"}, {"other.heic", "HEIC"}, {"other.avif", "AVIF"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len;
+        uint8_t *b = load(cases[i].file, &len);
+        ck_assert_str_eq(mf_image_other_format(b, len), cases[i].name);
+        mf_image img;
+        char err[256];
+        ck_assert_int_eq(mf_image_decode(b, len, 0, &img, err, sizeof err), MF_IMG_OTHER_FORMAT);
+        ck_assert_msg(strncmp(err, cases[i].name, strlen(cases[i].name)) == 0, "%s", err);
+        free(b);
+    }
+    static const uint8_t jxl[] = {0xff, 0x0a, 1, 2}, j2k[] = {0xff, 0x4f, 0xff, 0x51, 0};
+    static const uint8_t svg[] = "  <svg xmlns='http://www.w3.org/2000/svg'/>", pdf[] = "%PDF-1.7";
+    ck_assert_str_eq(mf_image_other_format(jxl, sizeof jxl), "JPEG XL");
+    ck_assert_str_eq(mf_image_other_format(j2k, sizeof j2k), "JPEG 2000");
+    ck_assert_str_eq(mf_image_other_format(svg, sizeof svg), "SVG");
+    ck_assert_str_eq(mf_image_other_format(pdf, sizeof pdf), "PDF");
+    static const uint8_t mp4[] = "\0\0\0\x18" "ftypisom\0\0\0\0isomavc1";
+    ck_assert_ptr_null(mf_image_other_format(mp4, sizeof mp4 - 1));
+    ck_assert_ptr_null(mf_image_other_format((const uint8_t *)"BM", 2));
+    ck_assert_ptr_null(mf_image_other_format(NULL, 10));
+}
+END_TEST
+
+/* The header's size, without decoding, for every format. */
+START_TEST(test_probe)
+{
+    static const struct {
+        const char *file;
+        mf_img_format f;
+        int w, h;
+    } cases[] = {{"base.jpg", MF_IMG_FMT_JPEG, 37, 23},        {"base_progressive.jpg", MF_IMG_FMT_JPEG, 37, 23},
+                 {"exif_6.jpg", MF_IMG_FMT_JPEG, 37, 23},      {"png_rgb.png", MF_IMG_FMT_PNG, 37, 23},
+                 {"webp_lossy.webp", MF_IMG_FMT_WEBP, 37, 23}, {"webp_lossless.webp", MF_IMG_FMT_WEBP, 37, 23},
+                 {"gif_offset_trns.gif", MF_IMG_FMT_GIF, 30, 20}, {"huge.jpg", MF_IMG_FMT_JPEG, 60000, 60000},
+                 {"random.bin", MF_IMG_FMT_UNKNOWN, 0, 0},     {"random_jpeg.jpg", MF_IMG_FMT_JPEG, 0, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len;
+        uint8_t *b = load(cases[i].file, &len);
+        mf_image_info info;
+        mf_image_probe(b, len, &info);
+        ck_assert_msg(info.format == cases[i].f && info.w == cases[i].w && info.h == cases[i].h, "%s: %d %dx%d",
+                      cases[i].file, info.format, info.w, info.h);
+        for (size_t cut = 0; cut < len && cut < 400; cut += 7) { /* cut headers: no read past them */
+            uint8_t *t = malloc(cut ? cut : 1);
+            memcpy(t, b, cut);
+            mf_image_probe(t, cut, &info);
+            free(t);
+        }
+        free(b);
+    }
+}
+END_TEST
+
+/* min_side: libjpeg's DCT scaling, the smallest M/8 covering it; at 1/2,
+ * 1/4 and 1/8 the pixels are PIL's draft() ones, EXIF orientation included. */
+START_TEST(test_jpeg_scaled)
+{
+    static const struct {
+        const char *file, *ref;
+        int min_side;
+    } cases[] = {{"photo.jpg", "photo.draft8", 35},  {"photo.jpg", "photo.draft4", 70},
+                 {"photo.jpg", "photo.draft2", 140}, {"photo.jpg", "photo.draft4", 36},
+                 {"exif_6.jpg", "exif_6.draft8", 2}, {"exif_6.jpg", "exif_6.draft2", 12}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len, tl;
+        uint8_t *b = load(cases[i].file, &len);
+        mf_image_limits lim = {.min_side = cases[i].min_side};
+        mf_image img;
+        char err[256], name[64];
+        ck_assert_int_eq(mf_image_decode_limited(b, len, &lim, &img, err, sizeof err), MF_IMG_OK);
+        snprintf(name, sizeof name, "%s.txt", cases[i].ref);
+        uint8_t *t = load(name, &tl);
+        int w = 0, h = 0;
+        char s[64] = {0};
+        memcpy(s, t, tl < 63 ? tl : 63);
+        ck_assert_int_eq(sscanf(s, "%d %d", &w, &h), 2);
+        free(t);
+        ck_assert_msg(img.w == w && img.h == h, "%s min_side %d: %dx%d, PIL %dx%d", cases[i].file,
+                      cases[i].min_side, img.w, img.h, w, h);
+        ck_assert_int_ge(img.w < img.h ? img.w : img.h, cases[i].min_side);
+        snprintf(name, sizeof name, "%s.fnv1a64", cases[i].ref);
+        t = load(name, &tl);
+        memset(s, 0, sizeof s);
+        memcpy(s, t, tl < 17 ? tl : 16);
+        free(t);
+        ck_assert_msg(fnv1a64(img.rgb, (size_t)w * h * 3) == strtoull(s, NULL, 16), "%s min_side %d: pixels differ "
+                      "from PIL's draft", cases[i].file, cases[i].min_side);
+        mf_image_free(&img);
+        free(b);
+    }
+    /* an image smaller than min_side: full size; PNG ignores min_side */
+    size_t len;
+    uint8_t *b = load("base.jpg", &len);
+    mf_image_limits lim = {.min_side = 1000};
+    mf_image img;
+    ck_assert_int_eq(mf_image_decode_limited(b, len, &lim, &img, NULL, 0), MF_IMG_OK);
+    ck_assert(img.w == 37 && img.h == 23);
+    mf_image_free(&img);
+    free(b);
+    b = load("png_rgb.png", &len);
+    lim.min_side = 2;
+    ck_assert_int_eq(mf_image_decode_limited(b, len, &lim, &img, NULL, 0), MF_IMG_OK);
+    ck_assert(img.w == 37 && img.h == 23);
+    mf_image_free(&img);
+    free(b);
+}
+END_TEST
+
+/* A cancel flag already set stops every decoder at its first check. */
+START_TEST(test_cancelled)
+{
+    static const char *const names[] = {"photo.jpg", "png_rgb.png", "webp_lossy.webp", "gif_local.gif"};
+    atomic_int flag = 1;
+    for (size_t i = 0; i < 4; i++) {
+        size_t len;
+        uint8_t *b = load(names[i], &len);
+        mf_image_limits lim = {.cancel = &flag};
+        mf_image img;
+        char err[256];
+        ck_assert_msg(mf_image_decode_limited(b, len, &lim, &img, err, sizeof err) == MF_IMG_CANCELLED, "%s: %s",
+                      names[i], err);
+        ck_assert_ptr_null(img.rgb);
+        free(b);
+    }
 }
 END_TEST
 
@@ -336,8 +489,8 @@ START_TEST(test_limit_header)
             fclose(f);
     }
 #endif
-    static const char *const names[] = {"huge.jpg", "huge.png"};
-    for (size_t i = 0; i < 2; i++) {
+    static const char *const names[] = {"huge.jpg", "huge.png", "huge.gif"};
+    for (size_t i = 0; i < 3; i++) {
         for (size_t lim = 0; lim < 2; lim++) {
             size_t max_pixels = lim ? (size_t)60000 * 60000 - 1 : 0;
             clock_t t0 = clock();
@@ -567,6 +720,8 @@ static const char *const fuzz_seeds[] = {
     "base.jpg", "base_progressive.jpg", "base_cmyk.jpg", "base_gray.jpg", "exif_6.jpg",
     "png_rgb.png", "png_interlaced.png", "png_palette_trns.png", "png_gray16.png",
     "png_la16.png", "png_interlaced_pal4.png", "png_exif6.png",
+    "webp_lossy.webp", "webp_alpha_lossless.webp", "webp_exif6.webp", "gif_local.gif", "gif_interlaced.gif",
+    "gif_offset_trns.gif",
 };
 #define N_FUZZ ((int)(sizeof fuzz_seeds / sizeof fuzz_seeds[0]))
 
@@ -640,6 +795,10 @@ static Suite *image_suite(void)
     tcase_add_test(tc, test_empty);
     tcase_add_test(tc, test_sniff);
     tcase_add_test(tc, test_status_codes);
+    tcase_add_test(tc, test_other_formats);
+    tcase_add_test(tc, test_probe);
+    tcase_add_test(tc, test_jpeg_scaled);
+    tcase_add_test(tc, test_cancelled);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("limits");

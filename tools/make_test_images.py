@@ -15,6 +15,9 @@ For every good image NAME.EXT:
                raw row-major RGB bytes -- what server/image.c must produce.
                photo.jpg is too large for that: NAME.fnv1a64 holds the 64-bit
                FNV-1a hash of those bytes instead (hex).
+  NAME.draftS.txt, NAME.draftS.fnv1a64   for photo.jpg and exif_6.jpg, S = 2, 4, 8:
+               the same after PIL's draft() asked libjpeg for 1/S scale (what
+               the decoder's min_side gives at those scales).
 Preprocessing references (torchvision's Resize(resize) + CenterCrop(input) +
 ToTensor + Normalize, reimplemented below step by step on PIL, because
 torchvision is not installed here; PIL does the resizing, as it does under
@@ -251,6 +254,59 @@ def fnv1a64(data):
 
 # ---- main -----------------------------------------------------------------
 
+def gif_lzw(indices, min_code_size):
+    """GIF image data: the LZW minimum code size and sub-blocks.  Every index
+    goes out as a literal code, with a clear code before the table would
+    widen the codes, so any index up to 2**min_code_size - 1 can be written
+    whatever the colour table's size (PIL's encoder cannot do that)."""
+    clear, eoi, width = 1 << min_code_size, (1 << min_code_size) + 1, min_code_size + 1
+    out, acc, nbits, count = bytearray(), 0, 0, 0
+
+    def emit(code):
+        nonlocal acc, nbits
+        acc |= code << nbits
+        nbits += width
+        while nbits >= 8:
+            out.append(acc & 255)
+            acc >>= 8
+            nbits -= 8
+    emit(clear)
+    for i in indices:
+        emit(i)
+        count += 1
+        if count >= (1 << width) - clear - 3:
+            emit(clear)
+            count = 0
+    emit(eoi)
+    if nbits:
+        out.append(acc & 255)
+    blocks = bytearray()
+    for k in range(0, len(out), 255):
+        blocks += bytes([len(out[k:k + 255])]) + out[k:k + 255]
+    return bytes([min_code_size]) + bytes(blocks) + b"\0"
+
+
+def gif_file(w, h, gct, frames, version=b"GIF89a"):
+    """A GIF by hand: frames are (x, y, w, h, local table or None, transparent index or None,
+    interlaced, indices in file order, LZW code size)."""
+    def table_flags(t):
+        return ((len(t) // 3).bit_length() - 2) & 7
+    b = bytearray(version) + struct.pack("<HH", w, h)
+    b += bytes([0x80 | table_flags(gct) if gct else 0, 0, 0]) + (gct or b"")
+    for (x, y, fw, fh, lct, trans, inter, idx, mcs) in frames:
+        if trans is not None:
+            b += bytes([0x21, 0xF9, 4, 1, 10, 0, trans, 0])
+        flags = (0x80 | table_flags(lct) if lct else 0) | (0x40 if inter else 0)
+        b += b"," + struct.pack("<HHHH", x, y, fw, fh) + bytes([flags]) + (lct or b"") + gif_lzw(idx, mcs)
+    return bytes(b + b";")
+
+
+def interlace_order(rows):
+    """Rows of a frame in the order an interlaced GIF stores them."""
+    h = len(rows)
+    return [rows[r] for start, step in ((0, 8), (4, 8), (2, 4), (1, 2)) for r in range(start, h, step)]
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
@@ -340,6 +396,49 @@ def main():
     tall = tall_picture()
     tall.save(path("tall.png"))
     good.append("tall.png")
+
+    # WebP: lossy, lossless, with alpha (lossy and lossless), an EXIF
+    # orientation, and the first frame of an animation
+    base.save(path("webp_lossy.webp"), quality=80)
+    base.save(path("webp_lossless.webp"), lossless=True)
+    rgba.save(path("webp_alpha.webp"), quality=80)
+    rgba.save(path("webp_alpha_lossless.webp"), lossless=True)
+    base.save(path("webp_exif6.webp"), quality=90, exif=exif_tiff(6, "<"))
+    frames = [base, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    frames[0].save(path("webp_anim.webp"), save_all=True, append_images=frames[1:], duration=100,
+                   lossless=True)
+    good += ["webp_lossy.webp", "webp_lossless.webp", "webp_alpha.webp", "webp_alpha_lossless.webp",
+             "webp_exif6.webp", "webp_anim.webp"]
+
+    # GIF: PIL's own (global palette), and by hand: a local table, a frame
+    # smaller than the screen with a transparent index, a frame reaching past
+    # the screen, interlaced, no colour table, an identity gray local table
+    # over a global one, indices past a 2-entry table, an animation's first frame
+    base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(path("gif_pil.gif"))
+    rng = np.random.default_rng(11)
+    gct = bytes(rng.integers(0, 256, 3 * 16, dtype=np.uint8))
+    lct = bytes(rng.integers(0, 256, 3 * 32, dtype=np.uint8))
+    idx16 = list(rng.integers(0, 16, 23 * 17))
+    write("gif_local.gif", gif_file(23, 17, gct, [(0, 0, 23, 17, lct, None, False,
+                                                   list(rng.integers(0, 32, 23 * 17)), 5)]))
+    write("gif_offset_trns.gif", gif_file(30, 20, gct, [(4, 3, 23, 17, None, 5, False, idx16, 4)]))
+    write("gif_past_screen.gif", gif_file(10, 8, gct, [(3, 2, 23, 17, None, None, False, idx16, 4)]))
+    rows = [idx16[r * 23:(r + 1) * 23] for r in range(17)]
+    write("gif_interlaced.gif", gif_file(23, 17, gct, [(0, 0, 23, 17, None, None, True,
+                                                        sum(interlace_order(rows), []), 4)]))
+    write("gif_no_table.gif", gif_file(16, 16, None, [(0, 0, 16, 16, None, None, False,
+                                                       list(range(0, 256)), 8)], version=b"GIF87a"))
+    ramp = bytes(v for i in range(16) for v in (i, i, i))
+    write("gif_gray_local.gif", gif_file(23, 17, gct, [(0, 0, 23, 17, ramp, None, False,
+                                                        list(rng.integers(0, 16, 23 * 17)), 4)]))
+    write("gif_past_table.gif", gif_file(16, 16, gct[:6], [(0, 0, 16, 16, None, None, False,
+                                                            list(range(255, -1, -1)), 8)]))
+    anim = [base.convert("P", palette=Image.Palette.ADAPTIVE, colors=32),
+            base.transpose(Image.Transpose.ROTATE_180).convert("P", palette=Image.Palette.ADAPTIVE, colors=32)]
+    anim[0].save(path("gif_anim.gif"), save_all=True, append_images=anim[1:], duration=100, loop=0)
+    good += ["gif_pil.gif", "gif_local.gif", "gif_offset_trns.gif", "gif_past_screen.gif",
+             "gif_interlaced.gif", "gif_no_table.gif", "gif_gray_local.gif", "gif_past_table.gif",
+             "gif_anim.gif"]
     pre["tall.png"] = ["gray", "nearest", "pad"]
     pre["base.jpg"] = ["imagenet", "nearest", "pad"]
     pre["exif_6.jpg"] = ["pad"]
@@ -365,6 +464,17 @@ def main():
     write("random.bin", b"RND" + rnd)
     write("random_jpeg.jpg", b"\xff\xd8\xff\xe0" + rnd)
     write("random_png.png", b"\x89PNG\r\n\x1a\n" + rnd)
+    webp = open(path("webp_lossy.webp"), "rb").read()
+    write("trunc.webp", webp[:len(webp) // 2])
+    gifd = open(path("gif_local.gif"), "rb").read()
+    write("trunc.gif", gifd[:len(gifd) // 2])
+    # a GIF screen of 60000x60000 (the frame is small)
+    write("huge.gif", b"GIF89a" + struct.pack("<HH", 60000, 60000) + gifd[10:])
+    # other formats, as their first bytes (the decoder must name them, not decode them)
+    base.save(path("other.bmp"))
+    base.save(path("other.tiff"))
+    write("other.heic", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + rnd[:64])
+    write("other.avif", b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf" + rnd[:64])
     # SOF0 claiming 60000x60000 / height 0
     sof = jpg.find(b"\xff\xc0")
     assert sof > 0
@@ -400,6 +510,15 @@ def main():
                 Image.fromarray(a, "RGB").save(path(stem + ".pre_imagenet.png"))
             else:
                 write("%s.pre_%s.f32" % (stem, c), to_tensor_normalize(a, CONFIGS[c]).tobytes())
+    # libjpeg's scaled decode, as PIL's draft() asks for it: 1/2, 1/4, 1/8
+    for name in ("photo.jpg", "exif_6.jpg"):
+        stem = os.path.splitext(name)[0]
+        for s in (2, 4, 8):
+            with Image.open(path(name)) as im:
+                im.draft("RGB", (im.size[0] // s, im.size[1] // s))
+                im = ImageOps.exif_transpose(im).convert("RGB")
+            write("%s.draft%d.txt" % (stem, s), ("%d %d\n" % im.size).encode())
+            write("%s.draft%d.fnv1a64" % (stem, s), ("%016x\n" % fnv1a64(im.tobytes())).encode())
     lut = to_tensor_normalize(np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, 2),
                               CONFIGS["imagenet"])
     write("pre_imagenet.lut.f32", lut.tobytes())

@@ -37,6 +37,7 @@ static mf_config cfg;
 static mf_repo *repo;
 static mf_metrics *metrics;
 static mf_batcher *batcher;
+static mf_decoder *decoder;
 static mf_http *http;
 
 static double now_s(void)
@@ -77,7 +78,8 @@ static void start_server(void)
         fprintf(stderr, "fuzz_http: %s: %s (run from the repository root or set MF_FUZZ_MODEL)\n", path, err);
         abort();
     }
-    FUZZ_CHECK(mf_http_start(&cfg, repo, batcher, metrics, &http, err, sizeof err) == MF_HTTP_OK);
+    FUZZ_CHECK(mf_decoder_new(1, &decoder, err, sizeof err) == 0);
+    FUZZ_CHECK(mf_http_start(&cfg, repo, batcher, decoder, metrics, &http, err, sizeof err) == MF_HTTP_OK);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

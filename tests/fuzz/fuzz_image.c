@@ -1,6 +1,7 @@
 /* fuzz_image.c -- libFuzzer target: an upload through image decoding
- * (server/image.c: JPEG, PNG, EXIF orientation) and, when it decodes, through
- * preprocessing (server/preprocess.c), as predict_run() in http.c does.
+ * (vision/image*.c: JPEG, PNG, WebP, GIF, EXIF orientation; the header probe;
+ * JPEG scaled decoding on one input in four) and, when it decodes, through
+ * preprocessing (vision/preprocess.c), as the server's decode pool does.
  *
  * The input is the upload itself, so the image fixtures of tests/data/images
  * seed it unchanged.  The preprocessing settings (input size, resize, filter,
@@ -29,8 +30,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     mf_image img = {7, 7, (uint8_t *)&img}; /* garbage in: the decoder must reset it */
     char err[256];
-    mf_img_status st = mf_image_decode(data, size, MAX_PIXELS, &img, err, sizeof err);
-    FUZZ_CHECK(st >= MF_IMG_OK && st <= MF_IMG_NOMEM);
+    const uint64_t hash = fnv1a(data, size);
+    mf_image_info info;
+    mf_image_probe(data, size, &info);
+    FUZZ_CHECK(info.format == mf_image_sniff(data, size) && info.w >= 0 && info.h >= 0);
+    mf_image_limits lim = {.max_pixels = MAX_PIXELS, .min_side = (hash >> 30) % 4 == 0 ? 1 + (int)((hash >> 32) % 96) : 0};
+    mf_img_status st = mf_image_decode_limited(data, size, &lim, &img, err, sizeof err);
+    FUZZ_CHECK(st >= MF_IMG_OK && st <= MF_IMG_CANCELLED && st != MF_IMG_CANCELLED && st != MF_IMG_TOO_SLOW);
     FUZZ_CHECK(memchr(err, '\0', sizeof err) != NULL);
     FUZZ_CHECK(mf_img_status_code(st)[0] != '\0');
     if (st != MF_IMG_OK) {
@@ -41,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK((size_t)img.w * (size_t)img.h <= MAX_PIXELS);
     FUZZ_CHECK(mf_image_sniff(data, size) != MF_IMG_FMT_UNKNOWN);
 
-    uint64_t h = fnv1a(data, size);
+    uint64_t h = hash;
     mf_preprocess p;
     mf_preprocess_default(&p);
     p.input_h = 32 + (int)(h & 63);

@@ -52,7 +52,7 @@ for t in $TARGETS; do
   if [ "$t" = image ]; then
     seeds=$FUZZ_CORPUS/image-seeds
     mkdir -p "$seeds"
-    cp tests/data/images/*.jpg tests/data/images/*.png "$seeds"/
+    cp tests/data/images/*.jpg tests/data/images/*.png tests/data/images/*.webp tests/data/images/*.gif "$seeds"/
   fi
   : > "$log"
   # 1. regressions

@@ -617,7 +617,8 @@ class MemoryTest(unittest.TestCase):
             self.assertGreaterEqual(min(u - a for _, u, a in runs), 0.6 * size, "an unload gave back too little")
             self.assertLessEqual(loaded - base, 1.2 * size, "the loaded model costs more than 1.2x its file")
             self.assertLessEqual(used_last, used * 1.05, "RSS in use grows over load/unload cycles")
-            self.assertLessEqual(after_last10, after_first10 * 1.05, "RSS after an unload grows over the cycles")
+            # after an unload: no trend beyond 5% of what the loaded model uses
+            self.assertLessEqual(after_last10, after_first10 + 0.05 * used, "RSS after an unload grows over the cycles")
         finally:
             self.assertEqual(srv.stop(), 0)
 

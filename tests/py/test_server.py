@@ -517,7 +517,11 @@ class SharedServerTest(unittest.TestCase):
         self.assert_error(self.srv.predict(b""), 400, "empty_body")
         self.assert_error(self.srv.predict(os.urandom(5000), ctype="application/octet-stream"),
                           400, "unsupported_image")
-        self.assert_error(self.srv.predict(b"GIF89a" + os.urandom(100), ctype="image/png"), 400)
+        self.assert_error(self.srv.predict(b"XYZW" + os.urandom(100), ctype="image/png"), 400, "unsupported_image")
+        self.assert_error(self.srv.predict(b"GIF89a\x04\x00\x04\x00" + os.urandom(100), ctype="image/gif"), 400)
+        e = self.assert_error(self.srv.predict(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64)), 415,
+                              "unsupported_media_type")
+        self.assertIn("HEIC", e["message"])
         for data, ctype in ((good_png, "image/png"), (good_jpg, "image/jpeg")):
             for frac in (0.05, 0.3, 0.6, 0.9):
                 cut = data[:max(2, int(len(data) * frac))]
@@ -580,7 +584,7 @@ class SharedServerTest(unittest.TestCase):
 
     def test_unsupported_content_types(self):
         for ctype in ("text/plain", "application/json", "application/x-www-form-urlencoded",
-                      "image/gif", "multipart/mixed; boundary=x"):
+                      "image/heic", "image/avif", "image/bmp", "multipart/mixed; boundary=x"):
             self.assert_error(self.srv.predict(png(61), ctype=ctype), 415, "unsupported_media_type")
 
     def test_broken_multipart(self):
@@ -861,20 +865,23 @@ def read_http_response(sock):
 class ShutdownTest(unittest.TestCase):
     def test_connections_queued_at_sigterm_are_answered(self):
         """Connections the kernel has accepted but the server has not (its only
-        HTTP thread is busy decoding a large image) when SIGTERM comes are
+        HTTP thread is busy parsing a large JSON body) when SIGTERM comes are
         served, not reset: the listener is closed only after the loops took
         its backlog."""
-        srv = Server("--http_threads", "1", "--workers", "1", "--max_pixels", str(50 << 20),
-                     "--max_body_bytes", str(32 << 20), defaults=False)
+        srv = Server("--http_threads", "1", "--workers", "1", "--max_body_bytes", str(64 << 20), defaults=False)
         try:
-            big = Image.linear_gradient("L").resize((6000, 6000)).convert("RGB")
-            data = encode(big, "JPEG", quality=90)
+            # an Open Inference Protocol tensor as 786,432 JSON numbers: parsed
+            # on the HTTP thread that received it, for a few hundred ms
+            vals = ",".join("%.3f" % ((i % 997) / 997.0) for i in range(3 * 512 * 512))
+            data = ('{"inputs":[{"name":"input","datatype":"FP32","shape":[1,3,512,512],"data":[%s]}],'
+                    '"outputs":[{"name":"logits"}]}' % vals).encode()
+            path = "/v2/models/%s/infer" % MODEL_NAME
             t0 = time.time()
-            self.assertEqual(srv.predict(data, ctype="image/jpeg").status, 200)
+            self.assertEqual(srv.request("POST", path, body=data).status, 200)
             busy = time.time() - t0
             slow = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
-            slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(data) + data)
+            slow.sendall(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                         % (path.encode(), len(data)) + data)
             time.sleep(min(0.05, busy / 4))  # the HTTP thread is decoding now
             queued = []
             for i in range(8):
@@ -890,7 +897,7 @@ class ShutdownTest(unittest.TestCase):
                 except (ConnectionError, OSError, http.client.HTTPException) as e:
                     outcomes.append(repr(e))
                 c.close()
-            print("\nREPORT drain: one large image keeps the only HTTP thread busy %.0f ms; 8 connections queued "
+            print("\nREPORT drain: one large JSON request keeps the only HTTP thread busy %.0f ms; 8 connections queued "
                   "behind it at SIGTERM: %r" % (busy * 1000, sorted(set(map(str, outcomes)))))
             self.assertEqual(outcomes[:8], [(200, "close")] * 8, "queued connections were reset")
             self.assertEqual(outcomes[8][0], 200)

@@ -1,0 +1,253 @@
+/* decoder.c -- the decode pool; see decoder.h.
+ *
+ * One mutex guards a binary min-heap of queued tasks (key: expected
+ * finish); pool threads sleep on a condition variable while it is empty,
+ * take the root, decode and preprocess it with the mutex released, and call
+ * its done.  The budget clock starts when a thread takes the task, so time
+ * spent queued does not count against decode_timeout_ms.
+ */
+#include "decoder.h"
+
+#include "mf_util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct mf_decoder {
+    pthread_mutex_t mu;     /* guards everything below */
+    pthread_cond_t cv;      /* a task, or stopping */
+    mf_decode_task **heap;  /* [cap] queued tasks, heap[0] the smallest key */
+    int n, cap;             /* queued, capacity */
+    int running;            /* being decoded */
+    int stopping;           /* threads must exit */
+    pthread_t *tids;        /* [n_threads] */
+    int n_threads;          /* started */
+};
+
+/* ---- the heap (caller holds mu) ------------------------------------------ */
+
+static void heap_set(mf_decoder *d, int i, mf_decode_task *t)
+{
+    d->heap[i] = t;
+    t->slot = i;
+}
+
+static void sift_up(mf_decoder *d, int i)
+{
+    mf_decode_task *t = d->heap[i];
+    while (i > 0) {
+        int p = (i - 1) / 2;
+        if (d->heap[p]->key <= t->key) break;
+        heap_set(d, i, d->heap[p]);
+        i = p;
+    }
+    heap_set(d, i, t);
+}
+
+static void sift_down(mf_decoder *d, int i)
+{
+    mf_decode_task *t = d->heap[i];
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= d->n) break;
+        if (c + 1 < d->n && d->heap[c + 1]->key < d->heap[c]->key) c++;
+        if (d->heap[c]->key >= t->key) break;
+        heap_set(d, i, d->heap[c]);
+        i = c;
+    }
+    heap_set(d, i, t);
+}
+
+static void heap_remove(mf_decoder *d, int i)
+{
+    mf_decode_task *t = d->heap[i];
+    t->slot = -1;
+    if (--d->n == i) return;
+    mf_decode_task *m = d->heap[d->n]; /* the last one fills the hole */
+    heap_set(d, i, m);
+    sift_down(d, i);
+    if (d->heap[i] == m) sift_up(d, i);
+}
+
+/* ---- costs --------------------------------------------------------------- */
+
+/* Measured on this project's machines (docs/performance.md): about 5 ns per
+ * pixel to decode a JPEG at full size (less when scaled: the entropy
+ * decoding stays, the IDCT and colour conversion shrink), about 4 for PNG
+ * and WebP, 2 for GIF, plus the resize from the decoded size. */
+uint64_t mf_decode_cost_ns(const uint8_t *data, size_t len, const mf_image_limits *lim)
+{
+    mf_image_info info;
+    mf_image_probe(data, len, &info);
+    const uint64_t px = (uint64_t)(info.w > 0 ? info.w : 0) * (uint64_t)(info.h > 0 ? info.h : 0);
+    uint64_t cost = 20000; /* fixed: headers, buffers, the preprocess of a small image */
+    switch (info.format) {
+    case MF_IMG_FMT_JPEG:
+        if (lim && lim->min_side > 0 && info.w > 0 && info.h > 0) {
+            const int shorter = info.w < info.h ? info.w : info.h;
+            int m = 8;
+            while (m > 1 && (uint64_t)shorter * (uint64_t)(m - 1) >= (uint64_t)lim->min_side * 8) m--;
+            cost += px * 2 + px * (uint64_t)(m * m) * 3 / 64;
+        } else {
+            cost += px * 5;
+        }
+        break;
+    case MF_IMG_FMT_PNG:
+    case MF_IMG_FMT_WEBP: cost += px * 4; break;
+    case MF_IMG_FMT_GIF: cost += px * 2; break;
+    default: cost += (uint64_t)len; break; /* refused at once */
+    }
+    return cost;
+}
+
+/* ---- the threads ----------------------------------------------------------- */
+
+static void run_task(mf_decode_task *t)
+{
+    const uint64_t t0 = mf_now_ns();
+    t->wait_s = (double)(t0 - t->enq_ns) * 1e-9;
+    mf_image_limits lim = t->limits;
+    if (t->budget_ns) lim.deadline_ns = t0 + t->budget_ns;
+    mf_image img = {0, 0, NULL};
+    t->err[0] = '\0';
+    t->status = mf_image_decode_limited(t->data, t->len, &lim, &img, t->err, sizeof t->err);
+    const uint64_t t1 = mf_now_ns();
+    t->decode_s = (double)(t1 - t0) * 1e-9;
+    t->preprocess_rc = 0;
+    if (t->status == MF_IMG_OK) {
+        t->preprocess_rc = mf_preprocess_image(&img, t->pre, t->out);
+        mf_image_free(&img);
+    }
+    t->preprocess_s = (double)(mf_now_ns() - t1) * 1e-9;
+}
+
+static void *thread_main(void *arg)
+{
+    mf_decoder *d = arg;
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        while (!d->stopping && d->n == 0) pthread_cond_wait(&d->cv, &d->mu);
+        if (d->stopping) break;
+        mf_decode_task *t = d->heap[0];
+        heap_remove(d, 0);
+        d->running++;
+        pthread_mutex_unlock(&d->mu);
+        run_task(t);
+        t->done(t); /* may free the task */
+        pthread_mutex_lock(&d->mu);
+        d->running--;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (threads < 1) {
+        mf_set_err(err, errlen, "decode pool: threads must be >= 1");
+        return -1;
+    }
+    mf_decoder *d = calloc(1, sizeof *d);
+    if (!d || !(d->tids = calloc((size_t)threads, sizeof *d->tids))) {
+        free(d);
+        mf_set_err(err, errlen, "decode pool: out of memory");
+        return -1;
+    }
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    for (int i = 0; i < threads; i++) {
+        if (pthread_create(&d->tids[i], NULL, thread_main, d) != 0) {
+            mf_set_err(err, errlen, "decode pool: cannot start a thread: %s", strerror(errno));
+            mf_decoder_free(d);
+            return -1;
+        }
+        d->n_threads++;
+    }
+    *out = d;
+    return 0;
+}
+
+void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
+{
+    t->enq_ns = mf_now_ns();
+    t->key = t->enq_ns + mf_decode_cost_ns(t->data, t->len, &t->limits);
+    t->status = MF_IMG_OK;
+    pthread_mutex_lock(&d->mu);
+    if (d->n == d->cap) {
+        int cap = d->cap ? d->cap * 2 : 64;
+        mf_decode_task **h = realloc(d->heap, (size_t)cap * sizeof *h);
+        if (!h) {
+            /* no room to queue it: decode it here rather than lose it */
+            pthread_mutex_unlock(&d->mu);
+            run_task(t);
+            t->done(t);
+            return;
+        }
+        d->heap = h;
+        d->cap = cap;
+    }
+    heap_set(d, d->n++, t);
+    sift_up(d, d->n - 1);
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+int mf_decoder_cancel(mf_decoder *d, mf_decode_task *t)
+{
+    pthread_mutex_lock(&d->mu);
+    if (t->slot < 0 || t->slot >= d->n || d->heap[t->slot] != t) {
+        pthread_mutex_unlock(&d->mu);
+        return 0;
+    }
+    heap_remove(d, t->slot);
+    pthread_mutex_unlock(&d->mu);
+    t->status = MF_IMG_CANCELLED;
+    snprintf(t->err, sizeof t->err, "cancelled before decoding");
+    t->wait_s = (double)(mf_now_ns() - t->enq_ns) * 1e-9;
+    t->decode_s = t->preprocess_s = 0;
+    t->done(t);
+    return 1;
+}
+
+int mf_decoder_queued(mf_decoder *d)
+{
+    pthread_mutex_lock(&d->mu);
+    int n = d->n;
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+int mf_decoder_running(mf_decoder *d)
+{
+    pthread_mutex_lock(&d->mu);
+    int n = d->running;
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+void mf_decoder_free(mf_decoder *d)
+{
+    if (!d) return;
+    pthread_mutex_lock(&d->mu);
+    d->stopping = 1;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    for (int i = 0; i < d->n_threads; i++) pthread_join(d->tids[i], NULL);
+    /* what no thread took: cancelled */
+    while (d->n > 0) {
+        mf_decode_task *t = d->heap[0];
+        heap_remove(d, 0);
+        t->status = MF_IMG_CANCELLED;
+        snprintf(t->err, sizeof t->err, "the server is shutting down");
+        t->done(t);
+    }
+    free(d->heap);
+    free(d->tids);
+    pthread_cond_destroy(&d->cv);
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+}

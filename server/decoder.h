@@ -1,0 +1,77 @@
+/* decoder.h -- the decode pool: uploads are decoded and preprocessed on
+ * decode_threads threads of their own, so a large photo never holds up the
+ * HTTP thread that received it (and every other connection that thread
+ * serves).
+ *
+ * A task is one image: its encoded bytes, the decode limits, the model's
+ * preprocessing and the tensor to fill.  Tasks wait in one queue ordered by
+ * expected finish (submit time + a cost estimated from the image header:
+ * pixels to decode, scaled when the decode is), cheapest first among those
+ * submitted at about the same time, so small images do not wait behind a run
+ * of 12 MP ones; a large image is passed only by images whose expected
+ * finish comes before its own, so it waits at most about its own cost
+ * longer than it would first-come-first-served.
+ *
+ * Ownership: the submitter owns the task and everything it points to until
+ * `done` has run, exactly once, on a pool thread (or on the thread calling
+ * mf_decoder_cancel / mf_decoder_free), never inside mf_decoder_submit.
+ */
+#ifndef MF_DECODER_H
+#define MF_DECODER_H
+
+#include "image.h"
+#include "preprocess.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mf_decoder mf_decoder;
+typedef struct mf_decode_task mf_decode_task;
+typedef void (*mf_decode_done_fn)(mf_decode_task *t);
+
+struct mf_decode_task {
+    /* set by the submitter */
+    const uint8_t *data;      /* encoded image */
+    size_t len;               /* its bytes */
+    mf_image_limits limits;   /* decode limits (limits.cancel: the submitter's flag, may be NULL) */
+    uint64_t budget_ns;       /* decode time allowed from the start of the decode, 0 = none */
+    const mf_preprocess *pre; /* the model's preprocessing */
+    float *out;               /* [3][pre->input_h][pre->input_w], written when status is OK */
+    mf_decode_done_fn done;   /* completion */
+    void *user;               /* for done */
+    /* set before done */
+    mf_img_status status;     /* decode status; MF_IMG_CANCELLED if cancelled before it started */
+    int preprocess_rc;        /* mf_preprocess_image's result when status is OK */
+    char err[256];            /* the decoder's message */
+    double wait_s;            /* queued before a thread took it */
+    double decode_s;          /* decoding */
+    double preprocess_s;      /* resizing, cropping, normalizing */
+    /* private */
+    uint64_t key;             /* expected finish: enqueue time + estimated cost (ns) */
+    uint64_t enq_ns;          /* mf_now_ns() at submit */
+    int slot;                 /* index in the heap, -1 when not queued */
+};
+
+/* Expected decode + preprocess cost of an image, in ns, from its header
+ * (cheap: mf_image_probe), for the given limits (min_side scales JPEG). */
+uint64_t mf_decode_cost_ns(const uint8_t *data, size_t len, const mf_image_limits *lim);
+
+/* Start `threads` pool threads (>= 1).  0, or -1 with the reason. */
+int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen);
+
+/* Queue a task (never refuses: the HTTP side bounds what is in flight). */
+void mf_decoder_submit(mf_decoder *d, mf_decode_task *t);
+
+/* Take a task back if no thread has started it: its done runs here with
+ * MF_IMG_CANCELLED and 1 is returned; 0 if it is running or done. */
+int mf_decoder_cancel(mf_decoder *d, mf_decode_task *t);
+
+/* Tasks waiting, and being decoded now. */
+int mf_decoder_queued(mf_decoder *d);
+int mf_decoder_running(mf_decoder *d);
+
+/* Finish the running tasks, cancel the queued ones (done with
+ * MF_IMG_CANCELLED), join the threads, free.  NULL is fine. */
+void mf_decoder_free(mf_decoder *d);
+
+#endif
