@@ -14,11 +14,20 @@
  *     threads that would fight the workers for the same cores.  Parallelism
  *     comes from several workers running batches side by side.
  *     engine_threads > 1 trades throughput for latency with fewer workers.
- *   - `http_threads` = N HTTP threads (http.c, predict.c), each an epoll loop.
- *     They own the sockets and do everything before and after the queue:
- *     reading the body, decoding, resizing and normalizing the image, and
- *     writing the answer.  That work is a few percent of a forward pass, so
- *     they share the cores with the workers; the kernel interleaves them.
+ *   - `http_threads` = N HTTP threads (http.c, predict.c, oip.c), each an
+ *     epoll loop.  They own the sockets: reading heads and bodies, parsing,
+ *     decoding the small images themselves (those whose header promises
+ *     less than 0.2 ms of work: a pool hand-off would cost more), writing
+ *     the answers.  They never block on a large image.
+ *   - `decode_threads` = N decode threads (decoder.c): every larger upload
+ *     is decoded, resized and normalized there, cheapest expected finish
+ *     first, while its connection waits without holding an HTTP thread.  A
+ *     12 MP photo is 60-120 ms of work; on the decode pool it delays other
+ *     uploads queued beside it by at most about its own cost, and other
+ *     connections' I/O not at all.
+ *   The HTTP and decode threads share the cores with the workers (the
+ *   kernel interleaves them): decoding is a share of the forward passes' CPU
+ *   for most models, and the inference workers are what the machine is for.
  *   - one timeout reaper (below), asleep until the earliest job deadline; the
  *     repository's loader thread, which loads model files in the background;
  *     the main thread, asleep on the signal self-pipe.  None of them computes

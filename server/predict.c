@@ -29,6 +29,8 @@ typedef struct image_slot {
     mf_job job;          /* the image's place in the batcher */
     mf_decode_task task; /* its decode, when it went to the pool */
     int pooled;          /* decoded by the pool (task holds the outcome) */
+    int submitted;       /* its job went to the batcher */
+    atomic_int dropped;  /* counted in mobileformer_cancelled_total (once) */
     float *input;        /* [3, H, W], preprocessed */
     float *logits;       /* [classes]; probabilities after softmax (v1) */
     double decode_s;     /* decode time */
@@ -144,7 +146,8 @@ static int image_outcome(mf_request *r, int i, mf_img_status st, int prep_rc, co
 static void on_decoded(mf_decode_task *t)
 {
     image_slot *sl = t->user;
-    if (t->status == MF_IMG_CANCELLED) mf_metrics_count(sl->req->srv->metrics, MF_COUNTER_CANCEL_DECODE, 1);
+    if (t->status == MF_IMG_CANCELLED && !atomic_exchange(&sl->dropped, 1))
+        mf_metrics_count(sl->req->srv->metrics, MF_COUNTER_CANCEL_DECODE, 1);
     mf_request_job_done(sl->req);
 }
 
@@ -219,8 +222,15 @@ static void images_cancel(mf_request *r)
     atomic_store(&p->cancel, 1);
     for (int i = 0; i < p->n_images; i++) {
         image_slot *sl = &p->slots[i];
-        if (sl->pooled) mf_decoder_cancel(r->srv->decoder, &sl->task); /* on_decoded counts it */
-        if (mf_batcher_cancel(&sl->job)) mf_metrics_count(r->srv->metrics, MF_COUNTER_CANCEL_QUEUE, 1);
+        if (sl->submitted) {
+            if (mf_batcher_cancel(&sl->job) && !atomic_exchange(&sl->dropped, 1))
+                mf_metrics_count(r->srv->metrics, MF_COUNTER_CANCEL_QUEUE, 1);
+            continue;
+        }
+        /* before the batcher: queued for decoding (taken back now), being
+         * decoded (stops at its next row) or decoded: it goes no further */
+        if (sl->pooled) mf_decoder_cancel(r->srv->decoder, &sl->task);
+        if (!atomic_exchange(&sl->dropped, 1)) mf_metrics_count(r->srv->metrics, MF_COUNTER_CANCEL_DECODE, 1);
     }
 }
 
@@ -248,6 +258,7 @@ int mf_images_submit(mf_request *r, int priority, uint64_t deadline_ns, int (*an
                            .deadline_ns = deadline_ns,
                            .h = p->h == r->mv->pre->input_h ? 0 : p->h,
                            .w = p->w == r->mv->pre->input_w ? 0 : p->w};
+        sl->submitted = 1;
         list[i] = &sl->job;
     }
     /* the pixels are in the tensors now; the upload can go */
