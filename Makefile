@@ -9,6 +9,7 @@
 #   make gemm-bench   the 1x1 and linear kernels alone on one network's shapes (GEMM_ARGS="ARCH SIZE IMAGES")
 #   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
 #   make bench-protocol  /v1 vs Open Inference Protocol JSON and binary, 1 and 16 connections (bench/protocol.py)
+#   make bench-uploads   12 MP photos: decode costs exact vs scaled, small uploads' p99 beside them (bench/uploads.py)
 #   make eval-default accuracy of the bundled model: PyTorch, engine, service (tools/eval_default.py)
 #   make test SANITIZE=address,undefined   same tests in build/san-address,undefined/
 #   make fuzz         libFuzzer campaigns, FUZZ_SECONDS (600) per target (tests/fuzz/run.sh)
@@ -61,7 +62,7 @@ CLI_BIN     := $(BUILD)/mobileformer
 SERVER_BIN  := $(BUILD)/mobileformer-server
 
 
-.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench test-docker test-swarm bench-protocol
+.PHONY: all check test test-bins deps run bench loadtest clean eval-default fuzz fuzz-bins tsan soak roofline gemm-bench test-docker test-swarm bench-protocol bench-uploads
 all: $(CLI_BIN) $(SERVER_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -178,6 +179,11 @@ bench: all
 	@sh bench/engine.sh
 
 ARCHS ?= mobile_former_26m mobile_former_151m mobile_former_508m
+# phone photos: 12 MP decode costs, exact vs scaled; small uploads' p99 beside large ones
+bench-uploads: deps
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 bench/uploads.py $(UPLOADS_ARGS)
+
 # /v1/predict vs the Open Inference Protocol (JSON, binary) on the bundled model and a 151m preset
 bench-protocol: deps
 	@$(MAKE) --no-print-directory all
@@ -210,7 +216,7 @@ fuzz: deps
 
 tsan: deps
 	@$(MAKE) --no-print-directory SANITIZE=thread all build/san-thread/tests/test_batcher \
-	    build/san-thread/tests/test_httpparse
+	    build/san-thread/tests/test_decoder build/san-thread/tests/test_httpparse
 	@MF_BUILD=build/san-thread sh tests/sh/tsan.sh
 
 soak: deps

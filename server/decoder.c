@@ -1,10 +1,17 @@
 /* decoder.c -- the decode pool; see decoder.h.
  *
- * One mutex guards a binary min-heap of queued tasks (key: expected
- * finish); pool threads sleep on a condition variable while it is empty,
- * take the root, decode and preprocess it with the mutex released, and call
- * its done.  The budget clock starts when a thread takes the task, so time
- * spent queued does not count against decode_timeout_ms.
+ * Two lanes, each a binary min-heap of queued tasks (key: expected finish)
+ * under one mutex: small images (expected cost under LARGE_NS) and large
+ * ones.  A thread looking for work takes the smallest key of the small lane
+ * first; a large image only while fewer than max_large (threads - 1, at
+ * least 1) large ones are being decoded, so with two or more threads one
+ * is always free for the small images: a run of 12 MP photos takes at most
+ * all but one thread, and small uploads beside them wait for CPU, never for
+ * a thread; a large image more than AGE_NS past its expected finish goes
+ * before the small ones.  Threads sleep on a condition variable while there is nothing
+ * they may take, decode and preprocess with the mutex released, and call
+ * the task's done.  The budget clock starts when a thread takes the task, so
+ * time spent queued does not count against decode_timeout_ms.
  */
 #include "decoder.h"
 
@@ -16,60 +23,83 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define LARGE_NS 4000000ull /* 4 ms expected: a 0.8 MP JPEG, a 1 MP PNG */
+
+typedef struct lane {
+    mf_decode_task **heap;  /* [cap] queued tasks, heap[0] the smallest key */
+    int n, cap;             /* queued, capacity */
+} lane;
+
 struct mf_decoder {
     pthread_mutex_t mu;     /* guards everything below */
     pthread_cond_t cv;      /* a task, or stopping */
-    mf_decode_task **heap;  /* [cap] queued tasks, heap[0] the smallest key */
-    int n, cap;             /* queued, capacity */
+    lane lanes[2];          /* 0 small, 1 large */
     int running;            /* being decoded */
+    int running_large;      /* large ones among them */
+    int max_large;          /* most large ones at once */
     int stopping;           /* threads must exit */
     pthread_t *tids;        /* [n_threads] */
     int n_threads;          /* started */
 };
 
-/* ---- the heap (caller holds mu) ------------------------------------------ */
+/* ---- the heaps (caller holds mu) ----------------------------------------- */
 
-static void heap_set(mf_decoder *d, int i, mf_decode_task *t)
+static void heap_set(lane *l, int i, mf_decode_task *t)
 {
-    d->heap[i] = t;
+    l->heap[i] = t;
     t->slot = i;
 }
 
-static void sift_up(mf_decoder *d, int i)
+static void sift_up(lane *l, int i)
 {
-    mf_decode_task *t = d->heap[i];
+    mf_decode_task *t = l->heap[i];
     while (i > 0) {
         int p = (i - 1) / 2;
-        if (d->heap[p]->key <= t->key) break;
-        heap_set(d, i, d->heap[p]);
+        if (l->heap[p]->key <= t->key) break;
+        heap_set(l, i, l->heap[p]);
         i = p;
     }
-    heap_set(d, i, t);
+    heap_set(l, i, t);
 }
 
-static void sift_down(mf_decoder *d, int i)
+static void sift_down(lane *l, int i)
 {
-    mf_decode_task *t = d->heap[i];
+    mf_decode_task *t = l->heap[i];
     for (;;) {
         int c = 2 * i + 1;
-        if (c >= d->n) break;
-        if (c + 1 < d->n && d->heap[c + 1]->key < d->heap[c]->key) c++;
-        if (d->heap[c]->key >= t->key) break;
-        heap_set(d, i, d->heap[c]);
+        if (c >= l->n) break;
+        if (c + 1 < l->n && l->heap[c + 1]->key < l->heap[c]->key) c++;
+        if (l->heap[c]->key >= t->key) break;
+        heap_set(l, i, l->heap[c]);
         i = c;
     }
-    heap_set(d, i, t);
+    heap_set(l, i, t);
 }
 
-static void heap_remove(mf_decoder *d, int i)
+static void heap_remove(lane *l, int i)
 {
-    mf_decode_task *t = d->heap[i];
+    mf_decode_task *t = l->heap[i];
     t->slot = -1;
-    if (--d->n == i) return;
-    mf_decode_task *m = d->heap[d->n]; /* the last one fills the hole */
-    heap_set(d, i, m);
-    sift_down(d, i);
-    if (d->heap[i] == m) sift_up(d, i);
+    if (--l->n == i) return;
+    mf_decode_task *m = l->heap[l->n]; /* the last one fills the hole */
+    heap_set(l, i, m);
+    sift_down(l, i);
+    if (l->heap[i] == m) sift_up(l, i);
+}
+
+/* The task a thread may take now, removed from its lane, or NULL: small
+ * first, unless the oldest-due large one is more than AGE_NS past its
+ * expected finish (a flood of small images cannot hold it back for ever). */
+#define AGE_NS 500000000ull
+static mf_decode_task *take(mf_decoder *d)
+{
+    const int large_ok = d->running_large < d->max_large && d->lanes[1].n;
+    const int overdue = large_ok && mf_now_ns() > d->lanes[1].heap[0]->key + AGE_NS;
+    lane *l = d->lanes[0].n && !overdue ? &d->lanes[0] : large_ok ? &d->lanes[1] : NULL;
+    if (!l) return NULL;
+    mf_decode_task *t = l->heap[0];
+    heap_remove(l, 0);
+    return t;
 }
 
 /* ---- costs --------------------------------------------------------------- */
@@ -129,16 +159,19 @@ static void *thread_main(void *arg)
     mf_decoder *d = arg;
     pthread_mutex_lock(&d->mu);
     for (;;) {
-        while (!d->stopping && d->n == 0) pthread_cond_wait(&d->cv, &d->mu);
+        mf_decode_task *t = NULL;
+        while (!d->stopping && !(t = take(d))) pthread_cond_wait(&d->cv, &d->mu);
         if (d->stopping) break;
-        mf_decode_task *t = d->heap[0];
-        heap_remove(d, 0);
+        const int large = t->large;
         d->running++;
+        d->running_large += large;
         pthread_mutex_unlock(&d->mu);
         run_task(t);
         t->done(t); /* may free the task */
         pthread_mutex_lock(&d->mu);
         d->running--;
+        d->running_large -= large;
+        if (large) pthread_cond_signal(&d->cv); /* a large one may go now */
     }
     pthread_mutex_unlock(&d->mu);
     return NULL;
@@ -159,6 +192,7 @@ int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
     }
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cv, NULL);
+    d->max_large = threads > 1 ? threads - 1 : 1;
     for (int i = 0; i < threads; i++) {
         if (pthread_create(&d->tids[i], NULL, thread_main, d) != 0) {
             mf_set_err(err, errlen, "decode pool: cannot start a thread: %s", strerror(errno));
@@ -174,12 +208,15 @@ int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
 void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
 {
     t->enq_ns = mf_now_ns();
-    t->key = t->enq_ns + mf_decode_cost_ns(t->data, t->len, &t->limits);
+    const uint64_t cost = mf_decode_cost_ns(t->data, t->len, &t->limits);
+    t->key = t->enq_ns + cost;
+    t->large = cost >= LARGE_NS;
     t->status = MF_IMG_OK;
     pthread_mutex_lock(&d->mu);
-    if (d->n == d->cap) {
-        int cap = d->cap ? d->cap * 2 : 64;
-        mf_decode_task **h = realloc(d->heap, (size_t)cap * sizeof *h);
+    lane *l = &d->lanes[t->large];
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 64;
+        mf_decode_task **h = realloc(l->heap, (size_t)cap * sizeof *h);
         if (!h) {
             /* no room to queue it: decode it here rather than lose it */
             pthread_mutex_unlock(&d->mu);
@@ -187,11 +224,11 @@ void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
             t->done(t);
             return;
         }
-        d->heap = h;
-        d->cap = cap;
+        l->heap = h;
+        l->cap = cap;
     }
-    heap_set(d, d->n++, t);
-    sift_up(d, d->n - 1);
+    heap_set(l, l->n++, t);
+    sift_up(l, l->n - 1);
     pthread_cond_signal(&d->cv);
     pthread_mutex_unlock(&d->mu);
 }
@@ -199,11 +236,12 @@ void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
 int mf_decoder_cancel(mf_decoder *d, mf_decode_task *t)
 {
     pthread_mutex_lock(&d->mu);
-    if (t->slot < 0 || t->slot >= d->n || d->heap[t->slot] != t) {
+    lane *l = &d->lanes[t->large ? 1 : 0];
+    if (t->slot < 0 || t->slot >= l->n || l->heap[t->slot] != t) {
         pthread_mutex_unlock(&d->mu);
         return 0;
     }
-    heap_remove(d, t->slot);
+    heap_remove(l, t->slot);
     pthread_mutex_unlock(&d->mu);
     t->status = MF_IMG_CANCELLED;
     snprintf(t->err, sizeof t->err, "cancelled before decoding");
@@ -216,7 +254,7 @@ int mf_decoder_cancel(mf_decoder *d, mf_decode_task *t)
 int mf_decoder_queued(mf_decoder *d)
 {
     pthread_mutex_lock(&d->mu);
-    int n = d->n;
+    int n = d->lanes[0].n + d->lanes[1].n;
     pthread_mutex_unlock(&d->mu);
     return n;
 }
@@ -238,14 +276,17 @@ void mf_decoder_free(mf_decoder *d)
     pthread_mutex_unlock(&d->mu);
     for (int i = 0; i < d->n_threads; i++) pthread_join(d->tids[i], NULL);
     /* what no thread took: cancelled */
-    while (d->n > 0) {
-        mf_decode_task *t = d->heap[0];
-        heap_remove(d, 0);
-        t->status = MF_IMG_CANCELLED;
-        snprintf(t->err, sizeof t->err, "the server is shutting down");
-        t->done(t);
+    for (int k = 0; k < 2; k++) {
+        lane *l = &d->lanes[k];
+        while (l->n > 0) {
+            mf_decode_task *t = l->heap[0];
+            heap_remove(l, 0);
+            t->status = MF_IMG_CANCELLED;
+            snprintf(t->err, sizeof t->err, "the server is shutting down");
+            t->done(t);
+        }
+        free(l->heap);
     }
-    free(d->heap);
     free(d->tids);
     pthread_cond_destroy(&d->cv);
     pthread_mutex_destroy(&d->mu);

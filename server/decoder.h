@@ -4,13 +4,15 @@
  * serves).
  *
  * A task is one image: its encoded bytes, the decode limits, the model's
- * preprocessing and the tensor to fill.  Tasks wait in one queue ordered by
- * expected finish (submit time + a cost estimated from the image header:
- * pixels to decode, scaled when the decode is), cheapest first among those
- * submitted at about the same time, so small images do not wait behind a run
- * of 12 MP ones; a large image is passed only by images whose expected
- * finish comes before its own, so it waits at most about its own cost
- * longer than it would first-come-first-served.
+ * preprocessing and the tensor to fill.  Its cost is estimated from the
+ * image header (pixels to decode, scaled when the decode is).  Tasks wait in
+ * two lanes, small and large (4 ms expected and more), each ordered by
+ * expected finish (submit time + cost): small images are taken first, and
+ * large ones occupy at most all threads but one, so small uploads never
+ * wait for a thread behind a run of 12 MP ones; within a lane an image is
+ * passed only by images whose expected finish comes before its own, so a
+ * large image waits at most about its own cost longer than it would
+ * first-come-first-served (plus what small images keep arriving).
  *
  * Ownership: the submitter owns the task and everything it points to until
  * `done` has run, exactly once, on a pool thread (or on the thread calling
@@ -49,7 +51,8 @@ struct mf_decode_task {
     /* private */
     uint64_t key;             /* expected finish: enqueue time + estimated cost (ns) */
     uint64_t enq_ns;          /* mf_now_ns() at submit */
-    int slot;                 /* index in the heap, -1 when not queued */
+    int slot;                 /* index in its lane's heap, -1 when not queued */
+    int large;                /* in the large lane */
 };
 
 /* Expected decode + preprocess cost of an image, in ns, from its header

@@ -3,7 +3,8 @@
 # build/san-thread/ with SANITIZE=thread first).
 #
 #  1. the Check suites of the threaded modules: test_batcher (queue, workers,
-#     batching, timeouts, drain) and test_httpparse (the parser, as a sanity run);
+#     batching, timeouts, drain), test_decoder (the decode pool) and
+#     test_httpparse (the parser, as a sanity run);
 #  2. the server (http_threads 2, workers 2): wrk at saturation with valid,
 #     corrupt and oversized-header uploads (bench/soak.lua) and 40 connections
 #     dribbling or stalling their headers (request-head deadline 2 s), then
@@ -31,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 fail=0
 
-for t in test_batcher test_httpparse; do
+for t in test_batcher test_decoder test_httpparse; do
   start=$(date +%s)
   if "$BUILD/tests/$t" > "$tmp/$t.log" 2>&1 && ! grep -q "ThreadSanitizer" "$tmp/$t.log"; then
     echo "REPORT tsan $t: ok ($(( $(date +%s) - start )) s, no report)"
