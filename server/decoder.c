@@ -1,17 +1,18 @@
 /* decoder.c -- the decode pool; see decoder.h.
  *
  * Two lanes, each a binary min-heap of queued tasks (key: expected finish)
- * under one mutex: small images (expected cost under LARGE_NS) and large
- * ones.  A thread looking for work takes the smallest key of the small lane
- * first; a large image only while fewer than max_large (threads - 1, at
- * least 1) large ones are being decoded, so with two or more threads one
- * is always free for the small images: a run of 12 MP photos takes at most
- * all but one thread, and small uploads beside them wait for CPU, never for
- * a thread; a large image more than AGE_NS past its expected finish goes
- * before the small ones.  Threads sleep on a condition variable while there is nothing
- * they may take, decode and preprocess with the mutex released, and call
- * the task's done.  The budget clock starts when a thread takes the task, so
- * time spent queued does not count against decode_timeout_ms.
+ * under one mutex, and two sets of threads: `threads` threads decode the
+ * small images (expected cost under LARGE_NS) and (threads + 1) / 2 more the
+ * large ones, at nice +10 (Linux nice values are per thread; raising one
+ * needs no privilege, so it works in a container without capabilities).  A
+ * run of 12 MP photos therefore never holds a thread a small upload needs,
+ * and when both compete for the CPU the kernel gives the small uploads, the
+ * HTTP threads and the inference workers the larger share (weight 1024
+ * against 110); with CPU to spare the large decodes run at full speed.
+ * Threads sleep on their lane's condition variable, decode and preprocess
+ * with the mutex released, and call the task's done.  The budget clock
+ * starts when a thread takes the task, so time spent queued does not count
+ * against decode_timeout_ms.
  */
 #include "decoder.h"
 
@@ -19,6 +20,9 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,15 +34,21 @@ typedef struct lane {
     int n, cap;             /* queued, capacity */
 } lane;
 
+#define LARGE_NICE 10
+
+typedef struct pool_thread {
+    struct mf_decoder *d;
+    int lane;               /* the lane it serves */
+    pthread_t tid;
+} pool_thread;
+
 struct mf_decoder {
     pthread_mutex_t mu;     /* guards everything below */
-    pthread_cond_t cv;      /* a task, or stopping */
+    pthread_cond_t cv[2];   /* per lane: a task, or stopping */
     lane lanes[2];          /* 0 small, 1 large */
     int running;            /* being decoded */
-    int running_large;      /* large ones among them */
-    int max_large;          /* most large ones at once */
     int stopping;           /* threads must exit */
-    pthread_t *tids;        /* [n_threads] */
+    pool_thread *threads;   /* [n_threads] */
     int n_threads;          /* started */
 };
 
@@ -85,21 +95,6 @@ static void heap_remove(lane *l, int i)
     heap_set(l, i, m);
     sift_down(l, i);
     if (l->heap[i] == m) sift_up(l, i);
-}
-
-/* The task a thread may take now, removed from its lane, or NULL: small
- * first, unless the oldest-due large one is more than AGE_NS past its
- * expected finish (a flood of small images cannot hold it back for ever). */
-#define AGE_NS 500000000ull
-static mf_decode_task *take(mf_decoder *d)
-{
-    const int large_ok = d->running_large < d->max_large && d->lanes[1].n;
-    const int overdue = large_ok && mf_now_ns() > d->lanes[1].heap[0]->key + AGE_NS;
-    lane *l = d->lanes[0].n && !overdue ? &d->lanes[0] : large_ok ? &d->lanes[1] : NULL;
-    if (!l) return NULL;
-    mf_decode_task *t = l->heap[0];
-    heap_remove(l, 0);
-    return t;
 }
 
 /* ---- costs --------------------------------------------------------------- */
@@ -156,22 +151,22 @@ static void run_task(mf_decode_task *t)
 
 static void *thread_main(void *arg)
 {
-    mf_decoder *d = arg;
+    pool_thread *pt = arg;
+    mf_decoder *d = pt->d;
+    lane *l = &d->lanes[pt->lane];
+    if (pt->lane == 1) setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), LARGE_NICE); /* best effort */
     pthread_mutex_lock(&d->mu);
     for (;;) {
-        mf_decode_task *t = NULL;
-        while (!d->stopping && !(t = take(d))) pthread_cond_wait(&d->cv, &d->mu);
+        while (!d->stopping && l->n == 0) pthread_cond_wait(&d->cv[pt->lane], &d->mu);
         if (d->stopping) break;
-        const int large = t->large;
+        mf_decode_task *t = l->heap[0];
+        heap_remove(l, 0);
         d->running++;
-        d->running_large += large;
         pthread_mutex_unlock(&d->mu);
         run_task(t);
         t->done(t); /* may free the task */
         pthread_mutex_lock(&d->mu);
         d->running--;
-        d->running_large -= large;
-        if (large) pthread_cond_signal(&d->cv); /* a large one may go now */
     }
     pthread_mutex_unlock(&d->mu);
     return NULL;
@@ -184,17 +179,21 @@ int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
         mf_set_err(err, errlen, "decode pool: threads must be >= 1");
         return -1;
     }
+    const int n_large = (threads + 1) / 2, total = threads + n_large;
     mf_decoder *d = calloc(1, sizeof *d);
-    if (!d || !(d->tids = calloc((size_t)threads, sizeof *d->tids))) {
+    if (!d || !(d->threads = calloc((size_t)total, sizeof *d->threads))) {
         free(d);
         mf_set_err(err, errlen, "decode pool: out of memory");
         return -1;
     }
     pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->cv, NULL);
-    d->max_large = threads > 1 ? threads - 1 : 1;
-    for (int i = 0; i < threads; i++) {
-        if (pthread_create(&d->tids[i], NULL, thread_main, d) != 0) {
+    pthread_cond_init(&d->cv[0], NULL);
+    pthread_cond_init(&d->cv[1], NULL);
+    for (int i = 0; i < total; i++) {
+        pool_thread *pt = &d->threads[i];
+        pt->d = d;
+        pt->lane = i >= threads;
+        if (pthread_create(&pt->tid, NULL, thread_main, pt) != 0) {
             mf_set_err(err, errlen, "decode pool: cannot start a thread: %s", strerror(errno));
             mf_decoder_free(d);
             return -1;
@@ -229,7 +228,7 @@ void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
     }
     heap_set(l, l->n++, t);
     sift_up(l, l->n - 1);
-    pthread_cond_signal(&d->cv);
+    pthread_cond_signal(&d->cv[t->large]);
     pthread_mutex_unlock(&d->mu);
 }
 
@@ -272,9 +271,10 @@ void mf_decoder_free(mf_decoder *d)
     if (!d) return;
     pthread_mutex_lock(&d->mu);
     d->stopping = 1;
-    pthread_cond_broadcast(&d->cv);
+    pthread_cond_broadcast(&d->cv[0]);
+    pthread_cond_broadcast(&d->cv[1]);
     pthread_mutex_unlock(&d->mu);
-    for (int i = 0; i < d->n_threads; i++) pthread_join(d->tids[i], NULL);
+    for (int i = 0; i < d->n_threads; i++) pthread_join(d->threads[i].tid, NULL);
     /* what no thread took: cancelled */
     for (int k = 0; k < 2; k++) {
         lane *l = &d->lanes[k];
@@ -287,8 +287,9 @@ void mf_decoder_free(mf_decoder *d)
         }
         free(l->heap);
     }
-    free(d->tids);
-    pthread_cond_destroy(&d->cv);
+    free(d->threads);
+    pthread_cond_destroy(&d->cv[0]);
+    pthread_cond_destroy(&d->cv[1]);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }

@@ -6,13 +6,12 @@
  * A task is one image: its encoded bytes, the decode limits, the model's
  * preprocessing and the tensor to fill.  Its cost is estimated from the
  * image header (pixels to decode, scaled when the decode is).  Tasks wait in
- * two lanes, small and large (4 ms expected and more), each ordered by
- * expected finish (submit time + cost): small images are taken first, and
- * large ones occupy at most all threads but one, so small uploads never
- * wait for a thread behind a run of 12 MP ones; within a lane an image is
- * passed only by images whose expected finish comes before its own, so a
- * large image waits at most about its own cost longer than it would
- * first-come-first-served (plus what small images keep arriving).
+ * two lanes, small and large (4 ms expected and more), each served by its
+ * own threads (the large lane's at a lower CPU priority) and ordered by
+ * expected finish (submit time + cost): small uploads never wait for a
+ * thread behind a run of 12 MP ones, and within a lane an image is passed
+ * only by images whose expected finish comes before its own, so it waits
+ * at most about its own cost longer than it would first-come-first-served.
  *
  * Ownership: the submitter owns the task and everything it points to until
  * `done` has run, exactly once, on a pool thread (or on the thread calling
@@ -59,7 +58,8 @@ struct mf_decode_task {
  * (cheap: mf_image_probe), for the given limits (min_side scales JPEG). */
 uint64_t mf_decode_cost_ns(const uint8_t *data, size_t len, const mf_image_limits *lim);
 
-/* Start `threads` pool threads (>= 1).  0, or -1 with the reason. */
+/* Start `threads` threads for small images and (threads + 1) / 2 for large
+ * ones (>= 1).  0, or -1 with the reason. */
 int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen);
 
 /* Queue a task (never refuses: the HTTP side bounds what is in flight). */
