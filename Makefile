@@ -22,7 +22,7 @@
 CC       ?= cc
 OPT      ?= -O2
 SANITIZE ?=
-PKGS      = jansson libpng libjpeg libwebp libwebpdemux openblas
+PKGS      = jansson libpng libjpeg libwebp libwebpdemux zlib openblas
 LIBS_NOPC = -lgif   # giflib ships no pkg-config file
 WARN      = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
 FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP $(OPT) $(WARN) \

@@ -693,6 +693,9 @@ static int reserve_ok(const mf_request *r)
 }
 
 /* Reserve bytes of max_inflight_body_bytes for r's body, growing to `want`. */
+static int budget_grow(mf_request *r, size_t want);
+int mf_request_budget(mf_request *r, size_t want) { return budget_grow(r, want); }
+
 static int budget_grow(mf_request *r, size_t want)
 {
     struct mf_http *s = r->srv;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <zlib.h>
 
 #define JSON_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9))
 #define MAX_DEPTH 8 /* nesting of JSON data */
@@ -26,6 +27,7 @@ typedef struct oip_state {
     uint64_t deadline_ns;     /* parameters.timeout from the body's arrival, 0 = none */
     uint32_t off[MF_OIP_MAX_IMAGES + 1]; /* binary BYTES: element i at binary + off[i] + 4 */
     int ihcl;                 /* Inference-Header-Content-Length given */
+    int compressed;           /* Content-Encoding gzip or deflate: inflated before parsing */
     size_t header_len;        /* its value */
 } oip_state;
 
@@ -333,12 +335,17 @@ static oip_state *st_of(mf_request *r) { return r->oip; }
 int mf_oip_begin(mf_request *r)
 {
     const char *ce = mf_request_header(r, "Content-Encoding");
-    if (ce && strcasecmp(ce, "identity") != 0)
-        return mf_reply_error(r, MF_E_UNSUPPORTED_MEDIA_TYPE,
-                              "Content-Encoding %.32s is not supported: send the body uncompressed", ce);
+    int compressed = 0;
+    if (ce && strcasecmp(ce, "identity") != 0) {
+        if (strcasecmp(ce, "gzip") != 0 && strcasecmp(ce, "deflate") != 0)
+            return mf_reply_error(r, MF_E_UNSUPPORTED_MEDIA_TYPE,
+                                  "Content-Encoding %.32s is not supported: send gzip, deflate or identity", ce);
+        compressed = 1;
+    }
     oip_state *s = calloc(1, sizeof *s);
     if (!s) return mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the request");
     r->oip = s;
+    s->compressed = compressed;
     const char *h = mf_request_header(r, "Inference-Header-Content-Length");
     if (h) {
         size_t n = 0, len = strlen(h);
@@ -497,10 +504,88 @@ static int oip_submit(mf_request *r)
     return mf_images_submit(r, s->prio, s->deadline_ns, oip_answer);
 }
 
+int mf_oip_inflate(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t *out_len, int *too_large,
+                        char *err, size_t errlen)
+{
+    *out = NULL;
+    *out_len = 0;
+    *too_large = 0;
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, 15 + 32) != Z_OK) { /* +32: a gzip or a zlib header, whichever it has */
+        mf_set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    size_t cap = n * 4 < 65536 ? 65536 : n * 4, len = 0;
+    if (cap > max + 1) cap = max + 1;
+    uint8_t *b = malloc(cap);
+    int rc = Z_OK;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)(n > UINT32_MAX ? UINT32_MAX : n);
+    while (b) {
+        z.next_out = b + len;
+        z.avail_out = (uInt)(cap - len);
+        rc = inflate(&z, Z_NO_FLUSH);
+        len = cap - z.avail_out;
+        if (rc == Z_STREAM_END || (rc != Z_OK && rc != Z_BUF_ERROR)) break;
+        if (len > max) break;
+        if (z.avail_out == 0) {
+            size_t nc = cap * 2 > max + 1 ? max + 1 : cap * 2;
+            if (nc <= cap) break;
+            uint8_t *nb = realloc(b, nc);
+            if (!nb) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+            cap = nc;
+        } else if (rc == Z_BUF_ERROR || z.avail_in == 0) {
+            break; /* no progress: the data ended early */
+        }
+    }
+    inflateEnd(&z);
+    if (!b) {
+        mf_set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    if (len > max) {
+        free(b);
+        *too_large = 1;
+        mf_set_err(err, errlen, "the body inflates to more than max_body_bytes (%zu)", max);
+        return -1;
+    }
+    if (rc != Z_STREAM_END || z.avail_in != 0) {
+        free(b);
+        mf_set_err(err, errlen, "the compressed body is not valid gzip or deflate data%s",
+                   rc == Z_STREAM_END ? " (bytes after its end)" : "");
+        return -1;
+    }
+    *out = b;
+    *out_len = len;
+    return 0;
+}
+
 int mf_oip_body(mf_request *r)
 {
     oip_state *s = st_of(r);
     char err[400];
+    if (s->compressed) {
+        uint8_t *plain;
+        size_t plain_len;
+        int too_large;
+        if (mf_oip_inflate(r->body, r->body_len, (size_t)r->srv->cfg->max_body_bytes, &plain, &plain_len, &too_large,
+                         err, sizeof err) != 0)
+            return mf_reply_error(r, too_large ? MF_E_BODY_TOO_LARGE : MF_E_BAD_REQUEST, "%s", err);
+        if (mf_request_budget(r, r->budget + plain_len) != 0) {
+            free(plain);
+            return mf_reply_error(r, MF_E_BODY_BUDGET,
+                                  "the server holds too many uploads at once (max_inflight_body_bytes); retry later");
+        }
+        free(r->body); /* the inflated body takes its place, counted in the budget beside the upload */
+        r->body = plain;
+        r->body_len = r->body_cap = plain_len;
+    }
     size_t hl = s->ihcl ? s->header_len : r->body_len;
     int bad = mf_oip_parse(r->body, r->body_len, hl, &s->q, err, sizeof err);
     mf_oip_request *q = &s->q;

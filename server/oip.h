@@ -70,6 +70,12 @@ void mf_oip_request_free(mf_oip_request *q);
  * out[n*3*h*w]; 0 or -1 with the reason. */
 int mf_oip_tensor(const mf_oip_request *q, float *out, char *err, size_t errlen);
 
+/* A gzip or zlib body (RFC 1952, RFC 1950: HTTP's "deflate") inflated into a
+ * new buffer (*out, malloc'd) of at most max bytes.  0, or -1 with the
+ * reason, and *too_large set when the data inflates past max. */
+int mf_oip_inflate(const uint8_t *in, size_t n, size_t max, uint8_t **out, size_t *out_len, int *too_large, char *err,
+                   size_t errlen);
+
 /* The N length-prefixed elements of a binary "image" input: element i's
  * 4-byte length at binary + off[i], its bytes up to off[i + 1] (off holds
  * N + 1 entries).  0, or -1 with the reason when the lengths overrun,

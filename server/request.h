@@ -136,6 +136,11 @@ const char *mf_request_header(mf_request *r, const char *name);
  * '=' gives an empty value. */
 const char *mf_request_query(mf_request *r, const char *key, size_t *len);
 
+/* Grow the request's share of max_inflight_body_bytes to `want` bytes (an
+ * inflated body, say): 0, or -1 when the budget has no room (nothing is
+ * taken then).  Released when the request ends. */
+int mf_request_budget(mf_request *r, size_t want);
+
 /* The request will submit images: the batcher counts it among the images
  * on their way until it submits or fails (mf_request_unexpect, idempotent). */
 void mf_request_expect(mf_request *r);

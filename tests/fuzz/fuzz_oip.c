@@ -3,9 +3,11 @@
  * the element counts, the length-prefixed BYTES elements, base64 images.
  *
  * Input: a body.  If it starts with '{' it is all JSON header (no
- * Inference-Header-Content-Length); otherwise its first 4 bytes are the
- * header length (little-endian, any value: larger than the body too) and the
- * rest is the body.  Checked: a refusal says why and holds nothing but the
+ * Inference-Header-Content-Length); if it starts with a gzip or zlib header
+ * it is inflated first (at most 1 MiB: checked, the output within it, a
+ * refusal with its reason) and the result is taken as all JSON header;
+ * otherwise its first 4 bytes are the header length (little-endian, any
+ * value: larger than the body too) and the rest is the body.  Checked: a refusal says why and holds nothing but the
  * id; an accepted request has 1..MF_OIP_MAX_IMAGES images, 1 or 2 distinct
  * outputs, an FP32 input of 3 x H x W within the limits whose binary part is
  * exactly its size, binary data inside the body; reading the tensor, the
@@ -20,7 +22,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t header_len;
     const uint8_t *body = data;
     size_t len = size;
-    if (size > 0 && data[0] == '{') {
+    uint8_t *plain = NULL;
+    if (size >= 2 && ((data[0] == 0x1f && data[1] == 0x8b) || (data[0] == 0x78 && (data[0] * 256 + data[1]) % 31 == 0))) {
+        size_t pl;
+        int big;
+        char e[200] = "";
+        if (mf_oip_inflate(data, size, (size_t)1 << 20, &plain, &pl, &big, e, sizeof e) != 0) {
+            FUZZ_CHECK(plain == NULL && e[0]);
+            return 0;
+        }
+        FUZZ_CHECK(plain != NULL && pl <= ((size_t)1 << 20));
+        body = plain;
+        len = header_len = pl;
+    } else if (size > 0 && data[0] == '{') {
         header_len = size;
     } else {
         if (size < 4) return 0;
@@ -40,6 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(q.root == NULL && q.data == NULL);
         mf_oip_request_free(&q);
         free(b);
+        free(plain);
         return 0;
     }
     FUZZ_CHECK(q.root != NULL);
@@ -81,5 +96,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     mf_oip_request_free(&q);
     free(b);
+    free(plain);
     return 0;
 }

@@ -10,7 +10,8 @@ http       raw requests: GETs, pipelined ones, predict with PNG, JPEG, multipart
            bodies, Expect: 100-continue, too large, HTTP/1.0, a bad request line
 config     config/server.json, a few files, environments and flag lists ("json\\0env\\0args")
 oip        infer bodies: JSON flat and nested, binary FP32 and BYTES with the 4-byte length
-           prefix (its header length first), base64 images, classification, bad framings
+           prefix (its header length first), base64 images, classification, bad framings,
+           gzip and zlib compressed bodies
 model_config  config.json files: every setting, the three version policies, labels, bad ones
 model      two tiny complete models (tools/make_reference.py: a 1-block and a 3-block
            architecture), one with labels and gray preprocessing, plus corruptions:
@@ -261,6 +262,10 @@ def seeds_oip():
                                 struct.pack("<I", 0xFFFFFFF0) + b"abcd"))
     write(d, "header_too_long", struct.pack("<I", 1 << 30) + b'{"inputs": []}')
     write(d, "two_inputs", json.dumps({"inputs": [flat["inputs"][0], flat["inputs"][0]]}))
+    import gzip
+    import zlib
+    write(d, "gzip_nested", gzip.compress(json.dumps(nested).encode(), mtime=0))
+    write(d, "zlib_flat", zlib.compress(json.dumps(flat).encode()))
 
 
 def seeds_model_config():
