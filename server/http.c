@@ -1,4 +1,7 @@
-/* http.c -- the HTTP/1.1 server: listening socket, I/O threads, connections.
+/* http.c -- the HTTP/1.1 server: listening socket, I/O threads, accepting,
+ * the deadline sweep, start, drain and stop.  A connection's states are in
+ * conn.c, a request's intake (route, checks, body) in intake.c, the request
+ * object in request.c; the structures they share in conn.h.
  *
  * DESIGN
  *
@@ -46,22 +49,13 @@
  */
 #include "http.h"
 
-#include "endpoints.h"
-#include "httpparse.h"
-#include "oip.h"
-#include "repository.h"
+#include "conn.h"
 #include "log.h"
 #include "mf_util.h"
-#include "predict.h"
-#include "reply.h"
-#include "request.h"
-#include "route.h"
-#include "validate.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -69,86 +63,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/random.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
-
-#define READ_CHUNK (16 * 1024)     /* bytes read at a time into a connection's buffer */
-#define READ_BUDGET (256 * 1024)   /* bytes read per wakeup, so one client cannot hog a loop */
-#define BODY_FIRST (64u * 1024)    /* body bytes allocated up front; more as they arrive */
-#define BODY_GRACE_NS 5000000000ull /* the allowance before min_body_rate applies */
-#define RESERVE_HEAD_NS 2000000000ull /* head deadline of a reserve connection */
-#define DRAIN_HEAD_NS 1000000000ull   /* head deadline of a connection taken from the backlog at drain */
-#define LINGER_NS 2000000000ull    /* how long a closing connection's input is drained */
-#define SWEEP_NS 100000000ull      /* deadline sweep period */
-#define REPORT_NS 1000000000ull    /* at most one "closed slow connections" line per second */
-#define MAX_EVENTS 256
-
-typedef enum conn_state { C_HEAD = 0, C_BODY, C_BUSY, C_WRITE, C_LINGER } conn_state;
-
-struct mf_conn {
-    mf_loop *lp;                  /* its loop */
-    int fd;                       /* the socket; -1 once closed (orphan) */
-    mf_conn *prev, *next;         /* in lp->conns */
-    mf_conn *ready_next;          /* in lp->ready */
-    int in_ready;                 /* on lp->ready */
-    conn_state st;                /* where it is */
-    uint32_t events;              /* the epoll mask registered */
-    char remote[INET6_ADDRSTRLEN];/* client address */
-    unsigned char ip[16];         /* client address, IPv4 mapped, for the per-client count */
-    int ip_counted;               /* counted in srv->ip_table */
-    int reserve;                  /* a reserve connection: health and metrics only */
-    char *in;                     /* bytes read and not consumed yet, from in[0] */
-    size_t in_len, in_cap;        /* used, capacity */
-    size_t scanned;               /* in[0..scanned) holds no end of head */
-    unsigned requests;            /* requests served so far */
-    uint64_t due_ns;              /* the current deadline, 0 = none */
-    uint64_t phase_ns;            /* start of the head or body being read */
-    uint64_t last_io_ns;          /* last bytes read */
-    int keep_alive;               /* the client allows another request after this one */
-    int chunked;                  /* the body is chunked */
-    uint64_t left;                /* Content-Length bytes still to come */
-    mf_hp_chunked ck;             /* chunked decoder */
-    int discard;                  /* an error was answered mid-body: the rest is dropped (close after) */
-    mf_request *req;              /* the request being served, or NULL */
-    char *out;                    /* the answer's head (owned) */
-    size_t out_len;               /* its length */
-    size_t out_off;               /* bytes of head + body written */
-    int close_after;              /* close once the answer is written */
-    int write_done;               /* the answer is written; after_answer is due */
-    int dead;                     /* closed; freed by conn_reap once nothing refers to it */
-    int drain_new;                /* accepted from the backlog at drain; no request yet (drain_pending) */
-    int probed;                   /* a 100 Continue went out to see whether the client is still there */
-    int probe_left;               /* part of it is still to be written, before the answer */
-    size_t probe_off;             /* bytes of it written */
-    mf_counter abort_stage;       /* dead with an unanswered request: where it stopped */
-    int orphan;                   /* dead while jobs were pending: freed from the ready list */
-};
-
-struct mf_loop {
-    struct mf_http *srv;          /* server */
-    int epfd, evfd;               /* epoll, wakeup */
-    pthread_t tid;                /* the thread */
-    int started;                  /* the thread runs */
-    pthread_mutex_t mu;           /* guards ready */
-    mf_conn *ready;               /* connections whose requests' jobs are done */
-    mf_conn *conns;               /* every connection of this loop */
-    uint64_t last_sweep_ns;       /* last deadline sweep */
-    uint64_t last_report_ns;      /* last slow-connection log line */
-    unsigned long slow_head, slow_body; /* slow connections closed since that line */
-    time_t date_t;                /* second of date */
-    char date[40];                /* the Date header value, per second */
-    atomic_int drain_acked;       /* drain: took its share of the backlog and left the listener */
-};
-
-typedef struct mf_ip_count {
-    unsigned char ip[16];         /* client address */
-    int n;                        /* its open connections */
-    struct mf_ip_count *next;     /* chain */
-} mf_ip_count;
+#include <sys/eventfd.h>
 
 static int listen_marker; /* epoll data of the listening socket */
 
@@ -162,8 +79,6 @@ const char *mf_http_status_str(mf_http_status s)
     }
     return "unknown";
 }
-
-static uint64_t sec_ns(int s) { return (uint64_t)s * 1000000000ull; }
 
 /* ---- per-client connection counts ------------------------------------- */
 
@@ -190,7 +105,7 @@ static int ip_add(struct mf_http *s, const unsigned char *ip)
     return n;
 }
 
-static void ip_remove(struct mf_http *s, const unsigned char *ip)
+void mf_http_ip_remove(struct mf_http *s, const unsigned char *ip)
 {
     pthread_mutex_lock(&s->ip_mu);
     mf_ip_count **p = (mf_ip_count **)s->ip_table + ip_hash(ip, s->ip_cap);
@@ -201,953 +116,6 @@ static void ip_remove(struct mf_http *s, const unsigned char *ip)
         free(dead);
     }
     pthread_mutex_unlock(&s->ip_mu);
-}
-
-/* ---- what handlers use (request.h) -------------------------------------- */
-
-const char *mf_request_header(mf_request *r, const char *name)
-{
-    for (int i = 0; i < r->n_headers; i++)
-        if (strcasecmp(r->hname[i], name) == 0) return r->hvalue[i];
-    return NULL;
-}
-
-const char *mf_request_query(mf_request *r, const char *key, size_t *len)
-{
-    const size_t klen = strlen(key);
-    for (char *p = r->query; *p;) {
-        char *amp = strchr(p, '&'), *end = amp ? amp : p + strlen(p);
-        char *eq = memchr(p, '=', (size_t)(end - p));
-        char *ke = eq ? eq : end;
-        if ((size_t)(ke - p) == klen && memcmp(p, key, klen) == 0) {
-            const char *v = eq ? eq + 1 : end;
-            size_t vlen = (size_t)(end - v);
-            /* decode in place into a scratch copy after the query (allocated with it) */
-            char *dst = r->query + strlen(r->query) + 1;
-            long n = mf_hp_unescape(v, vlen, dst, vlen + 1);
-            if (n < 0) {
-                memcpy(dst, v, vlen);
-                n = (long)vlen;
-            }
-            *len = (size_t)n;
-            return dst;
-        }
-        p = amp ? amp + 1 : end;
-    }
-    return NULL;
-}
-
-void mf_request_expect(mf_request *r)
-{
-    if (r->expected || !r->mv) return;
-    r->expected = 1;
-    mf_batcher_expect(r->mv->queue, +1);
-}
-
-void mf_request_unexpect(mf_request *r)
-{
-    if (!r->expected) return;
-    r->expected = 0;
-    mf_batcher_expect(r->mv->queue, -1);
-}
-
-void mf_request_jobs_begin(mf_request *r, int n)
-{
-    pthread_mutex_lock(&r->mu);
-    r->pending = n;
-    pthread_mutex_unlock(&r->mu);
-}
-
-void mf_request_jobs_add(mf_request *r, int n)
-{
-    pthread_mutex_lock(&r->mu);
-    r->pending += n;
-    pthread_mutex_unlock(&r->mu);
-}
-
-void mf_request_jobs_cancel(mf_request *r)
-{
-    pthread_mutex_lock(&r->mu);
-    r->pending = 0;
-    pthread_mutex_unlock(&r->mu);
-}
-
-static void wake(mf_loop *lp)
-{
-    uint64_t one = 1;
-    ssize_t w = write(lp->evfd, &one, sizeof one); /* a full counter still wakes the loop */
-    (void)w;
-}
-
-static void push_ready(mf_conn *c)
-{
-    mf_loop *lp = c->lp;
-    pthread_mutex_lock(&lp->mu);
-    if (!c->in_ready) {
-        c->in_ready = 1;
-        c->ready_next = lp->ready;
-        lp->ready = c;
-    }
-    pthread_mutex_unlock(&lp->mu);
-    wake(lp);
-}
-
-/* Worker thread (or the batcher's reaper or drain): one job finished. */
-void mf_request_job_done(mf_request *r)
-{
-    pthread_mutex_lock(&r->mu);
-    int last = --r->pending == 0 && r->waiting;
-    mf_conn *c = r->conn;
-    pthread_mutex_unlock(&r->mu);
-    /* r->conn is fixed while waiting (the loop only changes it when it
-     * orphans the request, and then it keeps the connection struct) */
-    if (last) push_ready(c);
-}
-
-static void set_events(mf_conn *c, uint32_t ev);
-
-int mf_request_wait(mf_request *r, mf_handler answer)
-{
-    r->answer = answer;
-    pthread_mutex_lock(&r->mu);
-    if (r->pending > 0) {
-        r->waiting = 1;
-        pthread_mutex_unlock(&r->mu);
-        mf_conn *c = r->conn;
-        c->st = C_BUSY;
-        c->due_ns = 0;
-        set_events(c, EPOLLRDHUP); /* only the client going away */
-        return 0;
-    }
-    pthread_mutex_unlock(&r->mu);
-    return answer(r);
-}
-
-/* ---- connections -------------------------------------------------------- */
-
-static void set_events(mf_conn *c, uint32_t ev)
-{
-    if (c->fd < 0 || c->events == ev) return;
-    struct epoll_event e = {.events = ev, .data.ptr = c};
-    epoll_ctl(c->lp->epfd, EPOLL_CTL_MOD, c->fd, &e);
-    c->events = ev;
-}
-
-static void request_free(mf_request *r)
-{
-    struct mf_http *s = r->srv;
-    mf_request_unexpect(r);
-    if (r->budget) {
-        atomic_fetch_sub(&s->body_bytes, (long long)r->budget);
-        mf_metrics_gauge_add(s->metrics, MF_GAUGE_BODY_BYTES, -(long)r->budget);
-    }
-    pthread_mutex_destroy(&r->mu);
-    mf_predict_free(r);
-    mf_oip_free(r);
-    free(r->control);
-    mf_version_release(s->repo, r->mv); /* after the jobs: none is left in its queue */
-    if (r->resp.owned) free(r->resp.body);
-    free(r->body);
-    free(r->path);
-    free(r->head);
-    free(r);
-    atomic_fetch_sub(&s->inflight, 1);
-    mf_metrics_gauge_add(s->metrics, MF_GAUGE_INFLIGHT, -1);
-}
-
-/* The request is over (answered, or its client gone): its log line, then free. */
-static void request_end(mf_request *r, const char *abort_code)
-{
-    struct mf_http *s = r->srv;
-    if (!r->answered) {
-        /* nobody to answer: counted as nginx counts it, 499 */
-        r->status = 499;
-        r->latency_ms = mf_ms_since(r->start_ns);
-        mf_metrics_request(s->metrics, r->endpoint, 499, r->latency_ms * 1e-3);
-    }
-    if (s->cfg->log_requests) {
-        mf_log_request_entry e = {
-            .method = r->method,
-            .path = r->path,
-            .status = r->status,
-            .bytes_in = r->bytes_in,
-            .bytes_out = r->bytes_out,
-            .latency_ms = r->latency_ms,
-            .batch_size = r->batch_size,
-            .remote = r->remote,
-            .error = r->error_code ? r->error_code : abort_code,
-            .request_id = r->request_id,
-            .model = r->mv ? r->mv->name : NULL,
-            .version = r->mv ? r->mv->version : NULL,
-        };
-        mf_log_request(&e);
-    }
-    request_free(r);
-}
-
-static void conn_free(mf_conn *c)
-{
-    mf_loop *lp = c->lp;
-    struct mf_http *s = lp->srv;
-    if (c->prev) c->prev->next = c->next;
-    else lp->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
-    free(c->in);
-    free(c->out);
-    free(c);
-    (void)s;
-}
-
-/* A connection taken at drain has sent its first request head (or gone). */
-static void drain_settle(mf_conn *c)
-{
-    if (!c->drain_new) return;
-    c->drain_new = 0;
-    atomic_fetch_sub(&c->lp->srv->drain_pending, 1);
-}
-
-/* Close the socket and release what the connection counts against. */
-static void close_fd(mf_conn *c)
-{
-    struct mf_http *s = c->lp->srv;
-    drain_settle(c);
-    if (c->fd < 0) return;
-    epoll_ctl(c->lp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    close(c->fd);
-    c->fd = -1;
-    if (c->ip_counted) ip_remove(s, c->ip);
-    c->ip_counted = 0;
-    atomic_fetch_sub(&s->conns, 1);
-    mf_metrics_gauge_add(s->metrics, MF_GAUGE_CONNECTIONS, -1);
-}
-
-/* Close the connection now; the structure goes in conn_reap, once the
- * handler that may be running on it has returned. */
-static void conn_close(mf_conn *c, mf_counter abort_stage)
-{
-    close_fd(c);
-    if (!c->dead) c->abort_stage = abort_stage;
-    c->dead = 1;
-}
-
-/* After an event has been handled: free a closed connection, ending its
- * request as aborted -- unless that request's jobs are still queued or
- * running, in which case it is orphaned and freed when they are done
- * (the ready list). */
-static void conn_reap(mf_conn *c)
-{
-    if (!c->dead || c->orphan) return;
-    mf_request *r = c->req;
-    if (r) {
-        pthread_mutex_lock(&r->mu);
-        int pending = r->pending;
-        pthread_mutex_unlock(&r->mu);
-        if (!r->answered) mf_metrics_count(c->lp->srv->metrics, c->abort_stage, 1);
-        if (pending) {
-            c->orphan = 1;
-            /* nobody waits for the answer: what has not started is taken
-             * back (its done callbacks run here or soon; the last one puts
-             * the orphan on the ready list, which frees it) */
-            if (r->cancel && !r->answered) r->cancel(r);
-            return;
-        }
-        c->req = NULL;
-        request_end(r, r->answered ? NULL : "connection_closed");
-    }
-    if (c->in_ready) c->orphan = 1; /* the ready list frees it */
-    else conn_free(c);
-}
-
-static void loop_date(mf_loop *lp)
-{
-    time_t now = time(NULL);
-    if (now == lp->date_t) return;
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(lp->date, sizeof lp->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    lp->date_t = now;
-}
-
-static const char *reason(unsigned status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Content";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    }
-    return "Unknown";
-}
-
-static void after_answer(mf_conn *c);
-
-/* Write what is left of the answer; when it is all out, write_done (the
- * caller runs after_answer once its handler has returned). */
-static void conn_write(mf_conn *c)
-{
-    mf_request *r = c->req;
-    const size_t body_len = r->head_only ? 0 : r->resp.len;
-    while (c->out_off < c->out_len + body_len) {
-        struct iovec iov[2];
-        int n = 0;
-        if (c->out_off < c->out_len) iov[n++] = (struct iovec){c->out + c->out_off, c->out_len - c->out_off};
-        size_t bo = c->out_off > c->out_len ? c->out_off - c->out_len : 0;
-        if (bo < body_len) iov[n++] = (struct iovec){r->resp.body + bo, body_len - bo};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                set_events(c, EPOLLOUT);
-                return;
-            }
-            if (errno == EINTR) continue;
-            conn_close(c, MF_COUNTER_ABORT_ANSWER);
-            return;
-        }
-        c->out_off += (size_t)w;
-    }
-    c->write_done = 1;
-}
-
-void mf_http_send(mf_request *r)
-{
-    mf_conn *c = r->conn;
-    if (!c || c->orphan || c->fd < 0) return; /* nobody to write to; request_end follows */
-    mf_loop *lp = c->lp;
-    struct mf_http *s = lp->srv;
-    loop_date(lp);
-    if (r->resp.close || !c->keep_alive || atomic_load(&s->draining) || c->reserve || c->discard) c->close_after = 1;
-    char ctype[300] = "";
-    if (r->resp.ctype) snprintf(ctype, sizeof ctype, "Content-Type: %s\r\n", r->resp.ctype);
-    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n"; /* conn_busy_event's, if cut short */
-    const size_t pre = c->probe_left ? sizeof probe - 1 - c->probe_off : 0;
-    size_t cap = 256 + pre + strlen(ctype) + r->resp.extra_len;
-    free(c->out);
-    c->out = malloc(cap);
-    if (!c->out) {
-        conn_close(c, MF_COUNTER_ABORT_ANSWER);
-        return;
-    }
-    memcpy(c->out, probe + c->probe_off, pre);
-    c->probe_left = 0;
-    int n = snprintf(c->out + pre, cap - pre, "HTTP/1.1 %u %s\r\nDate: %s\r\n%sContent-Length: %zu\r\n%s%.*s\r\n",
-                     r->resp.status, reason(r->resp.status), lp->date,
-                     c->close_after ? "Connection: close\r\n" : "", r->resp.len, ctype, (int)r->resp.extra_len,
-                     r->resp.extra);
-    c->out_len = n > 0 && (size_t)n < cap - pre ? pre + (size_t)n : 0;
-    c->out_off = 0;
-    c->write_done = 0;
-    c->st = C_WRITE;
-    c->due_ns = s->cfg->connection_timeout_s ? mf_now_ns() + sec_ns(s->cfg->connection_timeout_s) : 0;
-    conn_write(c);
-}
-
-static void conn_process(mf_conn *c);
-
-/* The answer is out: keep-alive, or linger and close. */
-static void after_answer(mf_conn *c)
-{
-    struct mf_http *s = c->lp->srv;
-    mf_request *r = c->req;
-    c->req = NULL;
-    c->requests++;
-    c->write_done = 0;
-    c->probed = 0;
-    c->probe_off = 0;
-    free(c->out);
-    c->out = NULL;
-    c->out_len = c->out_off = 0;
-    if (r) request_end(r, NULL);
-    if (c->close_after) {
-        shutdown(c->fd, SHUT_WR);
-        c->st = C_LINGER;
-        c->in_len = 0;
-        c->due_ns = mf_now_ns() + LINGER_NS;
-        set_events(c, EPOLLIN | EPOLLRDHUP);
-        return;
-    }
-    c->st = C_HEAD;
-    c->scanned = 0;
-    c->phase_ns = mf_now_ns();
-    c->due_ns = s->cfg->connection_timeout_s ? c->phase_ns + sec_ns(s->cfg->connection_timeout_s) : 0;
-    set_events(c, EPOLLIN | EPOLLRDHUP);
-}
-
-
-/* An answer straight on the socket, for connections refused at accept
- * (no request exists): best effort, never blocks. */
-static void send_canned(int fd, unsigned status, const char *code, const char *msg)
-{
-    char body[256], buf[512];
-    int bl = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, msg);
-    int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %u %s\r\nConnection: close\r\nContent-Type: application/json\r\n%s"
-                     "Content-Length: %d\r\n\r\n%s",
-                     status, reason(status), status == 503 ? "Retry-After: 1\r\n" : "", bl, body);
-    if (n > 0) {
-        ssize_t w = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
-        (void)w;
-    }
-}
-
-/* ---- requests ------------------------------------------------------------ */
-
-static mf_request *request_new(mf_conn *c)
-{
-    struct mf_http *s = c->lp->srv;
-    mf_request *r = calloc(1, sizeof *r);
-    if (!r) return NULL;
-    if (pthread_mutex_init(&r->mu, NULL) != 0) {
-        free(r);
-        return NULL;
-    }
-    r->srv = s;
-    r->conn = c;
-    drain_settle(c);
-    r->start_ns = mf_now_ns();
-    r->endpoint = MF_ENDPOINT_OTHER;
-    r->dialect = MF_DIALECT_V1;
-    snprintf(r->remote, sizeof r->remote, "%s", c->remote);
-    atomic_fetch_add(&s->inflight, 1);
-    mf_metrics_gauge_add(s->metrics, MF_GAUGE_INFLIGHT, 1);
-    return r;
-}
-
-/* Copy the parsed head into the request (fields NUL-terminated), so the
- * connection's buffer can move; decode the path. */
-static int request_take_head(mf_request *r, const char *buf, const mf_hp_request *hp)
-{
-    r->head = malloc(hp->head_len + 1);
-    size_t qn = hp->query.n;
-    r->path = malloc(hp->path.n + 1 + 2 * (qn + 1));
-    if (!r->head || !r->path) return -2;
-    memcpy(r->head, buf, hp->head_len);
-    r->head[hp->head_len] = '\0';
-    r->n_headers = hp->n_headers < 64 ? hp->n_headers : 64;
-    for (int i = 0; i < r->n_headers; i++) {
-        size_t no = (size_t)(hp->headers[i].name.p - buf), vo = (size_t)(hp->headers[i].value.p - buf);
-        r->head[no + hp->headers[i].name.n] = '\0';
-        r->head[vo + hp->headers[i].value.n] = '\0';
-        r->hname[i] = r->head + no;
-        r->hvalue[i] = r->head + vo;
-    }
-    snprintf(r->method, sizeof r->method, "%.*s", (int)hp->method.n, hp->method.p);
-    r->minor = hp->minor;
-    r->head_only = hp->method.n == 4 && memcmp(hp->method.p, "HEAD", 4) == 0;
-    long n = mf_hp_unescape(hp->path.p, hp->path.n, r->path, hp->path.n + 1);
-    r->query = r->path + hp->path.n + 1;
-    memcpy(r->query, hp->query.p, qn);
-    r->query[qn] = '\0';
-    if (n < 0) {
-        snprintf(r->path, hp->path.n + 1, "%.*s", (int)hp->path.n, hp->path.p);
-        return -1;
-    }
-    return 0;
-}
-
-/* X-Request-ID: the client's if it is 1..64 visible characters, else a new
- * random one (as hex). */
-static void set_request_id(mf_request *r)
-{
-    const char *h = mf_request_header(r, "X-Request-ID");
-    size_t n = h ? strlen(h) : 0;
-    int ok = n >= 1 && n <= 64;
-    for (size_t i = 0; ok && i < n; i++) ok = (unsigned char)h[i] > 0x20 && (unsigned char)h[i] < 0x7f && h[i] != '"';
-    if (ok) {
-        memcpy(r->request_id, h, n + 1);
-        return;
-    }
-    unsigned char b[16];
-    if (getrandom(b, sizeof b, GRND_NONBLOCK) != (ssize_t)sizeof b) {
-        uint64_t t = mf_now_ns() ^ (uint64_t)(uintptr_t)r;
-        for (int i = 0; i < 16; i++) b[i] = (unsigned char)(t >> (8 * (i % 8))) ^ (unsigned char)(i * 37);
-    }
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 16; i++) {
-        r->request_id[2 * i] = hex[b[i] >> 4];
-        r->request_id[2 * i + 1] = hex[b[i] & 15];
-    }
-    r->request_id[32] = '\0';
-}
-
-/* Routes a reserve connection may use. */
-static int reserve_ok(const mf_request *r)
-{
-    return r->route && (r->endpoint == MF_ENDPOINT_HEALTH_LIVE || r->endpoint == MF_ENDPOINT_HEALTH_READY ||
-                        r->endpoint == MF_ENDPOINT_METRICS);
-}
-
-/* Reserve bytes of max_inflight_body_bytes for r's body, growing to `want`. */
-static int budget_grow(mf_request *r, size_t want);
-int mf_request_budget(mf_request *r, size_t want) { return budget_grow(r, want); }
-
-static int budget_grow(mf_request *r, size_t want)
-{
-    struct mf_http *s = r->srv;
-    if (want <= r->budget) return 0;
-    long long more = (long long)(want - r->budget), limit = s->cfg->max_inflight_body_bytes;
-    long long now = atomic_fetch_add(&s->body_bytes, more) + more;
-    if (now > limit) {
-        atomic_fetch_sub(&s->body_bytes, more);
-        return -1;
-    }
-    r->budget = want;
-    mf_metrics_gauge_add(s->metrics, MF_GAUGE_BODY_BYTES, (long)more);
-    return 0;
-}
-
-/* Make room for n more body bytes; -1: max_body_bytes, -2: the budget, -3: memory. */
-static int body_room(mf_request *r, size_t n)
-{
-    size_t limit = (size_t)r->srv->cfg->max_body_bytes;
-    if (n > limit - r->body_len) return -1;
-    if (r->body_len + n <= r->body_cap) return 0;
-    size_t cap = r->body_cap ? r->body_cap * 2 : 65536;
-    if (cap < r->body_len + n) cap = r->body_len + n;
-    if (cap > limit) cap = limit;
-    if (budget_grow(r, cap) != 0) return -2;
-    uint8_t *b = realloc(r->body, cap);
-    if (!b) return -3;
-    r->body = b;
-    r->body_cap = cap;
-    return 0;
-}
-
-static void body_deadline(mf_conn *c)
-{
-    const mf_config *cfg = c->lp->srv->cfg;
-    uint64_t due = 0;
-    if (cfg->connection_timeout_s) due = c->last_io_ns + sec_ns(cfg->connection_timeout_s);
-    if (cfg->min_body_rate > 0) {
-        uint64_t rate = c->phase_ns + BODY_GRACE_NS +
-                        (uint64_t)((double)c->req->bytes_in / (double)cfg->min_body_rate * 1e9);
-        if (!due || rate < due) due = rate;
-    }
-    if (cfg->body_timeout_s) {
-        uint64_t cap = c->phase_ns + sec_ns(cfg->body_timeout_s);
-        if (!due || cap < due) due = cap;
-    }
-    c->due_ns = due;
-}
-
-/* An error answered while the body is still coming: the rest is not read. */
-static void body_refuse(mf_conn *c, mf_err e, const char *fmt, const char *detail)
-{
-    c->discard = 1;
-    mf_reply_error(c->req, e, fmt, detail);
-}
-
-static void body_end(mf_conn *c)
-{
-    mf_request *r = c->req;
-    c->st = C_BUSY;
-    c->due_ns = 0;
-    set_events(c, EPOLLRDHUP);
-    if (r->route->body(r) < 0) conn_close(c, MF_COUNTER_ABORT_BODY);
-}
-
-/* Body bytes at data[0..n): into the request (or its chunked decoder).
- * Returns the bytes used; the connection may have moved on. */
-static size_t body_feed(mf_conn *c, const char *data, size_t n)
-{
-    mf_request *r = c->req;
-    size_t used = 0;
-    while (used < n && c->st == C_BODY) {
-        const char *span = data + used;
-        size_t span_len, took;
-        int done = 0;
-        if (c->chunked) {
-            const char *why = NULL;
-            mf_hp_chunk_result cr = mf_hp_chunked_next(&c->ck, data + used, n - used, &took, &span, &span_len, &why);
-            used += took;
-            if (cr == MF_HPC_ERROR) {
-                mf_metrics_count(r->srv->metrics, MF_COUNTER_MALFORMED, 1);
-                body_refuse(c, MF_E_BAD_REQUEST, "malformed chunked body: %s", why);
-                return used;
-            }
-            done = cr == MF_HPC_DONE;
-            if (cr != MF_HPC_DATA) span_len = 0;
-        } else {
-            span_len = n - used;
-            if ((uint64_t)span_len > c->left) span_len = (size_t)c->left;
-            c->left -= span_len;
-            used += span_len;
-            done = c->left == 0;
-        }
-        if (span_len) {
-            r->bytes_in += span_len;
-            int rc = body_room(r, span_len);
-            if (rc == -1) {
-                body_refuse(c, MF_E_BODY_TOO_LARGE, "request body is over the limit of %s bytes", "max_body_bytes");
-                return used;
-            }
-            if (rc == -2) {
-                mf_metrics_count(r->srv->metrics, MF_COUNTER_BODY_BUDGET, 1);
-                body_refuse(c, MF_E_BODY_BUDGET, "%s", "the server holds too many uploads at once "
-                                                      "(max_inflight_body_bytes); retry later");
-                return used;
-            }
-            if (rc == -3) {
-                body_refuse(c, MF_E_OUT_OF_MEMORY, "%s", "cannot allocate the request body");
-                return used;
-            }
-            memcpy(r->body + r->body_len, span, span_len);
-            r->body_len += span_len;
-        }
-        if (done) {
-            body_end(c);
-            return used;
-        }
-    }
-    return used;
-}
-
-/* A complete head in c->in: the request, its route, its handler. */
-static void dispatch(mf_conn *c, const mf_hp_request *hp, mf_hp_status st)
-{
-    struct mf_http *s = c->lp->srv;
-    mf_request *r = request_new(c);
-    if (!r) {
-        conn_close(c, MF_COUNTER_ABORT_HEAD);
-        return;
-    }
-    c->req = r;
-    c->keep_alive = st == MF_HP_OK ? hp->keep_alive : 0;
-    if (st != MF_HP_OK) {
-        /* what could be parsed, for the log line */
-        snprintf(r->method, sizeof r->method, "%.*s", (int)(hp->method.n < 15 ? hp->method.n : 15),
-                 hp->method.p ? hp->method.p : "");
-        r->path = strdup("-");
-        set_request_id(r);
-        mf_metrics_count(s->metrics, MF_COUNTER_MALFORMED, 1);
-        mf_err e = st == MF_HP_TOO_LARGE || st == MF_HP_TOO_MANY_HEADERS ? MF_E_HEAD_TOO_LARGE
-                   : st == MF_HP_BAD_VERSION                            ? MF_E_BAD_VERSION
-                                                                        : MF_E_BAD_REQUEST;
-        r->resp.close = 1;
-        c->in_len = 0; /* nothing after a malformed head can be trusted */
-        mf_reply_error(r, e, "%s", hp->why ? hp->why : "malformed request");
-        return;
-    }
-    int took = request_take_head(r, c->in, hp);
-    /* the head is consumed: what follows is body or the next request */
-    memmove(c->in, c->in + hp->head_len, c->in_len - hp->head_len);
-    c->in_len -= hp->head_len;
-    c->scanned = 0;
-    if (took == -2) {
-        conn_close(c, MF_COUNTER_ABORT_HEAD);
-        return;
-    }
-    set_request_id(r);
-    const int has_body = hp->chunked || (hp->has_length && hp->content_length > 0);
-    if (took == -1) {
-        r->resp.close = 1;
-        mf_reply_error(r, MF_E_BAD_REQUEST, "%s", "malformed percent-encoding in the path");
-        return;
-    }
-    mf_route_find(r->method, r->path, &r->match);
-    const mf_route_match *m = &r->match;
-    r->endpoint = m->endpoint;
-    r->dialect = m->dialect;
-    r->route = m->status == MF_ROUTE_FOUND ? m->route : NULL;
-    /* until the body is being read, an answer means it never will be: the
-     * connection then closes after the answer (its bytes are not parsed) */
-    r->resp.close = has_body;
-    if (c->reserve && !reserve_ok(r)) {
-        mf_metrics_count(s->metrics, MF_COUNTER_REJECT_RESERVE, 1);
-        mf_reply_error(r, MF_E_TOO_MANY_CONNECTIONS,
-                       "the server is at max_connections (%d); only health and metrics are served now; retry",
-                       s->cfg->max_connections);
-        return;
-    }
-    switch (m->status) {
-    case MF_ROUTE_FOUND: break;
-    case MF_ROUTE_OPTIONS: mf_reply_options(r); return;
-    case MF_ROUTE_NOT_FOUND: mf_reply_error(r, MF_E_NOT_FOUND, "no endpoint at %s", r->path); return;
-    case MF_ROUTE_METHOD_NOT_ALLOWED:
-        r->allow = m->allow;
-        mf_reply_error(r, MF_E_METHOD_NOT_ALLOWED, "%s is not allowed on %s (allowed: %s)", r->method, r->path,
-                       r->allow);
-        return;
-    }
-    if ((r->route->flags & MF_ROUTE_AUTH) &&
-        !mf_bearer_ok(mf_request_header(r, "Authorization"), s->cfg->api_key)) {
-        mf_reply_error(r, MF_E_UNAUTHORIZED, "this endpoint needs the header 'Authorization: Bearer <api key>'");
-        return;
-    }
-    if (r->route->flags & MF_ROUTE_MODEL) {
-        /* the version this request will use, held until its end: a reload
-         * or unload meanwhile does not touch it */
-        const char *name = m->model;
-        size_t len = m->model_len;
-        char msg[600];
-        if (!name) {
-            name = mf_repo_default_model(s->repo, msg, sizeof msg);
-            if (!name) {
-                mf_reply_error(r, MF_E_NO_DEFAULT_MODEL, "%s", msg);
-                return;
-            }
-            len = strlen(name);
-        }
-        mf_err e;
-        r->mv = mf_repo_acquire(s->repo, name, len, m->version, m->version_len, &e, msg, sizeof msg);
-        if (!r->mv) {
-            mf_reply_error(r, e, "%s", msg);
-            return;
-        }
-    }
-    if (!(r->route->flags & MF_ROUTE_BODY)) {
-        if (r->route->begin(r) < 0) conn_close(c, MF_COUNTER_ABORT_HEAD);
-        return;
-    }
-    /* a route with a body: its checks of the head first (an answer now means
-     * the body is never read, so the connection closes after it), then the
-     * framing */
-    if (r->route->begin(r) < 0) {
-        conn_close(c, MF_COUNTER_ABORT_HEAD);
-        return;
-    }
-    if (r->answered) return;
-    if (!has_body) {
-        c->st = C_BODY;
-        body_end(c);
-        return;
-    }
-    if (hp->has_length) {
-        if (hp->content_length > (uint64_t)s->cfg->max_body_bytes) {
-            r->resp.close = 1;
-            mf_reply_error(r, MF_E_BODY_TOO_LARGE, "request body of %llu bytes is over the limit of %lld bytes",
-                           (unsigned long long)hp->content_length, s->cfg->max_body_bytes);
-            return;
-        }
-        size_t first = hp->content_length > BODY_FIRST ? BODY_FIRST : (size_t)hp->content_length;
-        if (budget_grow(r, first) != 0) {
-            mf_metrics_count(s->metrics, MF_COUNTER_BODY_BUDGET, 1);
-            r->resp.close = 1;
-            mf_reply_error(r, MF_E_BODY_BUDGET,
-                           "the server holds too many uploads at once (max_inflight_body_bytes); retry later");
-            return;
-        }
-        r->body = malloc(first);
-        if (!r->body) {
-            r->resp.close = 1;
-            mf_reply_error(r, MF_E_OUT_OF_MEMORY, "cannot allocate the request body");
-            return;
-        }
-        r->body_cap = first;
-        c->left = hp->content_length;
-        c->chunked = 0;
-    } else {
-        c->chunked = 1;
-        memset(&c->ck, 0, sizeof c->ck);
-    }
-    if (hp->expect_continue) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        ssize_t w = send(c->fd, cont, sizeof cont - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (w != (ssize_t)sizeof cont - 1) {
-            conn_close(c, MF_COUNTER_ABORT_BODY);
-            return;
-        }
-    }
-    r->resp.close = 0;
-    c->st = C_BODY;
-    c->phase_ns = c->last_io_ns = mf_now_ns();
-    body_deadline(c);
-}
-
-/* Move the connection on as far as it goes: an answer written -> the next
- * request; bytes read -> parse and serve them, pipelined ones included, one
- * after the other.  Called after every event, once its handler returned. */
-static void conn_process(mf_conn *c)
-{
-    while (!c->dead) {
-        if (c->st == C_WRITE && c->write_done) {
-            after_answer(c);
-            continue;
-        }
-        if (!c->in_len) return;
-        if (c->st == C_HEAD) {
-            /* the head ends with an empty line: look for one in the new bytes only */
-            size_t from = c->scanned > 3 ? c->scanned - 3 : 0;
-            const char *end = c->in + c->in_len, *found = NULL;
-            for (const char *p = c->in + from; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++) {
-                const char *q = p + 1;
-                if (q < end && (*q == '\n' || (*q == '\r' && q + 1 < end && q[1] == '\n'))) {
-                    found = q;
-                    break;
-                }
-            }
-            c->scanned = c->in_len;
-            if (!found && c->in_len <= MF_MAX_HEAD) return;
-            mf_hp_request hp;
-            mf_hp_status st = mf_hp_parse_head(c->in, c->in_len, MF_MAX_HEAD, &hp);
-            if (st == MF_HP_INCOMPLETE) {
-                /* empty lines before the request line, or more of the head to come */
-                if (c->in_len <= MF_MAX_HEAD) return;
-                st = MF_HP_TOO_LARGE;
-            }
-            dispatch(c, &hp, st);
-            continue;
-        }
-        if (c->st == C_BODY) {
-            if (c->discard) {
-                c->in_len = 0;
-                return;
-            }
-            size_t used = body_feed(c, c->in, c->in_len);
-            memmove(c->in, c->in + used, c->in_len - used);
-            c->in_len -= used;
-            continue;
-        }
-        return; /* BUSY, LINGER, or WRITE with the answer still going out: later */
-    }
-}
-
-/* Readable: read (into the body directly when its length is known). */
-static void conn_read(mf_conn *c)
-{
-    struct mf_http *s = c->lp->srv;
-    size_t budget = READ_BUDGET;
-    while (!c->dead && (c->st == C_HEAD || c->st == C_BODY || c->st == C_LINGER) && budget) {
-        if (c->st == C_LINGER) {
-            char sink[4096];
-            ssize_t n = recv(c->fd, sink, sizeof sink, 0);
-            if (n > 0) continue;
-            if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-            conn_close(c, MF_COUNTER_ABORT_ANSWER);
-            return;
-        }
-        char *dst;
-        size_t room;
-        int direct = c->st == C_BODY && !c->chunked && c->in_len == 0 && c->req && !c->discard;
-        if (direct) {
-            size_t want = c->left < READ_CHUNK * 4 ? (size_t)c->left : READ_CHUNK * 4;
-            int rc = body_room(c->req, want);
-            if (rc != 0) direct = 0; /* body_feed answers the error */
-            dst = direct ? (char *)c->req->body + c->req->body_len : NULL;
-            room = want;
-        }
-        if (!direct) {
-            if (c->in_cap - c->in_len < READ_CHUNK) {
-                size_t cap = c->in_cap ? c->in_cap * 2 : READ_CHUNK;
-                if (cap < c->in_len + READ_CHUNK) cap = c->in_len + READ_CHUNK;
-                char *b = realloc(c->in, cap);
-                if (!b) {
-                    conn_close(c, c->st == C_HEAD ? MF_COUNTER_ABORT_HEAD : MF_COUNTER_ABORT_BODY);
-                    return;
-                }
-                c->in = b;
-                c->in_cap = cap;
-            }
-            dst = c->in + c->in_len;
-            room = c->in_cap - c->in_len;
-            if (c->st == C_HEAD && room > MF_MAX_HEAD + 1 - c->in_len && c->in_len <= MF_MAX_HEAD)
-                room = MF_MAX_HEAD + 1 - c->in_len;
-        }
-        ssize_t n = recv(c->fd, dst, room, 0);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-            conn_close(c, c->st == C_HEAD ? MF_COUNTER_ABORT_HEAD : MF_COUNTER_ABORT_BODY);
-            return;
-        }
-        if (n == 0) {
-            /* the client shut its side: between requests that is the end;
-             * inside one, the request is incomplete */
-            int idle = c->st == C_HEAD && c->in_len == 0;
-            conn_close(c, idle ? MF_COUNTER_ABORT_HEAD : c->st == C_HEAD ? MF_COUNTER_ABORT_HEAD : MF_COUNTER_ABORT_BODY);
-            return;
-        }
-        budget -= (size_t)n < budget ? (size_t)n : budget;
-        c->last_io_ns = mf_now_ns();
-        if (direct) {
-            mf_request *r = c->req;
-            r->body_len += (size_t)n;
-            r->bytes_in += (size_t)n;
-            c->left -= (uint64_t)n;
-            if (c->left == 0) {
-                body_end(c);
-                return;
-            }
-            body_deadline(c);
-            continue;
-        }
-        c->in_len += (size_t)n;
-        if (c->st == C_BODY && c->discard) {
-            c->in_len = 0;
-            continue;
-        }
-        conn_process(c);
-        if (!c->dead && c->st == C_BODY) body_deadline(c);
-    }
-    (void)s;
-}
-
-/* While waiting for jobs: the client shut its side or reset.
- *
- * A FIN alone does not say whether the client has gone (close) or only
- * stopped sending (shutdown(SHUT_WR)) and still reads.  An HTTP/1.1 client
- * must accept a 1xx interim answer before the final one, so the server
- * sends "100 Continue": a client that has closed its socket answers it with
- * a reset, which arrives as EPOLLERR/EPOLLHUP and closes the connection
- * (and cancels the request's work, conn_reap); one that still reads ignores
- * it and gets its answer.  HTTP/1.0 clients get no 1xx: a FIN from them is
- * taken as a half-close.  Only a FIN with nothing after it counts: bytes of
- * a next request (pipelining) are left for after the answer. */
-static void conn_busy_event(mf_conn *c, uint32_t ev)
-{
-    if (ev & (EPOLLERR | EPOLLHUP)) {
-        conn_close(c, MF_COUNTER_ABORT_WAIT);
-        return;
-    }
-    set_events(c, 0); /* errors and hang-ups are still reported */
-    if (!(ev & EPOLLRDHUP) || c->probed || !c->req || c->req->minor < 1) return;
-    char b;
-    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n != 0) return; /* data first (or an error): not a bare FIN */
-    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    c->probed = 1;
-    ssize_t w = send(c->fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        conn_close(c, MF_COUNTER_ABORT_WAIT); /* already reset */
-        return;
-    }
-    if (w >= 0 && (size_t)w < sizeof probe - 1) {
-        /* a full socket buffer: the rest goes before the answer */
-        c->probe_off = (size_t)(w > 0 ? w : 0);
-        c->probe_left = 1;
-    }
-}
-
-static void conn_event(mf_conn *c, uint32_t ev)
-{
-    switch (c->st) {
-    case C_HEAD:
-    case C_BODY:
-    case C_LINGER:
-        if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) conn_read(c);
-        break;
-    case C_BUSY: conn_busy_event(c, ev); break;
-    case C_WRITE:
-        if (ev & (EPOLLERR | EPOLLHUP)) conn_close(c, MF_COUNTER_ABORT_ANSWER);
-        else if (ev & EPOLLOUT) conn_write(c);
-        break;
-    }
-    conn_process(c);
-    conn_reap(c);
 }
 
 /* ---- accepting ----------------------------------------------------------- */
@@ -1198,9 +166,9 @@ static int accept_ready(mf_loop *lp)
         if (!c) {
             if (!refuse) refuse = "out of memory";
             mf_metrics_count(s->metrics, why, 1);
-            send_canned(fd, 503, "too_many_connections", refuse);
+            mf_conn_send_canned(fd, 503, "too_many_connections", refuse);
             close(fd);
-            if (counted) ip_remove(s, ip);
+            if (counted) mf_http_ip_remove(s, ip);
             atomic_fetch_sub(&s->conns, 1);
             mf_metrics_gauge_add(s->metrics, MF_GAUGE_CONNECTIONS, -1);
             continue;
@@ -1231,8 +199,8 @@ static int accept_ready(mf_loop *lp)
         c->events = EPOLLIN | EPOLLRDHUP;
         struct epoll_event e = {.events = c->events, .data.ptr = c};
         if (epoll_ctl(lp->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
-            conn_close(c, MF_COUNTER_ABORT_HEAD);
-            conn_reap(c);
+            mf_conn_close(c, MF_COUNTER_ABORT_HEAD);
+            mf_conn_reap(c);
         }
     }
     return 1;
@@ -1268,15 +236,15 @@ static void run_ready(mf_loop *lp)
         if (c->orphan) {
             /* the client went away while its jobs ran: they are done now */
             c->req = NULL;
-            if (r) request_end(r, "connection_closed");
-            conn_free(c);
+            if (r) mf_request_end(r, "connection_closed");
+            mf_conn_free(c);
             continue;
         }
         if (!r || c->st != C_BUSY || c->dead) continue;
         r->waiting = 0;
-        if (r->answer(r) < 0) conn_close(c, MF_COUNTER_ABORT_WAIT);
-        conn_process(c);
-        conn_reap(c);
+        if (r->answer(r) < 0) mf_conn_close(c, MF_COUNTER_ABORT_WAIT);
+        mf_conn_process(c);
+        mf_conn_reap(c);
     }
 }
 
@@ -1298,38 +266,38 @@ static void sweep(mf_loop *lp, uint64_t now)
         next = c->next;
         if (c->fd < 0) continue;
         if (draining && c->st == C_HEAD && c->in_len == 0 && !c->req && !c->drain_new) {
-            conn_close(c, MF_COUNTER_ABORT_HEAD); /* idle keep-alive: nothing to drain */
-            conn_reap(c);
+            mf_conn_close(c, MF_COUNTER_ABORT_HEAD); /* idle keep-alive: nothing to drain */
+            mf_conn_reap(c);
             continue;
         }
         if (!c->due_ns || now < c->due_ns) continue;
         switch (c->st) {
         case C_HEAD:
             if (c->in_len == 0) {
-                conn_close(c, MF_COUNTER_ABORT_HEAD); /* idle */
+                mf_conn_close(c, MF_COUNTER_ABORT_HEAD); /* idle */
                 break;
             }
             mf_metrics_count(s->metrics, MF_COUNTER_TIMEOUT_HEAD, 1);
             lp->slow_head++;
-            send_canned(c->fd, 408, "request_timeout", "the request head did not arrive in time (connection_timeout_s)");
-            conn_close(c, MF_COUNTER_ABORT_HEAD);
+            mf_conn_send_canned(c->fd, 408, "request_timeout", "the request head did not arrive in time (connection_timeout_s)");
+            mf_conn_close(c, MF_COUNTER_ABORT_HEAD);
             break;
         case C_BODY:
             mf_metrics_count(s->metrics, MF_COUNTER_TIMEOUT_BODY, 1);
             lp->slow_body++;
-            body_refuse(c, MF_E_REQUEST_TIMEOUT, "%s",
+            mf_conn_body_refuse(c, MF_E_REQUEST_TIMEOUT, "%s",
                         "the request body did not arrive in time (connection_timeout_s, body_timeout_s, "
                         "min_body_rate)");
             break;
         case C_WRITE:
             mf_metrics_count(s->metrics, MF_COUNTER_TIMEOUT_WRITE, 1);
-            conn_close(c, MF_COUNTER_ABORT_ANSWER);
+            mf_conn_close(c, MF_COUNTER_ABORT_ANSWER);
             break;
-        case C_LINGER: conn_close(c, MF_COUNTER_ABORT_ANSWER); break;
+        case C_LINGER: mf_conn_close(c, MF_COUNTER_ABORT_ANSWER); break;
         case C_BUSY: break;
         }
-        conn_process(c);
-        conn_reap(c);
+        mf_conn_process(c);
+        mf_conn_reap(c);
     }
     report_slow(lp, now);
 }
@@ -1348,7 +316,7 @@ static void *loop_main(void *arg)
             } else if (p == lp) {
                 run_ready(lp);
             } else {
-                conn_event(p, evs[i].events);
+                mf_conn_event(p, evs[i].events);
             }
         }
         if (atomic_load(&s->draining) && !atomic_load(&lp->drain_acked)) drain_accept(lp);
@@ -1407,7 +375,7 @@ static void stop_loops(struct mf_http *s)
 {
     atomic_store(&s->stopping, 1);
     for (int i = 0; i < s->n_loops; i++)
-        if (s->loops[i].started) wake(&s->loops[i]);
+        if (s->loops[i].started) mf_loop_wake(&s->loops[i]);
     for (int i = 0; i < s->n_loops; i++) {
         mf_loop *lp = &s->loops[i];
         if (lp->started) pthread_join(lp->tid, NULL);
@@ -1423,11 +391,11 @@ static void free_all(struct mf_http *s)
             mf_conn *c = lp->conns;
             if (c->req) {
                 /* nothing can still be pending: the batcher was drained first */
-                request_end(c->req, "server_stopped");
+                mf_request_end(c->req, "server_stopped");
                 c->req = NULL;
             }
-            close_fd(c);
-            conn_free(c);
+            mf_conn_close_fd(c);
+            mf_conn_free(c);
         }
         if (lp->epfd >= 0) close(lp->epfd);
         if (lp->evfd >= 0) close(lp->evfd);

@@ -1,8 +1,10 @@
 /* http.h -- the HTTP/1.1 front end: http_threads epoll loops serving the
- * routes of route.c (DESIGN in http.c).  Requests that carry images are read
- * whole, decoded and preprocessed on the HTTP thread that received them,
- * queued on the batcher, and their connection waits until the batch has run
- * (see batcher.c, DESIGN).  Every answer goes through reply.h.
+ * routes of route.c (DESIGN in http.c; conn.c, intake.c, request.c, conn.h).
+ * Requests that carry images are read whole, decoded and preprocessed (small
+ * images on the HTTP thread that received them, large ones on the decode
+ * pool, decoder.h), queued on the batcher, and their connection waits until
+ * the batch has run (see batcher.c, DESIGN).  Every answer goes through
+ * reply.h.
  *
  *   POST /v1/predict, POST /v1/models/{name}/predict   top-k of one or more images
  *   GET  /v2/health/live, /v2/health/ready             liveness, readiness

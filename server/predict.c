@@ -212,7 +212,7 @@ int mf_images_decoded(mf_request *r, int (*next)(mf_request *r))
     return mf_request_wait(r, after_decode);
 }
 
-/* The client went away (http.c, a closed connection with work pending):
+/* The client went away (conn.c, a closed connection with work pending):
  * decodes not started and jobs still queued are taken back; a decode in
  * progress stops at its next row.  Runs on the request's HTTP thread. */
 static void images_cancel(mf_request *r)

@@ -1,8 +1,10 @@
 /* request.h -- the server's state and one request's context (server-private).
  *
  * Shared by the modules a request passes through:
- *   http.c      connections: the event loops, reading heads and bodies,
- *               deadlines, limits, writing answers, suspend/resume
+ *   http.c      the listening socket, the event loops, deadline sweep, drain
+ *   conn.c      a connection's states: reading, heads, writing answers
+ *   intake.c    head -> request -> route and checks -> body, its limits
+ *   request.c   this object's life and the calls below (conn.h: internals)
  *   httpparse.c the strict parser of heads and chunked bodies
  *   route.c     which handler serves a method and path
  *   validate.c  API key, top_k, media type
@@ -37,8 +39,8 @@
 #define MF_JSON_TYPE "application/json"
 #define MF_MAX_HEAD (32 * 1024)  /* request line + headers of one request; larger gets 431 */
 
-typedef struct mf_loop mf_loop; /* one I/O thread (http.c) */
-typedef struct mf_conn mf_conn; /* one client connection (http.c) */
+typedef struct mf_loop mf_loop; /* one I/O thread (conn.h) */
+typedef struct mf_conn mf_conn; /* one client connection (conn.h) */
 
 typedef struct mf_repo mf_repo;       /* repository.h */
 typedef struct mf_version mf_version; /* repository.h */
@@ -67,7 +69,7 @@ struct mf_http {
 
 typedef struct mf_predict mf_predict; /* predict.c's part of a request */
 
-/* The answer being built (reply.c) and written (http.c). */
+/* The answer being built (reply.c) and written (conn.c). */
 typedef struct mf_response {
     unsigned status;         /* HTTP status */
     const char *ctype;       /* Content-Type, or NULL */
