@@ -163,7 +163,7 @@ test-bins: all $(TEST_BIN) $(BUILD)/tests/libfailmalloc.so $(BUILD)/tests/make_b
 
 # Every test: C suites (Check), then the Python/black-box suites.
 test: deps
-	@$(MAKE) --no-print-directory test-bins
+	@$(MAKE) --no-print-directory -j$$(nproc) test-bins
 	@MF_BUILD=$(BUILD) sh tests/run.sh
 
 # The quick loop while developing: what is installed already, the C suites only.

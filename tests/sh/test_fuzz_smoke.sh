@@ -1,6 +1,6 @@
 #!/bin/sh
 # test_fuzz_smoke.sh -- every libFuzzer target of tests/fuzz/ for a short while
-# (FUZZ_SMOKE_SECONDS, default 30, each), after replaying its regression inputs
+# (FUZZ_SMOKE_SECONDS, default 20, each), after replaying its regression inputs
 # (tests/fuzz/regress/TARGET/): `make test`'s share of `make fuzz`.
 #
 # The corpus is a fresh copy of the committed seeds (not build/fuzz/corpus), so
@@ -16,4 +16,4 @@ case "${MF_BUILD:-build}" in
 esac
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mf_fuzz_smoke.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-FUZZ_SECONDS=${FUZZ_SMOKE_SECONDS:-30} FUZZ_CORPUS=$tmp sh tests/fuzz/run.sh
+FUZZ_SECONDS=${FUZZ_SMOKE_SECONDS:-20} FUZZ_CORPUS=$tmp sh tests/fuzz/run.sh
