@@ -475,7 +475,7 @@ mf_http_status mf_http_start(const mf_config *cfg, mf_repo *repo, mf_batcher *ba
 
 int mf_http_port(const mf_http *h) { return h->port; }
 
-void mf_http_begin_drain(mf_http *h)
+void mf_http_begin_drain(mf_http *h, int wait_ms)
 {
     if (!h || atomic_exchange(&h->draining, 1)) return;
     /* Each loop takes the connections already queued on the listening
@@ -483,13 +483,15 @@ void mf_http_begin_drain(mf_http *h)
      * connections still queued would reset them, and their clients (a proxy
      * that has sent a request on one) would see an error.  Then new
      * connections are refused; the socket itself is closed only in
-     * mf_http_stop, after the loops have stopped polling it. */
+     * mf_http_stop, after the loops have stopped polling it.  A loop busy
+     * in a long handler (a large JSON body) gets there late: it is waited
+     * for, up to wait_ms (at least 500 ms). */
     for (int i = 0; i < h->n_loops; i++) {
         uint64_t one = 1;
         ssize_t w = write(h->loops[i].evfd, &one, sizeof one);
         (void)w;
     }
-    const uint64_t until = mf_now_ns() + 500 * 1000000ull;
+    const uint64_t until = mf_now_ns() + (uint64_t)(wait_ms > 500 ? wait_ms : 500) * 1000000ull;
     for (int i = 0; i < h->n_loops; i++)
         while (!atomic_load(&h->loops[i].drain_acked) && h->loops[i].started && mf_now_ns() < until) {
             struct timespec ts = {0, 1000000};

@@ -52,8 +52,11 @@ int mf_http_port(const mf_http *h);
  * and the listening socket is closed so new connections are refused.
  * Requests already received carry on, and a request arriving on a
  * connection opened before (keep-alive) is still served, until the batcher
- * stops accepting (mf_batcher_drain; then 503 shutting_down). */
-void mf_http_begin_drain(mf_http *h);
+ * stops accepting (mf_batcher_drain; then 503 shutting_down).  Connections
+ * the kernel has queued are taken first, so they are served, not reset:
+ * returns once every HTTP thread has taken its share, or after wait_ms
+ * (at least 500 ms) if one is still busy in a handler. */
+void mf_http_begin_drain(mf_http *h, int wait_ms);
 
 /* Requests received and not yet completed (answer sent or connection gone),
  * and, once a drain has begun, connections taken from the backlog whose

@@ -187,8 +187,8 @@ int main(int argc, char **argv)
                  json_pack("{s:s,s:I,s:i}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
                            "inflight", (json_int_t)mf_http_inflight(http), "drain_timeout_ms",
                            cfg.drain_timeout_ms));
-    mf_http_begin_drain(http);
     uint64_t deadline = now_ms() + (uint64_t)cfg.drain_timeout_ms;
+    mf_http_begin_drain(http, cfg.drain_timeout_ms);
     int forced = 0;
     while (mf_http_inflight(http) > 0 && now_ms() < deadline) {
         int again = wait_signal(10);

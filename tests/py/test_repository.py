@@ -53,6 +53,12 @@ def make_preset(name, seed, classes=10):
     return os.path.join(out, "model.safetensors")
 
 
+def sanitizer_of(binary):
+    """'address' or 'thread' when binary loads a sanitizer's runtime, else None."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    return "address" if "libasan" in out else "thread" if "libtsan" in out else None
+
+
 def setUpModule():
     global TMP, V2
     ts.setUpModule()
@@ -613,6 +619,14 @@ class MemoryTest(unittest.TestCase):
                                      (used - after) / 1e6, 100 * (used - after) / size, used_last / 1e6,
                                      100 * (used_last - used) / used, runs[-1][2] / 1e6, after_first10 / 1e6,
                                      after_last10 / 1e6))
+            if sanitizer_of(ts.SERVER):
+                # ASan keeps freed memory in quarantine and its allocator
+                # returns pages on its own schedule: RSS says nothing about
+                # the server's frees there (the plain build judges them; the
+                # sanitizer judges the frees themselves, and LeakSanitizer the
+                # end).  The 50 cycles above still ran and answered.
+                print("REPORT memory: RSS not judged under %s (allocator quarantine)" % sanitizer_of(ts.SERVER))
+                return
             self.assertGreaterEqual(used - after, 0.6 * size, "unload gave back too little")
             self.assertGreaterEqual(min(u - a for _, u, a in runs), 0.6 * size, "an unload gave back too little")
             self.assertLessEqual(loaded - base, 1.2 * size, "the loaded model costs more than 1.2x its file")

@@ -802,10 +802,18 @@ class OverloadTest(unittest.TestCase):
                 r = srv.predict(images[i], query="?top_k=10")
                 return r.status, r.header("Retry-After"), r.json()
 
+            # a burst of 48 overflows a queue of one nearly always; when the
+            # clients happen to trickle in (1 run in ~20 here), another burst
             statuses = {}
-            results = run_parallel(client, list(range(48)))
+            results = []
+            for _ in range(3):
+                burst = run_parallel(client, list(range(48)))
+                results += burst
+                if any(not isinstance(x, Exception) and x[0] == 503 for x in burst):
+                    break
             ok = []
             for i, res in enumerate(results):
+                i %= 48
                 self.assertNotIsInstance(res, Exception, "client %d: %r" % (i, res))
                 status, retry, a = res
                 statuses[status] = statuses.get(status, 0) + 1
