@@ -176,13 +176,13 @@ run:
 bench: all
 	@sh bench/engine.sh
 
-ARCHS ?= mobile_former_26m mobile_former_151m mobile_former_508m
-$(BUILD)/# /v1/predict vs the Open Inference Protocol (JSON, binary) on the bundled model and a 151m preset
+# /v1/predict vs the Open Inference Protocol (JSON, binary) on the bundled model and a 151m preset
 bench-protocol: deps
 	@$(MAKE) --no-print-directory all
 	@/usr/bin/python3 bench/protocol.py $(PROTOCOL_ARGS)
 
-roofline: bench/roofline.c $(ENGINE_LIB)
+ARCHS ?= mobile_former_26m mobile_former_151m mobile_former_508m
+$(BUILD)/roofline: bench/roofline.c $(ENGINE_LIB)
 	$(CC) $(FINAL_CFLAGS) -O2 -o $@ $< $(ENGINE_LIB) $(FINAL_LDLIBS)
 
 roofline: $(BUILD)/roofline
