@@ -215,6 +215,11 @@ void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, flo
 int mf_cpu_has_avx512(void);
 int mf_cpu_has_avx512bf16(void);   /* AVX-512 (as above) and AVX512-BF16 */
 int mf_cpu_has_amx_bf16(void);     /* the above, AMX-TILE/AMX-BF16, and the OS's permission (requested once) */
+/* Whether linears read once per run (the classifier head at batch 1) are
+ * best prefetched non-temporally (mf_lin.stream): on AMD, where it was
+ * measured faster; not on Intel, where NTA prefetches skip L2 and the fp32
+ * head ran at 4.5 GB/s against 11.4 GB/s with the usual T0 prefetches. */
+int mf_cpu_stream_nt(void);
 
 /* The sets for precision p, forced by `force` ("auto", "reference", ...; see
  * mf_kernels_name in mf.h) or, when NULL, by $MF_KERNELS: *gemm for the

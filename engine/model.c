@@ -302,12 +302,12 @@ static void build_rows(build_ctx *c, const mf_layer_recipe *rows, int n, const c
         case MF_LAYER_HYPER: set_hyper(c, k, dst, s1, D, out); break;
         case MF_LAYER_LINEAR:
             set_lin(c, k, dst, s1, out, in);
-            /* read once per run: streamed past the caches, not kept */
-            if (r->per_image) ((mf_lin *)dst)->stream = 1;
+            /* read once per run: streamed past the caches where that pays */
+            if (r->per_image) ((mf_lin *)dst)->stream = mf_cpu_stream_nt();
             break;
         case MF_LAYER_LINEAR_BN:
             set_lin_then_bn(c, k, dst, s1, s2, out, in);
-            if (r->per_image) ((mf_lin *)dst)->stream = 1;
+            if (r->per_image) ((mf_lin *)dst)->stream = mf_cpu_stream_nt();
             break;
         case MF_LAYER_NORM: set_norm(c, dst, s1, out); break;
         case MF_LAYER_TOKENS: set_tokens(c, s1); break;
