@@ -49,6 +49,19 @@ typedef struct mf_epi {
  * shuffle(G), folded into the output stride), else at g*(M/G)+j. */
 typedef struct mf_kernels mf_kernels;
 
+/* Rows [oy0, oy1) of a 3x3 depthwise's oh x ow output, read from a window
+ * of rows of its h x w input (a band of the block, forward.c): input
+ * channel c's row iy is at x + c * ldx + (iy - xr0) * w for every row
+ * [oy0 * s - 1, (oy1 - 1) * s + 2) inside [0, h) that those outputs read. */
+typedef struct mf_dw_rows {
+    const float *x; /* input channel 0, row xr0 */
+    size_t ldx;     /* floats between input channels */
+    int xr0;        /* first input row held */
+    int h, w;       /* input size */
+    int oh, ow;     /* output size */
+    int oy0, oy1;   /* output rows computed */
+} mf_dw_rows;
+
 typedef struct mf_pw {
     const mf_kernels *k;   /* the set that packed the weights and runs the layer */
     int cout, cin, groups; /* channels out / in, groups */
@@ -153,9 +166,9 @@ struct mf_kernels {
     /* y[M][N] (row stride ldy) = W x[K][N] (row stride ldx) + epilogue; one group. */
     void (*pw)(const mf_pw *p, int group, const float *x, size_t ldx, int n, float *y, size_t ldy,
                const mf_epi *e, void *scratch);
-    /* 3x3 depthwise, output channels [c0, c1). */
-    void (*dw)(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
-               const mf_epi *e);
+    /* 3x3 depthwise, output channels [c0, c1), rows g->oy0 .. g->oy1:
+     * channel q's row oy at y + q * ldy + (oy - g->oy0) * g->ow. */
+    void (*dw)(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e);
     /* Mobile->Former attention of one head: o[T][ch] = softmax(q x / sqrt(ch)) x^T,
      * x: [ch][hw]; q, o with row strides ldq, ldo; scratch >= T*hw floats. */
     void (*m2f_attn)(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale,
@@ -187,10 +200,11 @@ struct mf_kernels {
      * it (packed_map_bytes(groups, kg, n) bytes: per group of kg channels,
      * kernels_bf16.h), rather than into fp32 planes that the 1x1 would read
      * back, round and pack; the rounding is the same.  Pair slots [s0, s1)
-     * of the groups * ceil(kg / 2); scratch: 2 * pad16(oh * ow) floats. */
+     * of the groups * ceil(kg / 2); the n = (oy1 - oy0) * ow columns are
+     * the rows g->oy0 .. g->oy1; scratch: 2 * pad16(n) floats. */
     size_t (*packed_map_bytes)(int groups, int kg, int n);
-    void (*dw_packed)(const mf_dw *d, int s0, int s1, const float *x, int h, int w, uint16_t *y, int oh, int ow,
-                      int kg, const mf_epi *e, float *scratch);
+    void (*dw_packed)(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg, const mf_epi *e,
+                      float *scratch);
     /* The 1x1 on such inputs: xp the group's packed map of n columns;
      * computes columns [c0, c0 + cols) (c0 a multiple of 16), y and e->res
      * offset to column c0 as for pw. */
@@ -206,10 +220,9 @@ extern const mf_kernels mf_kernels_blas_bf16;    /* bf16 portable: round, then f
 extern const mf_kernels mf_kernels_avx512_bf16;  /* vdpbf16ps: only when mf_cpu_has_avx512bf16() */
 extern const mf_kernels mf_kernels_amx_bf16;     /* AMX tiles: only when mf_cpu_has_amx_bf16() */
 
-/* One output plane of the avx512 depthwise (channel q, all oh x ow), for the
- * bf16 sets' dw_packed. */
-void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
-                        const mf_epi *e);
+/* One output channel q of the avx512 depthwise, rows g->oy0 .. g->oy1 at yo
+ * (row stride g->ow), for the bf16 sets' dw_packed. */
+void mf_dw_plane_avx512(const mf_dw *d, int q, const mf_dw_rows *g, float *yo, const mf_epi *e);
 
 /* kernels.c: CPU features, and the set MF_KERNELS or the CPU selects. */
 int mf_cpu_has_avx512(void);

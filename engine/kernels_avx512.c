@@ -111,33 +111,36 @@ static void pw_tile_dispatch(int nv, const float *wp, const float *x, size_t ldx
 /* The last few columns of a 1x1 conv (fewer than 8: a 7x7 map's 49th
  * pixel, a 14x14 map's last 4) as matrix-vector products, eight rows at a
  * time in 256-bit lanes, instead of a 16-wide tile that would be mostly
- * empty.  Same first/last/residual conventions as pw_tile. */
+ * empty.  Same first/last/residual conventions as pw_tile, and the same
+ * sums in the same order (one FMA chain per output, k in order), so an
+ * output does not depend on which of the two computed it. */
 static void pw_tail_cols(int nc, const float *wp, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
                          int first, int last, int row0, const mf_epi *e, const float *res)
 {
     const int res_first = res && e->act == MF_ACT_NONE;
     const __mmask8 rm = (__mmask8)((1u << rows) - 1u);
     const __m256i ridx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int c = 0; c < nc; c++) {
-        __m256 a0, a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        const __m256i yoff = _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)ldy));
-        if (!first) a0 = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, yoff, y + c, 4);
+    const __m256i yoff = _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)ldy));
+    __m256 acc[7];
+#pragma GCC unroll 7
+    for (int c = 0; c < 7; c++) {
+        if (c >= nc) acc[c] = _mm256_setzero_ps();
+        else if (!first) acc[c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, yoff, y + c, 4);
         else if (res_first)
-            a0 = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)e->ldr)),
-                                           res + c, 4);
-        else a0 = _mm256_setzero_ps();
-        int k = 0;
-        for (; k + 4 <= kc; k += 4) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)k * MR), _mm256_set1_ps(x[(size_t)k * ldx + c]), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 1) * MR), _mm256_set1_ps(x[(size_t)(k + 1) * ldx + c]), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 2) * MR), _mm256_set1_ps(x[(size_t)(k + 2) * ldx + c]), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 3) * MR), _mm256_set1_ps(x[(size_t)(k + 3) * ldx + c]), a3);
-        }
-        for (; k < kc; k++)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)k * MR), _mm256_set1_ps(x[(size_t)k * ldx + c]), a0);
-        __m256 t = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            acc[c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm,
+                                               _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)e->ldr)), res + c, 4);
+        else acc[c] = _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++) {
+        const __m256 wv = _mm256_loadu_ps(wp + (size_t)k * MR);
+        const float *xk = x + (size_t)k * ldx;
+#pragma GCC unroll 7
+        for (int c = 0; c < 7; c++)
+            if (c < nc) acc[c] = _mm256_fmadd_ps(wv, _mm256_set1_ps(xk[c]), acc[c]);
+    }
+    for (int c = 0; c < nc; c++) {
         float v[8];
-        _mm256_storeu_ps(v, t);
+        _mm256_storeu_ps(v, acc[c]);
         for (int r = 0; r < rows; r++) {
             float o = v[r];
             if (last) {
@@ -229,18 +232,22 @@ static inline __m512 dw_ep_apply(__m512 t, const dw_ep *d)
     return t;
 }
 
-/* Stride 1.  Interior rows go four at a time: their six input rows are each
- * loaded once (three shifted loads) and feed every output row they touch;
- * the first and last rows take the general path, two rows at a time.
- * Weights live in registers for the whole plane. */
-static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo, int q, const mf_epi *e)
+/* Stride 1, output rows [oy0, oy1): interior rows go four at a time, their
+ * six input rows each loaded once (three shifted loads) and feeding every
+ * output row they touch; rows at the map's edges (and a band's last one to
+ * three) take the general path, two rows at a time.  xr(iy) is input row iy;
+ * weights live in registers for the whole plane. */
+static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, float *yo, int oy0, int oy1, int q,
+                        const mf_epi *e)
 {
+#define XR(iy) (xi + (ptrdiff_t)((iy) - xr0) * w)
     __m512 kv[9];
     for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
     const dw_ep ep = dw_ep_make(q, e);
-    int oy = 0;
-    while (oy < h) {
-        if (oy >= 1 && oy + 4 < h) { /* rows oy-1 .. oy+4 all exist */
+    int oy = oy0;
+    while (oy < oy1) {
+        float *yr = yo + (size_t)(oy - oy0) * w;
+        if (oy >= 1 && oy + 4 < h && oy + 4 <= oy1) { /* rows oy-1 .. oy+4 all exist */
             for (int ox = 0; ox < w; ox += 16) {
                 __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
                           mr = mask_range(ox + 1, w);
@@ -252,7 +259,7 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
                 for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
 #pragma GCC unroll 6
                 for (int r = 0; r < 6; r++) {
-                    const float *row = xi + (size_t)(oy - 1 + r) * w + ox;
+                    const float *row = XR(oy - 1 + r) + ox;
                     __m512 l = _mm512_maskz_loadu_ps(ml, row - 1), c = _mm512_maskz_loadu_ps(mc, row),
                            rt = _mm512_maskz_loadu_ps(mr, row + 1);
 #pragma GCC unroll 4
@@ -266,52 +273,56 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
                 }
 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++)
-                    _mm512_mask_storeu_ps(yo + (size_t)(oy + j) * w + ox, mo,
+                    _mm512_mask_storeu_ps(yr + (size_t)j * w + ox, mo,
                                           dw_ep_apply(_mm512_add_ps(acc[j][0], acc[j][1]), &ep));
             }
             oy += 4;
             continue;
         }
-        const int two = oy + 1 < h;
+        /* the same sums in the same order as above (side and centre taps
+         * apart, rows in order), so a row's outputs do not depend on the
+         * path that computed it, hence not on how the rows were banded */
+        const int two = oy + 1 < oy1;
         for (int ox = 0; ox < w; ox += 16) {
             __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
                       mr = mask_range(ox + 1, w);
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            __m512 a0 = _mm512_setzero_ps(), a0c = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(),
+                   a1c = _mm512_setzero_ps();
             for (int r = -1; r <= 2; r++) { /* input rows oy-1 .. oy+2 */
                 int iy = oy + r;
-                if (iy < 0 || iy >= h) continue;
-                const float *row = xi + (size_t)iy * w + ox;
+                if (iy < 0 || iy >= h || (r == 2 && !two)) continue;
+                const float *row = XR(iy) + ox;
                 __m512 l = _mm512_maskz_loadu_ps(ml, row - 1), c = _mm512_maskz_loadu_ps(mc, row),
                        rt = _mm512_maskz_loadu_ps(mr, row + 1);
                 if (r <= 1) { /* tap row r+1 of output row oy */
                     const int ky = r + 1;
                     a0 = _mm512_fmadd_ps(kv[ky * 3 + 0], l, a0);
-                    a0 = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a0);
+                    a0c = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a0c);
                     a0 = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, a0);
                 }
                 if (r >= 0 && two) { /* tap row r of output row oy+1 */
                     const int ky = r;
                     a1 = _mm512_fmadd_ps(kv[ky * 3 + 0], l, a1);
-                    a1 = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a1);
+                    a1c = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a1c);
                     a1 = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, a1);
                 }
             }
-            _mm512_mask_storeu_ps(yo + (size_t)oy * w + ox, mo, dw_ep_apply(a0, &ep));
-            if (two) _mm512_mask_storeu_ps(yo + (size_t)(oy + 1) * w + ox, mo, dw_ep_apply(a1, &ep));
+            _mm512_mask_storeu_ps(yr + ox, mo, dw_ep_apply(_mm512_add_ps(a0, a0c), &ep));
+            if (two) _mm512_mask_storeu_ps(yr + w + ox, mo, dw_ep_apply(_mm512_add_ps(a1, a1c), &ep));
         }
         oy += 2;
     }
 }
 
-static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo, int oh, int ow, int q,
-                        const mf_epi *e)
+static void dw_plane_s2(const float *xi, int xr0, int h, int w, const float *k, float *yo, int ow, int oy0, int oy1,
+                        int q, const mf_epi *e)
 {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     __m512 kv[9];
     for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
     const dw_ep ep = dw_ep_make(q, e);
-    for (int oy = 0; oy < oh; oy++) {
+    for (int oy = oy0; oy < oy1; oy++) {
         for (int ox = 0; ox < ow; ox += 16) {
             const int s = 2 * ox; /* first input column of the centre tap */
             __mmask16 mo = mask_n(ow - ox);
@@ -322,7 +333,7 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
             for (int ky = 0; ky < 3; ky++) {
                 int iy = 2 * oy + ky - 1;
                 if (iy < 0 || iy >= h) continue;
-                const float *row = xi + (size_t)iy * w;
+                const float *row = XR(iy);
                 __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
                 __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
                 __m512 c = _mm512_permutex2var_ps(a, even, b);   /* x[s + 2j]     */
@@ -333,23 +344,22 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
                 accr = _mm512_fmadd_ps(kv[ky * 3 + 2], r, accr);
             }
             acc = _mm512_add_ps(_mm512_add_ps(acc, accc), accr);
-            _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_ep_apply(acc, &ep));
+            _mm512_mask_storeu_ps(yo + (size_t)(oy - oy0) * ow + ox, mo, dw_ep_apply(acc, &ep));
         }
     }
+#undef XR
 }
 
-void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
-                        const mf_epi *e)
+void mf_dw_plane_avx512(const mf_dw *d, int q, const mf_dw_rows *g, float *yo, const mf_epi *e)
 {
-    const float *xi = x + (size_t)d->src[q] * h * w;
-    if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
-    else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
+    const float *xi = g->x + (size_t)d->src[q] * g->ldx;
+    if (d->stride == 1) dw_plane_s1(xi, g->xr0, g->h, g->w, d->w + (size_t)q * 9, yo, g->oy0, g->oy1, q, e);
+    else dw_plane_s2(xi, g->xr0, g->h, g->w, d->w + (size_t)q * 9, yo, g->ow, g->oy0, g->oy1, q, e);
 }
 
-static void dw_avx512(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
-                      const mf_epi *e)
+static void dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
-    for (int q = c0; q < c1; q++) mf_dw_plane_avx512(d, q, x, h, w, y + (size_t)q * oh * ow, oh, ow, e);
+    for (int q = c0; q < c1; q++) mf_dw_plane_avx512(d, q, g, y + (size_t)q * ldy, e);
 }
 
 /* ---- exp ----------------------------------------------------------------

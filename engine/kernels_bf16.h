@@ -131,20 +131,20 @@ static inline void mf_bf16_pack_x(const float *x, size_t ldx, int K, int cols, u
 }
 
 /* The depthwise into the packed input of the next 1x1 (mf_kernels.dw_packed):
- * each pair slot's two channel planes are computed into the scratch (in L1
- * or L2) by the fp32 kernel, then rounded and interleaved into their pair
- * row of every column block; the thread with a group's last pair also zeroes
- * the group's padding pairs. */
-static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const float *x, int h, int w, uint16_t *y,
-                                     int oh, int ow, int kg, const mf_epi *e, float *scratch)
+ * each pair slot's two channel planes (the rows g->oy0 .. g->oy1) are
+ * computed into the scratch (in L1 or L2) by the fp32 kernel, then rounded
+ * and interleaved into their pair row of every column block; the thread with
+ * a group's last pair also zeroes the group's padding pairs. */
+static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg,
+                                     const mf_epi *e, float *scratch)
 {
-    const int n = oh * ow, NB = (n + 15) / 16, KP = mf_bf16_kb(kg) * 16, PG = (kg + 1) / 2;
+    const int n = (g->oy1 - g->oy0) * g->ow, NB = (n + 15) / 16, KP = mf_bf16_kb(kg) * 16, PG = (kg + 1) / 2;
     float *pa = scratch, *pb = scratch + ((n + 15) & ~15);
     for (int s = s0; s < s1; s++) {
-        const int g = s / PG, kp = s % PG, q0 = g * kg + 2 * kp, two = 2 * kp + 1 < kg;
-        mf_dw_plane_avx512(d, q0, x, h, w, pa, oh, ow, e);
-        if (two) mf_dw_plane_avx512(d, q0 + 1, x, h, w, pb, oh, ow, e);
-        uint16_t *base = y + (size_t)g * NB * KP * 32, *dst = base + (size_t)kp * 32;
+        const int gi = s / PG, kp = s % PG, q0 = gi * kg + 2 * kp, two = 2 * kp + 1 < kg;
+        mf_dw_plane_avx512(d, q0, g, pa, e);
+        if (two) mf_dw_plane_avx512(d, q0 + 1, g, pb, e);
+        uint16_t *base = y + (size_t)gi * NB * KP * 32, *dst = base + (size_t)kp * 32;
         for (int nb = 0; nb < NB; nb++) {
             const __mmask16 mk = mf_bf16_mask(n - 16 * nb);
             const __m512 a = _mm512_maskz_loadu_ps(mk, pa + 16 * nb);
