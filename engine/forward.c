@@ -288,9 +288,9 @@ static plan_sizes plan(const mf_model *m, int h, int w)
         chain_make(m, b, h, w, oh, ow, &ch);
         for (int j = 0; j < ch.n - 1; j++) {
             if (ch.win[j] > s.win[j]) s.win[j] = ch.win[j];
-            /* dw_packed: two output planes of a band */
-            if (ch.l[j].packed_to && 2 * pad16((size_t)ch.cap[j] * ch.l[j].ow) > s.kscr)
-                s.kscr = 2 * pad16((size_t)ch.cap[j] * ch.l[j].ow);
+            /* dw_packed: its output planes of a band */
+            const size_t dwp = MF_DW_PACKED_PLANES * pad16((size_t)ch.cap[j] * ch.l[j].ow);
+            if (ch.l[j].packed_to && dwp > s.kscr) s.kscr = dwp;
         }
         h = oh;
         w = ow;
@@ -564,8 +564,6 @@ static void mobile_to_former(const fctx *c, const mf_m2f *b, const float *x, siz
     mf_layernorm(z, R, D, &b->ln);
 }
 
-static float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-
 /* Token self-attention (4 heads, keys = values = each image's tokens) and FFN. */
 static void former(const fctx *c, const mf_former *f, float *z, int n)
 {
@@ -596,7 +594,7 @@ static void former(const fctx *c, const mf_former *f, float *z, int n)
     for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
     mf_layernorm(z, R, D, &f->ln);
     linear(c, &f->ffn1, z, R, hbuf);
-    for (size_t i = 0; i < (size_t)R * 2 * D; i++) hbuf[i] = gelu(hbuf[i]);
+    c->m->k32->gelu(hbuf, (size_t)R * 2 * D);
     linear(c, &f->ffn2, hbuf, R, t);
     for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
     mf_layernorm(z, R, D, &f->ffn_ln);

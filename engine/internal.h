@@ -180,6 +180,8 @@ struct mf_kernels {
     /* Columns [o0, o1) of y[rows][out] = x[rows][in] W^T + b (token-side linears,
      * the classifier head); o0 a multiple of 48. */
     void (*linear)(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch);
+    /* x[i] = gelu(x[i]) = 0.5 x (1 + erf(x / sqrt 2)) for i < n (the Former's FFN). */
+    void (*gelu)(float *x, size_t n);
     /* The stem, 3x3 stride 2 pad 1 from 3 channels, + bias + relu6, direct,
      * output rows [oy0, oy1); NULL: im2col + pw instead.  w: [c][27]. */
     void (*stem)(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out,
@@ -201,7 +203,8 @@ struct mf_kernels {
      * kernels_bf16.h), rather than into fp32 planes that the 1x1 would read
      * back, round and pack; the rounding is the same.  Pair slots [s0, s1)
      * of the groups * ceil(kg / 2); the n = (oy1 - oy0) * ow columns are
-     * the rows g->oy0 .. g->oy1; scratch: 2 * pad16(n) floats. */
+     * the rows g->oy0 .. g->oy1; scratch: MF_DW_PACKED_PLANES * pad16(n)
+     * floats. */
     size_t (*packed_map_bytes)(int groups, int kg, int n);
     void (*dw_packed)(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg, const mf_epi *e,
                       float *scratch);
@@ -212,6 +215,11 @@ struct mf_kernels {
                       const mf_epi *e, void *scratch);
 };
 
+/* Output planes dw_packed computes at once (four channel pairs: the
+ * depthwise's per-call set-up, its masks or its input's phases, serves all
+ * of them). */
+#define MF_DW_PACKED_PLANES 8
+
 extern const mf_kernels mf_kernels_ref;    /* plain scalar twins */
 extern const mf_kernels mf_kernels_blas;   /* portable: OpenBLAS GEMM + plain loops */
 extern const mf_kernels mf_kernels_avx512; /* only when mf_cpu_has_avx512() */
@@ -220,9 +228,9 @@ extern const mf_kernels mf_kernels_blas_bf16;    /* bf16 portable: round, then f
 extern const mf_kernels mf_kernels_avx512_bf16;  /* vdpbf16ps: only when mf_cpu_has_avx512bf16() */
 extern const mf_kernels mf_kernels_amx_bf16;     /* AMX tiles: only when mf_cpu_has_amx_bf16() */
 
-/* One output channel q of the avx512 depthwise, rows g->oy0 .. g->oy1 at yo
- * (row stride g->ow), for the bf16 sets' dw_packed. */
-void mf_dw_plane_avx512(const mf_dw *d, int q, const mf_dw_rows *g, float *yo, const mf_epi *e);
+/* The avx512 set's depthwise (mf_kernels.dw) for the bf16 sets' dw_packed,
+ * channel q (c0 <= q < c1) written at y + (q - c0) * ldy. */
+void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e);
 
 /* kernels.c: CPU features, and the set MF_KERNELS or the CPU selects. */
 int mf_cpu_has_avx512(void);

@@ -312,11 +312,14 @@ static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, 
         }
         oy += 2;
     }
+#undef XR
 }
 
+/* Stride 2 along output rows, for maps too wide for dwf's planes. */
 static void dw_plane_s2(const float *xi, int xr0, int h, int w, const float *k, float *yo, int ow, int oy0, int oy1,
                         int q, const mf_epi *e)
 {
+#define XR(iy) (xi + (ptrdiff_t)((iy) - xr0) * w)
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     __m512 kv[9];
@@ -348,18 +351,213 @@ static void dw_plane_s2(const float *xi, int xr0, int h, int w, const float *k, 
         }
     }
 #undef XR
+#undef XR
 }
 
-void mf_dw_plane_avx512(const mf_dw *d, int q, const mf_dw_rows *g, float *yo, const mf_epi *e)
+/* ---- depthwise on flattened rows ------------------------------------------
+ * The kernels above run along output rows, 16 columns per vector: maps 7 or
+ * 14 pixels wide would leave half or an eighth of every vector empty, and
+ * a stride-2 row needs two loads and a permute per tap row.  These run
+ * along the band's outputs flattened (output pixel p = r * ow + ox of rows
+ * oy0 + r), 16 pixels per vector whatever the width, each tap a load at a
+ * constant offset from p.  Each output sums its taps in one fixed order
+ * ((row 0 + row 1) + row 2, each row left to right), so banding changes no
+ * bits.  Channel q goes to y + (q - c0) * ldy, flattened. */
+
+/* Floats of each tap plane (on the stack): a pass's outputs, two more rows
+ * and a vector's overrun; passes of at least one row up to this width. */
+#define DWF_PLANE 2112
+#define DWF_MAX_W ((DWF_PLANE - 64) / 3)
+
+static inline __m512 dwf_sum(const __m512 *t, const __m512 *kv)
 {
-    const float *xi = g->x + (size_t)d->src[q] * g->ldx;
-    if (d->stride == 1) dw_plane_s1(xi, g->xr0, g->h, g->w, d->w + (size_t)q * 9, yo, g->oy0, g->oy1, q, e);
-    else dw_plane_s2(xi, g->xr0, g->h, g->w, d->w + (size_t)q * 9, yo, g->ow, g->oy0, g->oy1, q, e);
+    __m512 a0 = _mm512_mul_ps(kv[0], t[0]), a1 = _mm512_mul_ps(kv[3], t[3]), a2 = _mm512_mul_ps(kv[6], t[6]);
+    a0 = _mm512_fmadd_ps(kv[1], t[1], a0);
+    a1 = _mm512_fmadd_ps(kv[4], t[4], a1);
+    a2 = _mm512_fmadd_ps(kv[7], t[7], a2);
+    a0 = _mm512_fmadd_ps(kv[2], t[2], a0);
+    a1 = _mm512_fmadd_ps(kv[5], t[5], a1);
+    a2 = _mm512_fmadd_ps(kv[8], t[8], a2);
+    return _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
+}
+
+/* The planes of one input channel for output rows [r0, r0 + rows): with
+ * zeros wherever a tap falls outside the map, tap (ky, kx) of flattened
+ * output p is tap[ky * 3 + kx][p].  Stride 1: ph[kx][j][ox] =
+ * x[r0 - 1 + j][ox + kx - 1], rows + 2 rows, tap (ky, kx) at ph[kx] + ky ow.
+ * Stride 2: even input rows ph[kx][r][ox] = x[2 (r0 + r)][2 ox + kx - 1] for
+ * ky 1, odd rows ph[3 + kx][r][ox] = x[2 (r0 + r) - 1][...] (one row more)
+ * for ky 0 and, a row on, ky 2. */
+static void dwf_planes(const mf_dw_rows *g, int s, const float *xc, int r0, int rows, float *const *ph,
+                       const float **tap)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int w = g->w, h = g->h, ow = g->ow;
+    for (int par = 0; par < s; par++)
+        for (int j = 0; j < (s == 1 ? rows + 2 : rows + par); j++) {
+            const int iy = s == 1 ? r0 - 1 + j : 2 * (r0 + j) - par;
+            float *pl = ph[3 * par] + (size_t)j * ow, *pc = ph[3 * par + 1] + (size_t)j * ow,
+                  *pr = ph[3 * par + 2] + (size_t)j * ow;
+            const float *row = xc + (ptrdiff_t)(iy - g->xr0) * w;
+            for (int ox = 0; ox < ow; ox += 16) {
+                const __mmask16 mo = mask_n(ow - ox);
+                if (iy < 0 || iy >= h) {
+                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_setzero_ps());
+                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_setzero_ps());
+                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_setzero_ps());
+                } else if (s == 1) {
+                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox - 1, w), row + ox - 1));
+                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox, w), row + ox));
+                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox + 1, w), row + ox + 1));
+                } else {
+                    const int c = 2 * ox;
+                    __m512 a = _mm512_maskz_loadu_ps(mask_range(c, w), row + c);
+                    __m512 b = _mm512_maskz_loadu_ps(mask_range(c + 16, w), row + c + 16);
+                    __m512 la = _mm512_maskz_loadu_ps(mask_range(c - 1, w), row + c - 1);
+                    __m512 lb = _mm512_maskz_loadu_ps(mask_range(c + 15, w), row + c + 15);
+                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_permutex2var_ps(la, even, lb)); /* 2ox - 1 */
+                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_permutex2var_ps(a, even, b));   /* 2ox */
+                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_permutex2var_ps(a, odd, b));    /* 2ox + 1 */
+                }
+            }
+        }
+    for (int kx = 0; kx < 3; kx++) {
+        tap[kx] = s == 1 ? ph[kx] : ph[3 + kx];
+        tap[3 + kx] = s == 1 ? ph[kx] + ow : ph[kx];
+        tap[6 + kx] = s == 1 ? ph[kx] + 2 * ow : ph[3 + kx] + ow;
+    }
+}
+
+/* Channels [c0, c1), rows [oy0, oy1), in passes of the rows the planes
+ * hold.  The planes are built for a few input channels at a time, then
+ * every output channel reading them (a multiplier's) is nine plain loads
+ * per 16 outputs: building several first lets their stores retire before
+ * the first loads (a load right behind the masked stores it reads waits
+ * for them). */
+static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    enum { GMAX = 8 };
+    const int s = d->stride, ow = g->ow;
+    const int rp = (DWF_PLANE - 64) / ow - 2, rows_pass = rp < 1 ? 1 : rp;
+    float buf[6 * DWF_PLANE] __attribute__((aligned(64)));
+    const float *tap[GMAX][9];
+    for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
+        const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * ow, nv = (n + 15) / 16;
+        /* floats of one input channel's planes (64-byte multiples) */
+        const size_t one = (size_t)3 * s * ((((size_t)(r1 - r0 + 2) * ow + 16) + 15) & ~(size_t)15);
+        int gmax = (int)(sizeof buf / sizeof buf[0] / one);
+        if (gmax > GMAX) gmax = GMAX;
+        for (int q0 = c0; q0 < c1;) {
+            /* the channels from q0 reading at most gmax distinct inputs, in runs */
+            int srcs[GMAX], ns = 0, q1 = q0;
+            while (q1 < c1) {
+                if (ns == 0 || d->src[q1] != srcs[ns - 1]) {
+                    if (ns == gmax) break;
+                    srcs[ns++] = d->src[q1];
+                }
+                q1++;
+            }
+            for (int i = 0; i < ns; i++) {
+                float *pb = buf + one * (size_t)i, *planes[6] = {0};
+                for (int j = 0; j < 3 * s; j++) planes[j] = pb + one / (3 * s) * j;
+                dwf_planes(g, s, g->x + (size_t)srcs[i] * g->ldx, r0, r1 - r0, planes, tap[i]);
+            }
+            for (int q = q0, i = 0; q < q1; q++) {
+                if (q > q0 && d->src[q] != d->src[q - 1]) i++;
+                const float *k = d->w + (size_t)q * 9;
+                __m512 kv[9];
+                for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
+                const dw_ep ep = dw_ep_make(q, e);
+                float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * ow;
+                const float *const *tp = tap[i];
+                for (int v = 0; v < nv; v++) {
+                    const int p = 16 * v;
+                    __m512 t9[9];
+#pragma GCC unroll 9
+                    for (int t = 0; t < 9; t++) t9[t] = _mm512_loadu_ps(tp[t] + p);
+                    _mm512_mask_storeu_ps(yo + p, mask_n(n - p), dw_ep_apply(dwf_sum(t9, kv), &ep));
+                }
+            }
+            q0 = q1;
+        }
+    }
+}
+
+/* Stride 1, maps narrower than a vector: channels [c0, c1), rows [oy0,
+ * oy1) in passes of DWF_S1_VECS vectors; tap (ky, kx) of pixel p is
+ * x[p + (ky - 1) w + kx - 1] (from the pass's first row), masked where it
+ * falls outside the map, the masks of a pass computed once for all its
+ * channels.  (Tap planes as dwf builds them cost more than they save
+ * without a multiplier to share them.) */
+#define DWF_S1_VECS 64
+
+/* Lanes [0, a) of 16 (any a). */
+static inline unsigned lanes_below(int a) { return a <= 0 ? 0u : a >= 16 ? 0xFFFFu : (1u << a) - 1u; }
+static void dwf_s1(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    const int w = g->w, h = g->h;
+    __mmask16 mt[DWF_S1_VECS][9];
+    const int rows_pass = DWF_S1_VECS * 16 / w;
+    for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
+        const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * w, nv = (n + 15) / 16;
+        /* rows: the tap row above is outside for the map's first row, the
+         * one below for its last; columns: left of each row's first pixel,
+         * right of its last (every w-th lane, few per vector) */
+        const int top = r0 == 0 ? w : 0, bottom = r1 == h ? n - w : n;
+        for (int v = 0; v < nv; v++) {
+            const int p0 = 16 * v;
+            const unsigned all = lanes_below(n - p0), up = 0xFFFFu & ~lanes_below(top - p0),
+                           down = lanes_below(bottom - p0);
+            unsigned first = 0, last = 0;
+            for (int p = (p0 + w - 1) / w * w; p < p0 + 16; p += w) first |= 1u << (p - p0);
+            for (int p = (p0 + 1 + w - 1) / w * w - 1; p < p0 + 16; p += w) if (p >= p0) last |= 1u << (p - p0);
+            const unsigned col[3] = {all & ~first, all, all & ~last}, row[3] = {up, ~0u, down};
+            for (int t = 0; t < 9; t++) mt[v][t] = (__mmask16)(col[t % 3] & row[t / 3]);
+        }
+        for (int q = c0; q < c1; q++) {
+            const float *xb = g->x + (size_t)d->src[q] * g->ldx + (ptrdiff_t)(r0 - g->xr0) * w;
+            const float *k = d->w + (size_t)q * 9;
+            __m512 kv[9];
+            for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
+            const dw_ep ep = dw_ep_make(q, e);
+            float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * w;
+            for (int v = 0; v < nv; v++) {
+                __m512 t9[9];
+                const float *xp = xb + 16 * v;
+#pragma GCC unroll 9
+                for (int t = 0; t < 9; t++) t9[t] = _mm512_maskz_loadu_ps(mt[v][t], xp + (t / 3 - 1) * w + (t % 3 - 1));
+                _mm512_mask_storeu_ps(yo + 16 * v, mask_n(n - 16 * v), dw_ep_apply(dwf_sum(t9, kv), &ep));
+            }
+        }
+    }
+}
+
+/* Which kernel computes a layer: its stride and output width, never its
+ * rows, so every band of a layer sums alike. */
+static inline int dw_flat(const mf_dw *d, int ow)
+{
+    return d->stride == 2 ? ow <= DWF_MAX_W : ow < 16;
+}
+
+void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    if (dw_flat(d, g->ow)) {
+        if (d->stride == 1) dwf_s1(d, c0, c1, g, y, ldy, e);
+        else dwf(d, c0, c1, g, y, ldy, e);
+        return;
+    }
+    for (int q = c0; q < c1; q++) {
+        const float *xi = g->x + (size_t)d->src[q] * g->ldx, *k = d->w + (size_t)q * 9;
+        float *yo = y + (size_t)(q - c0) * ldy;
+        if (d->stride == 1) dw_plane_s1(xi, g->xr0, g->h, g->w, k, yo, g->oy0, g->oy1, q, e);
+        else dw_plane_s2(xi, g->xr0, g->h, g->w, k, yo, g->ow, g->oy0, g->oy1, q, e);
+    }
 }
 
 static void dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
-    for (int q = c0; q < c1; q++) mf_dw_plane_avx512(d, q, g, y + (size_t)q * ldy, e);
+    mf_dw_avx512(d, c0, c1, g, y + (size_t)c0 * ldy, ldy, e);
 }
 
 /* ---- exp ----------------------------------------------------------------
@@ -381,6 +579,34 @@ static inline __m512 exp512(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+
+/* ---- GELU ---------------------------------------------------------------
+ * gelu(x) = 0.5 x (1 + erf(x / sqrt 2)) with erfc(z) = q = t P(t) exp(-z^2),
+ * t = 1 / (1 + 0.3275911 z), z = |x| / sqrt 2 (Abramowitz and Stegun 7.1.26,
+ * |error| <= 1.5e-7): 0.5 x (2 - q) for x >= 0, 0.5 x q below, so the small
+ * values of negative x come without cancellation; within 2e-7 (1 + |gelu|)
+ * of the erff twin. */
+static void gelu_avx512(float *x, size_t n)
+{
+    const __m512 half = _mm512_set1_ps(0.5f), two = _mm512_set1_ps(2.f), one = _mm512_set1_ps(1.f);
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 mk = n - i >= 16 ? (__mmask16)0xFFFF : mask_n((int)(n - i));
+        const __m512 v = _mm512_maskz_loadu_ps(mk, x + i);
+        const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678118654752f));
+        const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), one));
+        __m512 p = _mm512_set1_ps(1.061405429f);
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+        /* erfc below 1e-36 (z > 9) is zero here, not a denormal */
+        const __m512 q = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(9.f), _CMP_LT_OQ),
+                                             _mm512_mul_ps(_mm512_mul_ps(p, t), exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z))));
+        const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+        const __m512 f = _mm512_mask_mov_ps(_mm512_sub_ps(two, q), neg, q);
+        _mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(_mm512_mul_ps(half, v), f));
+    }
 }
 
 /* ---- Mobile -> Former --------------------------------------------------- */
@@ -741,6 +967,7 @@ const mf_kernels mf_kernels_avx512 = {
     .m2f_attn = m2f_attn_avx512,
     .f2m_attn = f2m_attn_avx512,
     .linear = linear_avx512,
+    .gelu = gelu_avx512,
     .stem = stem_avx512,
     .pw_packed_bytes = pw_packed_bytes,
     .pw_pack = pw_pack,

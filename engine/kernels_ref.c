@@ -143,6 +143,12 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
 
 /* ---- token-side helpers ------------------------------------------------- */
 
+static void gelu_ref(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+
 static void linear_plain(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, int bf16)
 {
     for (int r = 0; r < rows; r++) {
@@ -224,7 +230,7 @@ static void linear_blas_bf16(const mf_lin *l, const float *x, int rows, float *y
 
 /* Both fp32 sets run the depthwise convolution and the attention bridges
  * with the plain loops. */
-#define PLAIN_LOOPS .dw = dw_ref, .m2f_attn = m2f_attn_ref, .f2m_attn = f2m_attn_ref
+#define PLAIN_LOOPS .dw = dw_ref, .m2f_attn = m2f_attn_ref, .f2m_attn = f2m_attn_ref, .gelu = gelu_ref
 
 const mf_kernels mf_kernels_ref = {.name = "reference", .pw = pw_ref, .linear = mf_linear_ref, PLAIN_LOOPS};
 
