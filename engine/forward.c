@@ -16,6 +16,7 @@
 #include "recipe.h"
 #include "team.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,12 +25,50 @@
 static int conv_out(int n, int s) { return (n - 1) / s + 1; } /* 3x3, pad 1 */
 static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
 
+/* ---- a block's convolutions as a chain, run in bands of rows -------------
+ * A block's convolutions (its recipe's DW and PW rows) are a chain: x ->
+ * layer 0 -> ... -> layer n-1 -> y, each reading the map the one before
+ * wrote.  They run a band of output rows at a time: each layer computes the
+ * rows of its output that the band needs and earlier bands have not, into a
+ * window of rows (the intermediate maps never exist whole), so a band's
+ * hidden maps stay in L2 between the layers rather than going out to L3
+ * and coming back.  A depthwise reads one row beyond its band on each
+ * side: its input window keeps those rows from the band before (moved to
+ * the window's start).  With a team (more threads than images) each thread
+ * takes a contiguous range of output rows with its own windows; the rows at
+ * the seams are computed by both. */
+#define MF_CHAIN_MAX 4 /* DW and PW rows of a block (B3: 4) */
+
+/* Bytes of band windows that stay in L2 (of 2 MiB: room is left for the
+ * weights, the band's input and output rows), and what a band costs beyond
+ * its weights (calls, edge rows), in bytes moved (chain_make). */
+#define MF_BAND_L2 ((size_t)1 << 20)
+#define MF_BAND_FIXED ((size_t)16 << 10)
+
+typedef struct chain_layer {
+    const mf_layer_recipe *r;
+    const void *layer;      /* its mf_dw or mf_pw */
+    int dw;                 /* 1: depthwise */
+    int ch;                 /* output channels */
+    int ih, iw, oh, ow;     /* input and output size */
+    const mf_pw *packed_to; /* dw: the 1x1 that reads its output packed (bf16), or NULL */
+} chain_layer;
+
+typedef struct chain {
+    int n;                          /* layers */
+    chain_layer l[MF_CHAIN_MAX];
+    int band;                       /* output rows (of layer n-1) per band */
+    int cap[MF_CHAIN_MAX - 1];      /* rows of window i (layer i's output), i < n-1 */
+    size_t win[MF_CHAIN_MAX - 1];   /* floats of window i */
+} chain;
+
 /* Per-thread scratch for a run of up to nimg images, from one allocation. */
 typedef struct scratch {
     int nimg;         /* images the scratch holds                     */
     size_t feat;      /* floats per feature map                        */
     float *X, *Y;     /* block in / out maps of every image [nimg][feat] */
-    float *U1, *U2;   /* hidden maps of the image being convolved [hid] */
+    float *U1;        /* the classifier conv's output                 [hid] */
+    float *win[MF_CHAIN_MAX - 1]; /* a band's intermediate maps (chain.win) */
     float *col;       /* stem im2col, classifier shuffle           [col] */
     float *attn;      /* attention weights                     [T * hw] */
     float *z;         /* tokens of every image               [nimg][T*D] */
@@ -43,6 +82,7 @@ typedef struct scratch {
 
 typedef struct plan_sizes {
     size_t feat, hid, col, hw, work, maxhid, fin, kscr;
+    size_t win[MF_CHAIN_MAX - 1]; /* floats of each band window, the largest block's */
 } plan_sizes;
 
 typedef struct job {
@@ -103,24 +143,100 @@ static const mf_pw *packed_consumer(const mf_model *m, const mf_block *b, int i)
     return NULL;
 }
 
-/* Floats of the hidden maps (U1, U2) a block needs: every recipe row that
- * writes one, at the map size where it runs (packed for its 1x1, where it is). */
-static size_t block_hidden(const mf_model *m, const mf_block *b, int hw, int ohw)
+/* Rows [*lo, *hi) of layer l's input that its output rows [lo, hi) read. */
+static void chain_in_rows(const chain_layer *l, int lo, int hi, int *ilo, int *ihi)
+{
+    if (!l->dw) {
+        *ilo = lo;
+        *ihi = hi;
+        return;
+    }
+    const int s = ((const mf_dw *)l->layer)->stride;
+    *ilo = lo * s - 1 < 0 ? 0 : lo * s - 1;
+    *ihi = (hi - 1) * s + 2 > l->ih ? l->ih : (hi - 1) * s + 2;
+}
+
+/* Floats of window i holding `rows` rows of layer i's output. */
+static size_t chain_win_floats(const chain_layer *l, int rows)
+{
+    const int n = rows * l->ow;
+    if (l->packed_to) {
+        const mf_pw *p = l->packed_to;
+        return (p->k->packed_map_bytes(p->groups, p->cin / p->groups, n) + 3) / 4;
+    }
+    return (size_t)l->ch * n;
+}
+
+/* Rows (cap) and floats (win) of each window for bands of `band` rows;
+ * returns the floats of all. */
+static size_t chain_windows(const chain *ch, int band, int *cap, size_t *win)
+{
+    size_t total = 0;
+    int rows = band;
+    for (int i = ch->n - 1; i >= 1; i--) {
+        int lo, hi;
+        /* a band in the middle of the map needs the most input rows */
+        const int mid = ch->l[i].oh > rows ? (ch->l[i].oh - rows) / 2 : 0;
+        chain_in_rows(&ch->l[i], mid, mid + rows, &lo, &hi);
+        rows = hi - lo;
+        cap[i - 1] = rows;
+        win[i - 1] = chain_win_floats(&ch->l[i - 1], rows);
+        total += win[i - 1];
+    }
+    return total;
+}
+
+/* Block b's chain at input size h x w (output oh x ow), and its band. */
+static void chain_make(const mf_model *m, const mf_block *b, int h, int w, int oh, int ow, chain *ch)
 {
     const mf_block_recipe *br = &mf_block_recipes[b->type];
-    size_t need = 0, cur = (size_t)hw;
+    const mf_widths wd = {{[MF_DIM_IN] = b->cin, [MF_DIM_OUT] = b->cout, [MF_DIM_H1] = b->hid1,
+                           [MF_DIM_H2] = b->hid2}};
+    memset(ch, 0, sizeof *ch);
+    int ih = h, iw = w;
     for (int i = 0; i < br->n_layers; i++) {
         const mf_layer_recipe *r = &br->layers[i];
         if (r->kind != MF_LAYER_DW && r->kind != MF_LAYER_PW) continue;
-        if (r->kind == MF_LAYER_DW && r->strided) cur = (size_t)ohw;
-        const mf_widths w = {{[MF_DIM_IN] = b->cin, [MF_DIM_OUT] = b->cout, [MF_DIM_H1] = b->hid1,
-                              [MF_DIM_H2] = b->hid2}};
-        size_t f = (size_t)mf_dim_eval(r->out, &w) * cur;
-        const mf_pw *p = r->kind == MF_LAYER_DW ? packed_consumer(m, b, i) : NULL;
-        if (p) f = (p->k->packed_map_bytes(p->groups, p->cin / p->groups, (int)cur) + 3) / 4;
-        if ((r->dst == MF_MAP_U1 || r->dst == MF_MAP_U2) && f > need) need = f;
+        /* a chain: each row reads what the one before wrote */
+        assert(ch->n < MF_CHAIN_MAX && r->src == (ch->n ? ch->l[ch->n - 1].r->dst : MF_MAP_X));
+        chain_layer *l = &ch->l[ch->n++];
+        l->r = r;
+        l->layer = mf_recipe_target_const(m, b, r);
+        l->dw = r->kind == MF_LAYER_DW;
+        l->ch = mf_dim_eval(r->out, &wd);
+        l->ih = ih;
+        l->iw = iw;
+        l->oh = l->dw && r->strided ? oh : ih;
+        l->ow = l->dw && r->strided ? ow : iw;
+        l->packed_to = l->dw ? packed_consumer(m, b, i) : NULL;
+        ih = l->oh;
+        iw = l->ow;
     }
-    return need;
+    /* The band: fewer rows keep the windows in L2, but every band reads
+     * the 1x1s' weights again.  Estimated bytes moved beyond L2 per image:
+     * weights once per band, plus twice (out and back) what the windows
+     * hold beyond MF_BAND_L2, plus a little per band; the least wins. */
+    size_t wbytes = 0;
+    for (int i = 0; i < ch->n; i++)
+        if (!ch->l[i].dw) {
+            const mf_pw *p = ch->l[i].layer;
+            wbytes += (size_t)p->cout * (p->cin / p->groups) * (p->k->precision == MF_PRECISION_BF16 ? 2 : 4);
+        }
+    const int OH = ch->l[ch->n - 1].oh;
+    double best = 0;
+    int cap[MF_CHAIN_MAX - 1] = {0};
+    size_t win[MF_CHAIN_MAX - 1] = {0};
+    for (int band = OH; band >= 1; band--) {
+        const size_t total = chain_windows(ch, band, cap, win) * sizeof(float);
+        const int nb = (OH + band - 1) / band;
+        const double cost = (double)nb * (wbytes + MF_BAND_FIXED) + 2.0 * (total > MF_BAND_L2 ? total - MF_BAND_L2 : 0);
+        if (band == OH || cost < best) {
+            best = cost;
+            ch->band = band;
+            memcpy(ch->cap, cap, sizeof cap);
+            memcpy(ch->win, win, sizeof win);
+        }
+    }
 }
 
 static size_t pw_scr(const mf_pw *p)
@@ -166,9 +282,16 @@ static plan_sizes plan(const mf_model *m, int h, int w)
         const mf_block *b = &m->blocks[i];
         int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
         size_t ohw = (size_t)oh * ow;
-        size_t f = (size_t)b->cout * ohw, hid = block_hidden(m, b, (int)hw, (int)ohw);
+        size_t f = (size_t)b->cout * ohw;
         if (f > s.feat) s.feat = f;
-        if (hid > s.hid) s.hid = hid;
+        chain ch;
+        chain_make(m, b, h, w, oh, ow, &ch);
+        for (int j = 0; j < ch.n - 1; j++) {
+            if (ch.win[j] > s.win[j]) s.win[j] = ch.win[j];
+            /* dw_packed: its output planes of a band */
+            const size_t dwp = MF_DW_PACKED_PLANES * pad16((size_t)ch.cap[j] * ch.l[j].ow);
+            if (ch.l[j].packed_to && dwp > s.kscr) s.kscr = dwp;
+        }
         h = oh;
         w = ow;
         hw = ohw;
@@ -178,9 +301,8 @@ static plan_sizes plan(const mf_model *m, int h, int w)
     if ((size_t)cls->cin * hw > s.col) s.col = (size_t)cls->cin * hw;
     tok_layout(m, &s.work, &s.maxhid);
     s.fin = (size_t)cls->cout + (size_t)a->token_dim;
-    s.kscr = (kernel_scratch(m) + sizeof(float) - 1) / sizeof(float);
-    /* dw_packed: two output planes, the largest being the first block's */
-    if (m->k->dw_packed && 2 * pad16(s.hw) > s.kscr) s.kscr = 2 * pad16(s.hw);
+    const size_t ks = (kernel_scratch(m) + sizeof(float) - 1) / sizeof(float);
+    if (ks > s.kscr) s.kscr = ks;
     return s;
 }
 
@@ -189,21 +311,24 @@ static plan_sizes plan(const mf_model *m, int h, int w)
 static size_t carve(const mf_model *m, const plan_sizes *s, int n, float *p, scratch *sc)
 {
     const size_t T = (size_t)m->arch.tokens, D = (size_t)m->arch.token_dim, N = (size_t)n;
-    size_t sizes[13] = {
-        N * pad16(s->feat), N * pad16(s->feat), pad16(s->hid), pad16(s->hid), pad16(s->col),
+    enum { NF = 12 + MF_CHAIN_MAX - 1 };
+    /* gath: hyper inputs and hidden, then the shuffled slopes of two 1x1s */
+    size_t sizes[NF] = {
+        N * pad16(s->feat), N * pad16(s->feat), pad16(s->hid), pad16(s->col),
         pad16(T * s->hw), pad16(N * T * D), pad16(N * s->work), pad16(N * 4 * s->maxhid),
-        pad16(N * D + N * D / 4 + 2 * s->maxhid), pad16(N * s->fin), pad16(N * (size_t)m->arch.classifier_width),
-        pad16(s->kscr),
+        pad16(N * D + N * D / 4 + 4 * s->maxhid), pad16(N * s->fin), pad16(N * (size_t)m->arch.classifier_width),
+        pad16(s->kscr), pad16(s->win[0]), pad16(s->win[1]), pad16(s->win[2]),
     };
+    _Static_assert(MF_CHAIN_MAX - 1 == 3, "one size per band window");
     float *kscr;
-    float **dst[13];
+    float **dst[NF];
     scratch tmp;
     if (!sc) sc = &tmp;
-    float **fields[13] = {&sc->X, &sc->Y, &sc->U1, &sc->U2, &sc->col, &sc->attn, &sc->z, &sc->tok,
-                          &sc->dy, &sc->gath, &sc->feat_out, &sc->fc, &kscr};
+    float **fields[NF] = {&sc->X, &sc->Y, &sc->U1, &sc->col, &sc->attn, &sc->z, &sc->tok,
+                          &sc->dy, &sc->gath, &sc->feat_out, &sc->fc, &kscr, &sc->win[0], &sc->win[1], &sc->win[2]};
     memcpy(dst, fields, sizeof dst);
     size_t total = 0;
-    for (int i = 0; i < 13; i++) {
+    for (int i = 0; i < NF; i++) {
         if (p) *dst[i] = p + total;
         total += sizes[i];
     }
@@ -265,111 +390,81 @@ typedef struct fctx {
 /* Thread t's kernel scratch in a team pass (thread 0: the run's own). */
 static void *kscratch(const fctx *c, int t) { return t == 0 ? c->sc->kscr : c->ws->sc[t].kscr; }
 
+/* The epilogues of a 1x1's groups (no residual): e[g]'s slopes are indexed
+ * by the group's local row; dya/dyb by output channel after any shuffle,
+ * gathered for a shuffled output into gather (2 * cout floats). */
+static void pw_epis(const mf_pw *p, mf_act act, const float *dya, const float *dyb, float *gather, mf_epi *e)
+{
+    const int G = p->groups, M = p->cout / G;
+    for (int g = 0; g < G; g++) {
+        e[g] = (mf_epi){.act = act, .bias = p->bias + (size_t)g * M};
+        if (act != MF_ACT_DYRELU) continue;
+        if (p->shuffle_out) {
+            float *ga = gather + (size_t)2 * M * g;
+            for (int j = 0; j < M; j++) {
+                ga[j] = dya[(size_t)j * G + g];
+                ga[M + j] = dyb[(size_t)j * G + g];
+            }
+            e[g].dya = ga;
+            e[g].dyb = ga + M;
+        } else {
+            e[g].dya = dya + (size_t)g * M;
+            e[g].dyb = dyb + (size_t)g * M;
+        }
+    }
+}
+
+/* The 1x1 p on n columns: x[cin] planes ldx floats apart (or xp, packed by
+ * dw_packed for exactly these columns) into y[cout] planes ldy apart, with
+ * the groups' epilogues e and a residual res[cout] (planes ldr apart) or
+ * NULL.  Output channel j*G+g of a shuffled output is group g's row j. */
+static void pw_cols(const mf_pw *p, const mf_epi *e, const float *x, size_t ldx, const uint16_t *xp, int n, float *y,
+                    size_t ldy, const float *res, size_t ldr, void *kscr)
+{
+    const int G = p->groups, M = p->cout / G, K = p->cin / G;
+    const size_t cs = p->shuffle_out ? (size_t)G : 1; /* output rows between a group's channels */
+    for (int g = 0; g < G; g++) {
+        const size_t j0 = p->shuffle_out ? (size_t)g : (size_t)g * M; /* the group's first output channel */
+        mf_epi eg = e[g];
+        if (res) {
+            eg.res = res + j0 * ldr;
+            eg.ldr = cs * ldr;
+        }
+        if (xp)
+            p->k->pw_packed(p, g, xp + p->k->packed_map_bytes(1, K, n) / 2 * g, n, 0, n, y + j0 * ldy, cs * ldy, &eg,
+                            kscr);
+        else
+            p->k->pw(p, g, x + (size_t)g * K * ldx, ldx, n, y + j0 * ldy, cs * ldy, &eg, kscr);
+    }
+}
+
 typedef struct pw_task {
     const fctx *c;
     const mf_pw *p;
     const float *x;
-    const uint16_t *xp; /* or the input packed by dw_packed (bf16) */
     int n;
     float *y;
-    mf_epi e[64];   /* per group */
-    float *yg[64];  /* per group: first output row */
-    size_t ldy;
+    mf_epi e[64]; /* per group */
 } pw_task;
 
 static void pw_run(void *arg, int t, int nt)
 {
     pw_task *k = arg;
-    const int G = k->p->groups, K = k->p->cin / G;
     int c0, c1;
     split(k->n, 16, t, nt, &c0, &c1);
-    if (c0 >= c1) return;
-    for (int g = 0; g < G; g++) {
-        mf_epi e = k->e[g];
-        if (e.res) e.res += c0;
-        if (k->xp)
-            k->p->k->pw_packed(k->p, g, k->xp + k->p->k->packed_map_bytes(1, K, k->n) / 2 * g, k->n, c0, c1 - c0,
-                               k->yg[g] + c0, k->ldy, &e, kscratch(k->c, t));
-        else
-            k->p->k->pw(k->p, g, k->x + (size_t)g * K * k->n + c0, (size_t)k->n, c1 - c0, k->yg[g] + c0, k->ldy, &e,
-                        kscratch(k->c, t));
-    }
+    if (c0 < c1)
+        pw_cols(k->p, k->e, k->x + c0, (size_t)k->n, NULL, c1 - c0, k->y + c0, (size_t)k->n, NULL, 0, kscratch(k->c, t));
 }
 
-/* A grouped 1x1 conv over a CHW map: y[cout][n] from x[cin][n] (or from xp,
- * packed by dw_packed), columns split over the team.  dya/dyb are indexed by
- * output channel after any shuffle; res like y; gather: 2*cout floats for
- * shuffled slopes. */
-static void pw_conv(const fctx *c, const mf_pw *p, const float *x, const uint16_t *xp, int n, float *y, mf_act act,
-                    const float *dya, const float *dyb, const float *res, float *gather)
+/* A grouped 1x1 conv over a whole CHW map, y[cout][n] from x[cin][n], no
+ * residual, columns split over the team (the stem's im2col and the
+ * classifier; the blocks' run in bands, block_convs). */
+static void pw_conv(const fctx *c, const mf_pw *p, const float *x, int n, float *y, mf_act act, const float *dya,
+                    const float *dyb, float *gather)
 {
-    const int G = p->groups, M = p->cout / G;
-    pw_task k = {.c = c, .p = p, .x = x, .xp = xp, .n = n, .y = y,
-                 .ldy = p->shuffle_out ? (size_t)G * n : (size_t)n};
-    for (int g = 0; g < G; g++) {
-        mf_epi *e = &k.e[g];
-        *e = (mf_epi){.act = act, .bias = p->bias + (size_t)g * M};
-        k.yg[g] = p->shuffle_out ? y + (size_t)g * n : y + (size_t)g * M * n;
-        if (act == MF_ACT_DYRELU) {
-            if (p->shuffle_out) {
-                float *ga = gather + (size_t)2 * M * g;
-                for (int j = 0; j < M; j++) {
-                    ga[j] = dya[(size_t)j * G + g];
-                    ga[M + j] = dyb[(size_t)j * G + g];
-                }
-                e->dya = ga;
-                e->dyb = ga + M;
-            } else {
-                e->dya = dya + (size_t)g * M;
-                e->dyb = dyb + (size_t)g * M;
-            }
-        }
-        if (res) {
-            e->res = res + (k.yg[g] - y);
-            e->ldr = k.ldy;
-        }
-    }
+    pw_task k = {.c = c, .p = p, .x = x, .n = n, .y = y};
+    pw_epis(p, act, dya, dyb, gather, k.e);
     par(c->ws, pw_run, &k);
-}
-
-typedef struct dw_task {
-    const fctx *c;
-    const mf_dw *d;
-    const float *x;
-    int h, w, oh, ow;
-    float *y;
-    uint16_t *yp;     /* or packed for the next 1x1 (dw_packed) */
-    int kg, slots;    /* packed: that 1x1's channels per group, pair slots in all */
-    const mf_epi *e;
-} dw_task;
-
-static void dw_run(void *arg, int t, int nt)
-{
-    dw_task *k = arg;
-    const mf_model *m = k->c->m;
-    int c0, c1;
-    if (k->yp) {
-        split(k->slots, 1, t, nt, &c0, &c1);
-        if (c0 < c1)
-            m->k->dw_packed(k->d, c0, c1, k->x, k->h, k->w, k->yp, k->oh, k->ow, k->kg, k->e, kscratch(k->c, t));
-        return;
-    }
-    split(k->d->cout, 1, t, nt, &c0, &c1);
-    if (c0 < c1) m->k32->dw(k->d, c0, c1, k->x, k->h, k->w, k->y, k->oh, k->ow, k->e);
-}
-
-/* 3x3 depthwise, channels split over the team; with `to` (the 1x1 that
- * reads it, in a model that packs for it) into that 1x1's packed input. */
-static void dw_conv(const fctx *c, const mf_dw *d, const float *x, int h, int w, float *y, int oh, int ow,
-                    const mf_epi *e, const mf_pw *to)
-{
-    dw_task k = {.c = c, .d = d, .x = x, .h = h, .w = w, .oh = oh, .ow = ow, .y = y, .e = e};
-    if (to) {
-        k.yp = (uint16_t *)(void *)y;
-        k.kg = to->cin / to->groups;
-        k.slots = to->groups * ((k.kg + 1) / 2);
-    }
-    par(c->ws, dw_run, &k);
 }
 
 typedef struct lin_task {
@@ -469,8 +564,6 @@ static void mobile_to_former(const fctx *c, const mf_m2f *b, const float *x, siz
     mf_layernorm(z, R, D, &b->ln);
 }
 
-static float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-
 /* Token self-attention (4 heads, keys = values = each image's tokens) and FFN. */
 static void former(const fctx *c, const mf_former *f, float *z, int n)
 {
@@ -501,7 +594,7 @@ static void former(const fctx *c, const mf_former *f, float *z, int n)
     for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
     mf_layernorm(z, R, D, &f->ln);
     linear(c, &f->ffn1, z, R, hbuf);
-    for (size_t i = 0; i < (size_t)R * 2 * D; i++) hbuf[i] = gelu(hbuf[i]);
+    c->m->k32->gelu(hbuf, (size_t)R * 2 * D);
     linear(c, &f->ffn2, hbuf, R, t);
     for (size_t i = 0; i < (size_t)R * D; i++) z[i] += t[i];
     mf_layernorm(z, R, D, &f->ffn_ln);
@@ -573,44 +666,117 @@ static void stem(const fctx *c, const float *in, int H, int W, float *out)
                 }
             }
     mf_pw st = {.k = m->k32, .cout = m->arch.stem, .cin = 27, .groups = 1, .w = m->stem_w, .bias = m->stem_b};
-    pw_conv(c, &st, c->sc->col, NULL, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL, NULL);
+    pw_conv(c, &st, c->sc->col, h * w, out, MF_ACT_RELU6, NULL, NULL, NULL);
+}
+
+/* Block b's convolutions for one image (chain, above). */
+typedef struct band_task {
+    const fctx *c;
+    const chain *ch;
+    const float *x;                /* block input [cin][h*w] */
+    float *y;                      /* block output [cout][oh*ow] */
+    mf_epi e[MF_CHAIN_MAX][64];    /* per layer: the depthwise's epilogue, or the 1x1's per group */
+    int res_from[MF_CHAIN_MAX];    /* 1x1 residual: -1 none, MF_CHAIN_MAX the input x, else that layer's window */
+} band_task;
+
+typedef struct band_win {
+    float *p;      /* row lo of channel 0 (or the packed columns) */
+    size_t ld;     /* floats between channels */
+    int lo, hi;    /* rows held */
+} band_win;
+
+/* Thread t's share of the output rows, band by band. */
+static void band_run(void *arg, int t, int nt)
+{
+    const band_task *k = arg;
+    const chain *ch = k->ch;
+    const int n = ch->n, OH = ch->l[n - 1].oh;
+    scratch *sc = t == 0 ? k->c->sc : &k->c->ws->sc[t];
+    int r0, r1;
+    split(OH, 1, t, nt, &r0, &r1);
+    band_win win[MF_CHAIN_MAX]; /* [i]: layer i's output; [n-1] is y itself */
+    for (int i = 0; i < n - 1; i++) win[i] = (band_win){sc->win[i], (size_t)ch->cap[i] * ch->l[i].ow, 0, 0};
+    win[n - 1] = (band_win){k->y, (size_t)ch->l[n - 1].oh * ch->l[n - 1].ow, 0, OH};
+    const band_win xin = {(float *)k->x, (size_t)ch->l[0].ih * ch->l[0].iw, 0, ch->l[0].ih};
+    for (int o0 = r0; o0 < r1; o0 += ch->band) {
+        /* rows each layer computes: what the next needs, less what it holds */
+        int from[MF_CHAIN_MAX], to[MF_CHAIN_MAX], lo[MF_CHAIN_MAX];
+        lo[n - 1] = from[n - 1] = o0;
+        to[n - 1] = o0 + ch->band < r1 ? o0 + ch->band : r1;
+        for (int i = n - 2; i >= 0; i--) {
+            chain_in_rows(&ch->l[i + 1], from[i + 1], to[i + 1], &lo[i], &to[i]);
+            from[i] = win[i].hi > lo[i] ? win[i].hi : lo[i];
+        }
+        for (int i = 0; i < n; i++) {
+            const chain_layer *l = &ch->l[i];
+            band_win *o = &win[i];
+            const band_win *in = i ? &win[i - 1] : &xin;
+            if (i < n - 1) { /* keep rows [lo, hi) of the band before at the window's start */
+                if (o->hi <= lo[i]) o->lo = o->hi = lo[i];
+                else if (o->lo < lo[i]) {
+                    const size_t sh = (size_t)(lo[i] - o->lo) * l->ow, keep = (size_t)(o->hi - lo[i]) * l->ow;
+                    for (int q = 0; q < l->ch; q++) memmove(o->p + q * o->ld, o->p + q * o->ld + sh, keep * sizeof(float));
+                    o->lo = lo[i];
+                }
+            }
+            if (from[i] < to[i]) {
+                const int cols = (to[i] - from[i]) * l->ow;
+                if (l->dw) {
+                    const mf_dw_rows g = {.x = in->p, .ldx = in->ld, .xr0 = in->lo, .h = l->ih, .w = l->iw,
+                                          .oh = l->oh, .ow = l->ow, .oy0 = from[i], .oy1 = to[i]};
+                    if (l->packed_to) {
+                        const int kg = l->packed_to->cin / l->packed_to->groups;
+                        k->c->m->k->dw_packed(l->layer, 0, l->packed_to->groups * ((kg + 1) / 2), &g,
+                                              (uint16_t *)(void *)o->p, kg, &k->e[i][0], sc->kscr);
+                    } else {
+                        k->c->m->k32->dw(l->layer, 0, l->ch, &g, o->p + (size_t)(from[i] - o->lo) * l->ow, o->ld,
+                                         &k->e[i][0]);
+                    }
+                } else {
+                    const float *res = NULL;
+                    size_t ldr = 0;
+                    if (k->res_from[i] >= 0) {
+                        const band_win *rw = k->res_from[i] == MF_CHAIN_MAX ? &xin : &win[k->res_from[i]];
+                        res = rw->p + (size_t)(from[i] - rw->lo) * l->ow;
+                        ldr = rw->ld;
+                    }
+                    const int packed = i > 0 && ch->l[i - 1].packed_to;
+                    pw_cols(l->layer, k->e[i], packed ? NULL : in->p + (size_t)(from[i] - in->lo) * l->iw, in->ld,
+                            packed ? (const uint16_t *)(const void *)in->p : NULL, cols,
+                            o->p + (size_t)(from[i] - o->lo) * l->ow, o->ld, res, ldr, sc->kscr);
+                }
+            }
+            if (i < n - 1) o->hi = to[i];
+        }
+    }
 }
 
 /* The convolutions of block b for one image, as its recipe chains them
- * (recipe.h): x -> y through the hidden maps U1/U2, with this image's slopes
- * dy (hyper 1 a, b, then hyper 2 a, b; maxhid each). */
+ * (recipe.h), in bands: x -> y with this image's slopes dy (hyper 1 a, b,
+ * then hyper 2 a, b; maxhid each). */
 static void block_convs(const fctx *c, const mf_block *b, const float *x, int h, int w, float *y, int oh, int ow,
                         const float *dy, size_t maxhid)
 {
-    scratch *sc = c->sc;
-    const mf_block_recipe *br = &mf_block_recipes[b->type];
-    float *gath = sc->gath + (size_t)sc->nimg * c->m->arch.token_dim * 5 / 4;
-    float *maps[4] = {[MF_MAP_X] = (float *)x, [MF_MAP_Y] = y, [MF_MAP_U1] = sc->U1, [MF_MAP_U2] = sc->U2};
-    int packed[4] = {0}; /* the map holds a 1x1's packed bf16 input (dw_packed) */
-    int ch = h, cw = w; /* the map size where the row runs: the input's until the strided depthwise */
-    for (int i = 0; i < br->n_layers; i++) {
-        const mf_layer_recipe *r = &br->layers[i];
-        if (r->kind != MF_LAYER_DW && r->kind != MF_LAYER_PW) continue;
-        const void *layer = mf_recipe_target_const(c->m, b, r);
-        const float *src = maps[r->src];
-        float *dst = maps[r->dst];
+    chain ch;
+    chain_make(c->m, b, h, w, oh, ow, &ch);
+    band_task k = {.c = c, .ch = &ch, .x = x, .y = y};
+    float *gath = c->sc->gath + (size_t)c->sc->nimg * c->m->arch.token_dim * 5 / 4;
+    for (int i = 0; i < ch.n; i++) {
+        const mf_layer_recipe *r = ch.l[i].r;
         const float *da = r->dy ? dy + (size_t)(2 * (r->dy - 1)) * maxhid : NULL, *db = da ? da + maxhid : NULL;
-        const float *res = r->res == MF_RES_DST ? dst : r->res == MF_RES_X_IF_IDENTITY && b->identity ? x : NULL;
-        if (r->kind == MF_LAYER_DW) {
-            const mf_dw *d = layer;
-            int nh = r->strided ? oh : ch, nw = r->strided ? ow : cw;
-            mf_epi e = {.act = r->act, .bias = d->bias, .dya = da, .dyb = db};
-            const mf_pw *to = packed_consumer(c->m, b, i);
-            dw_conv(c, d, src, ch, cw, dst, nh, nw, &e, to);
-            packed[r->dst] = to != NULL;
-            ch = nh;
-            cw = nw;
-        } else {
-            const uint16_t *xp = packed[r->src] ? (const uint16_t *)(const void *)src : NULL;
-            pw_conv(c, layer, xp ? NULL : src, xp, ch * cw, dst, r->act, da, db, res, gath);
-            packed[r->dst] = 0;
+        k.res_from[i] = -1;
+        if (ch.l[i].dw) {
+            k.e[i][0] = (mf_epi){.act = r->act, .bias = ((const mf_dw *)ch.l[i].layer)->bias, .dya = da, .dyb = db};
+            continue;
         }
+        pw_epis(ch.l[i].layer, r->act, da, db, gath, k.e[i]);
+        gath += 2 * maxhid;
+        if (r->res == MF_RES_X_IF_IDENTITY && b->identity) k.res_from[i] = MF_CHAIN_MAX;
+        if (r->res == MF_RES_DST) /* what the destination map holds: the last layer before that wrote it */
+            for (int j = i - 1; j >= 0 && k.res_from[i] < 0; j--)
+                if (ch.l[j].r->dst == r->dst) k.res_from[i] = j;
     }
+    par(c->ws, band_run, &k);
 }
 
 /* Classifier conv of one image: [shuffle(G)] -> 1x1 + BN + relu6 -> mean ->
@@ -629,7 +795,7 @@ static void classifier_features(const fctx *c, const float *x, int hw, const flo
         cin = sc->col;
     }
     const mf_pw *cp = &c->m->cls_pw;
-    pw_conv(c, cp, cin, NULL, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, NULL, sc->gath);
+    pw_conv(c, cp, cin, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, sc->gath);
     for (int ch = 0; ch < cp->cout; ch++) {
         const float *r = sc->U1 + (size_t)ch * hw;
         float s = 0.f;

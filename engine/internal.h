@@ -49,6 +49,19 @@ typedef struct mf_epi {
  * shuffle(G), folded into the output stride), else at g*(M/G)+j. */
 typedef struct mf_kernels mf_kernels;
 
+/* Rows [oy0, oy1) of a 3x3 depthwise's oh x ow output, read from a window
+ * of rows of its h x w input (a band of the block, forward.c): input
+ * channel c's row iy is at x + c * ldx + (iy - xr0) * w for every row
+ * [oy0 * s - 1, (oy1 - 1) * s + 2) inside [0, h) that those outputs read. */
+typedef struct mf_dw_rows {
+    const float *x; /* input channel 0, row xr0 */
+    size_t ldx;     /* floats between input channels */
+    int xr0;        /* first input row held */
+    int h, w;       /* input size */
+    int oh, ow;     /* output size */
+    int oy0, oy1;   /* output rows computed */
+} mf_dw_rows;
+
 typedef struct mf_pw {
     const mf_kernels *k;   /* the set that packed the weights and runs the layer */
     int cout, cin, groups; /* channels out / in, groups */
@@ -153,9 +166,9 @@ struct mf_kernels {
     /* y[M][N] (row stride ldy) = W x[K][N] (row stride ldx) + epilogue; one group. */
     void (*pw)(const mf_pw *p, int group, const float *x, size_t ldx, int n, float *y, size_t ldy,
                const mf_epi *e, void *scratch);
-    /* 3x3 depthwise, output channels [c0, c1). */
-    void (*dw)(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
-               const mf_epi *e);
+    /* 3x3 depthwise, output channels [c0, c1), rows g->oy0 .. g->oy1:
+     * channel q's row oy at y + q * ldy + (oy - g->oy0) * g->ow. */
+    void (*dw)(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e);
     /* Mobile->Former attention of one head: o[T][ch] = softmax(q x / sqrt(ch)) x^T,
      * x: [ch][hw]; q, o with row strides ldq, ldo; scratch >= T*hw floats. */
     void (*m2f_attn)(const float *x, int ch, int hw, const float *q, int ldq, int t, float scale,
@@ -167,6 +180,8 @@ struct mf_kernels {
     /* Columns [o0, o1) of y[rows][out] = x[rows][in] W^T + b (token-side linears,
      * the classifier head); o0 a multiple of 48. */
     void (*linear)(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch);
+    /* x[i] = gelu(x[i]) = 0.5 x (1 + erf(x / sqrt 2)) for i < n (the Former's FFN). */
+    void (*gelu)(float *x, size_t n);
     /* The stem, 3x3 stride 2 pad 1 from 3 channels, + bias + relu6, direct,
      * output rows [oy0, oy1); NULL: im2col + pw instead.  w: [c][27]. */
     void (*stem)(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out,
@@ -187,16 +202,23 @@ struct mf_kernels {
      * it (packed_map_bytes(groups, kg, n) bytes: per group of kg channels,
      * kernels_bf16.h), rather than into fp32 planes that the 1x1 would read
      * back, round and pack; the rounding is the same.  Pair slots [s0, s1)
-     * of the groups * ceil(kg / 2); scratch: 2 * pad16(oh * ow) floats. */
+     * of the groups * ceil(kg / 2); the n = (oy1 - oy0) * ow columns are
+     * the rows g->oy0 .. g->oy1; scratch: MF_DW_PACKED_PLANES * pad16(n)
+     * floats. */
     size_t (*packed_map_bytes)(int groups, int kg, int n);
-    void (*dw_packed)(const mf_dw *d, int s0, int s1, const float *x, int h, int w, uint16_t *y, int oh, int ow,
-                      int kg, const mf_epi *e, float *scratch);
+    void (*dw_packed)(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg, const mf_epi *e,
+                      float *scratch);
     /* The 1x1 on such inputs: xp the group's packed map of n columns;
      * computes columns [c0, c0 + cols) (c0 a multiple of 16), y and e->res
      * offset to column c0 as for pw. */
     void (*pw_packed)(const mf_pw *p, int group, const uint16_t *xp, int n, int c0, int cols, float *y, size_t ldy,
                       const mf_epi *e, void *scratch);
 };
+
+/* Output planes dw_packed computes at once (four channel pairs: the
+ * depthwise's per-call set-up, its masks or its input's phases, serves all
+ * of them). */
+#define MF_DW_PACKED_PLANES 8
 
 extern const mf_kernels mf_kernels_ref;    /* plain scalar twins */
 extern const mf_kernels mf_kernels_blas;   /* portable: OpenBLAS GEMM + plain loops */
@@ -206,15 +228,19 @@ extern const mf_kernels mf_kernels_blas_bf16;    /* bf16 portable: round, then f
 extern const mf_kernels mf_kernels_avx512_bf16;  /* vdpbf16ps: only when mf_cpu_has_avx512bf16() */
 extern const mf_kernels mf_kernels_amx_bf16;     /* AMX tiles: only when mf_cpu_has_amx_bf16() */
 
-/* One output plane of the avx512 depthwise (channel q, all oh x ow), for the
- * bf16 sets' dw_packed. */
-void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
-                        const mf_epi *e);
+/* The avx512 set's depthwise (mf_kernels.dw) for the bf16 sets' dw_packed,
+ * channel q (c0 <= q < c1) written at y + (q - c0) * ldy. */
+void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e);
 
 /* kernels.c: CPU features, and the set MF_KERNELS or the CPU selects. */
 int mf_cpu_has_avx512(void);
 int mf_cpu_has_avx512bf16(void);   /* AVX-512 (as above) and AVX512-BF16 */
 int mf_cpu_has_amx_bf16(void);     /* the above, AMX-TILE/AMX-BF16, and the OS's permission (requested once) */
+/* Whether linears read once per run (the classifier head at batch 1) are
+ * best prefetched non-temporally (mf_lin.stream): on AMD, where it was
+ * measured faster; not on Intel, where NTA prefetches skip L2 and the fp32
+ * head ran at 4.5 GB/s against 11.4 GB/s with the usual T0 prefetches. */
+int mf_cpu_stream_nt(void);
 
 /* The sets for precision p, forced by `force` ("auto", "reference", ...; see
  * mf_kernels_name in mf.h) or, when NULL, by $MF_KERNELS: *gemm for the

@@ -31,6 +31,16 @@ int mf_cpu_has_avx512(void)
 #endif
 }
 
+int mf_cpu_stream_nt(void)
+{
+#ifdef MF_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+#else
+    return 0;
+#endif
+}
+
 #ifdef MF_X86
 static unsigned long long xgetbv0(void)
 {

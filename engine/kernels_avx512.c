@@ -111,33 +111,36 @@ static void pw_tile_dispatch(int nv, const float *wp, const float *x, size_t ldx
 /* The last few columns of a 1x1 conv (fewer than 8: a 7x7 map's 49th
  * pixel, a 14x14 map's last 4) as matrix-vector products, eight rows at a
  * time in 256-bit lanes, instead of a 16-wide tile that would be mostly
- * empty.  Same first/last/residual conventions as pw_tile. */
+ * empty.  Same first/last/residual conventions as pw_tile, and the same
+ * sums in the same order (one FMA chain per output, k in order), so an
+ * output does not depend on which of the two computed it. */
 static void pw_tail_cols(int nc, const float *wp, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
                          int first, int last, int row0, const mf_epi *e, const float *res)
 {
     const int res_first = res && e->act == MF_ACT_NONE;
     const __mmask8 rm = (__mmask8)((1u << rows) - 1u);
     const __m256i ridx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int c = 0; c < nc; c++) {
-        __m256 a0, a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        const __m256i yoff = _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)ldy));
-        if (!first) a0 = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, yoff, y + c, 4);
+    const __m256i yoff = _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)ldy));
+    __m256 acc[7];
+#pragma GCC unroll 7
+    for (int c = 0; c < 7; c++) {
+        if (c >= nc) acc[c] = _mm256_setzero_ps();
+        else if (!first) acc[c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, yoff, y + c, 4);
         else if (res_first)
-            a0 = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)e->ldr)),
-                                           res + c, 4);
-        else a0 = _mm256_setzero_ps();
-        int k = 0;
-        for (; k + 4 <= kc; k += 4) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)k * MR), _mm256_set1_ps(x[(size_t)k * ldx + c]), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 1) * MR), _mm256_set1_ps(x[(size_t)(k + 1) * ldx + c]), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 2) * MR), _mm256_set1_ps(x[(size_t)(k + 2) * ldx + c]), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)(k + 3) * MR), _mm256_set1_ps(x[(size_t)(k + 3) * ldx + c]), a3);
-        }
-        for (; k < kc; k++)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (size_t)k * MR), _mm256_set1_ps(x[(size_t)k * ldx + c]), a0);
-        __m256 t = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            acc[c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm,
+                                               _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)e->ldr)), res + c, 4);
+        else acc[c] = _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++) {
+        const __m256 wv = _mm256_loadu_ps(wp + (size_t)k * MR);
+        const float *xk = x + (size_t)k * ldx;
+#pragma GCC unroll 7
+        for (int c = 0; c < 7; c++)
+            if (c < nc) acc[c] = _mm256_fmadd_ps(wv, _mm256_set1_ps(xk[c]), acc[c]);
+    }
+    for (int c = 0; c < nc; c++) {
         float v[8];
-        _mm256_storeu_ps(v, t);
+        _mm256_storeu_ps(v, acc[c]);
         for (int r = 0; r < rows; r++) {
             float o = v[r];
             if (last) {
@@ -229,18 +232,22 @@ static inline __m512 dw_ep_apply(__m512 t, const dw_ep *d)
     return t;
 }
 
-/* Stride 1.  Interior rows go four at a time: their six input rows are each
- * loaded once (three shifted loads) and feed every output row they touch;
- * the first and last rows take the general path, two rows at a time.
- * Weights live in registers for the whole plane. */
-static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo, int q, const mf_epi *e)
+/* Stride 1, output rows [oy0, oy1): interior rows go four at a time, their
+ * six input rows each loaded once (three shifted loads) and feeding every
+ * output row they touch; rows at the map's edges (and a band's last one to
+ * three) take the general path, two rows at a time.  xr(iy) is input row iy;
+ * weights live in registers for the whole plane. */
+static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, float *yo, int oy0, int oy1, int q,
+                        const mf_epi *e)
 {
+#define XR(iy) (xi + (ptrdiff_t)((iy) - xr0) * w)
     __m512 kv[9];
     for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
     const dw_ep ep = dw_ep_make(q, e);
-    int oy = 0;
-    while (oy < h) {
-        if (oy >= 1 && oy + 4 < h) { /* rows oy-1 .. oy+4 all exist */
+    int oy = oy0;
+    while (oy < oy1) {
+        float *yr = yo + (size_t)(oy - oy0) * w;
+        if (oy >= 1 && oy + 4 < h && oy + 4 <= oy1) { /* rows oy-1 .. oy+4 all exist */
             for (int ox = 0; ox < w; ox += 16) {
                 __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
                           mr = mask_range(ox + 1, w);
@@ -252,7 +259,7 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
                 for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
 #pragma GCC unroll 6
                 for (int r = 0; r < 6; r++) {
-                    const float *row = xi + (size_t)(oy - 1 + r) * w + ox;
+                    const float *row = XR(oy - 1 + r) + ox;
                     __m512 l = _mm512_maskz_loadu_ps(ml, row - 1), c = _mm512_maskz_loadu_ps(mc, row),
                            rt = _mm512_maskz_loadu_ps(mr, row + 1);
 #pragma GCC unroll 4
@@ -266,52 +273,59 @@ static void dw_plane_s1(const float *xi, int h, int w, const float *k, float *yo
                 }
 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++)
-                    _mm512_mask_storeu_ps(yo + (size_t)(oy + j) * w + ox, mo,
+                    _mm512_mask_storeu_ps(yr + (size_t)j * w + ox, mo,
                                           dw_ep_apply(_mm512_add_ps(acc[j][0], acc[j][1]), &ep));
             }
             oy += 4;
             continue;
         }
-        const int two = oy + 1 < h;
+        /* the same sums in the same order as above (side and centre taps
+         * apart, rows in order), so a row's outputs do not depend on the
+         * path that computed it, hence not on how the rows were banded */
+        const int two = oy + 1 < oy1;
         for (int ox = 0; ox < w; ox += 16) {
             __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
                       mr = mask_range(ox + 1, w);
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            __m512 a0 = _mm512_setzero_ps(), a0c = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(),
+                   a1c = _mm512_setzero_ps();
             for (int r = -1; r <= 2; r++) { /* input rows oy-1 .. oy+2 */
                 int iy = oy + r;
-                if (iy < 0 || iy >= h) continue;
-                const float *row = xi + (size_t)iy * w + ox;
+                if (iy < 0 || iy >= h || (r == 2 && !two)) continue;
+                const float *row = XR(iy) + ox;
                 __m512 l = _mm512_maskz_loadu_ps(ml, row - 1), c = _mm512_maskz_loadu_ps(mc, row),
                        rt = _mm512_maskz_loadu_ps(mr, row + 1);
                 if (r <= 1) { /* tap row r+1 of output row oy */
                     const int ky = r + 1;
                     a0 = _mm512_fmadd_ps(kv[ky * 3 + 0], l, a0);
-                    a0 = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a0);
+                    a0c = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a0c);
                     a0 = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, a0);
                 }
                 if (r >= 0 && two) { /* tap row r of output row oy+1 */
                     const int ky = r;
                     a1 = _mm512_fmadd_ps(kv[ky * 3 + 0], l, a1);
-                    a1 = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a1);
+                    a1c = _mm512_fmadd_ps(kv[ky * 3 + 1], c, a1c);
                     a1 = _mm512_fmadd_ps(kv[ky * 3 + 2], rt, a1);
                 }
             }
-            _mm512_mask_storeu_ps(yo + (size_t)oy * w + ox, mo, dw_ep_apply(a0, &ep));
-            if (two) _mm512_mask_storeu_ps(yo + (size_t)(oy + 1) * w + ox, mo, dw_ep_apply(a1, &ep));
+            _mm512_mask_storeu_ps(yr + ox, mo, dw_ep_apply(_mm512_add_ps(a0, a0c), &ep));
+            if (two) _mm512_mask_storeu_ps(yr + w + ox, mo, dw_ep_apply(_mm512_add_ps(a1, a1c), &ep));
         }
         oy += 2;
     }
+#undef XR
 }
 
-static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo, int oh, int ow, int q,
-                        const mf_epi *e)
+/* Stride 2 along output rows, for maps too wide for dwf's planes. */
+static void dw_plane_s2(const float *xi, int xr0, int h, int w, const float *k, float *yo, int ow, int oy0, int oy1,
+                        int q, const mf_epi *e)
 {
+#define XR(iy) (xi + (ptrdiff_t)((iy) - xr0) * w)
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     __m512 kv[9];
     for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
     const dw_ep ep = dw_ep_make(q, e);
-    for (int oy = 0; oy < oh; oy++) {
+    for (int oy = oy0; oy < oy1; oy++) {
         for (int ox = 0; ox < ow; ox += 16) {
             const int s = 2 * ox; /* first input column of the centre tap */
             __mmask16 mo = mask_n(ow - ox);
@@ -322,7 +336,7 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
             for (int ky = 0; ky < 3; ky++) {
                 int iy = 2 * oy + ky - 1;
                 if (iy < 0 || iy >= h) continue;
-                const float *row = xi + (size_t)iy * w;
+                const float *row = XR(iy);
                 __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
                 __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
                 __m512 c = _mm512_permutex2var_ps(a, even, b);   /* x[s + 2j]     */
@@ -333,23 +347,217 @@ static void dw_plane_s2(const float *xi, int h, int w, const float *k, float *yo
                 accr = _mm512_fmadd_ps(kv[ky * 3 + 2], r, accr);
             }
             acc = _mm512_add_ps(_mm512_add_ps(acc, accc), accr);
-            _mm512_mask_storeu_ps(yo + (size_t)oy * ow + ox, mo, dw_ep_apply(acc, &ep));
+            _mm512_mask_storeu_ps(yo + (size_t)(oy - oy0) * ow + ox, mo, dw_ep_apply(acc, &ep));
+        }
+    }
+#undef XR
+#undef XR
+}
+
+/* ---- depthwise on flattened rows ------------------------------------------
+ * The kernels above run along output rows, 16 columns per vector: maps 7 or
+ * 14 pixels wide would leave half or an eighth of every vector empty, and
+ * a stride-2 row needs two loads and a permute per tap row.  These run
+ * along the band's outputs flattened (output pixel p = r * ow + ox of rows
+ * oy0 + r), 16 pixels per vector whatever the width, each tap a load at a
+ * constant offset from p.  Each output sums its taps in one fixed order
+ * ((row 0 + row 1) + row 2, each row left to right), so banding changes no
+ * bits.  Channel q goes to y + (q - c0) * ldy, flattened. */
+
+/* Floats of each tap plane (on the stack): a pass's outputs, two more rows
+ * and a vector's overrun; passes of at least one row up to this width. */
+#define DWF_PLANE 2112
+#define DWF_MAX_W ((DWF_PLANE - 64) / 3)
+
+static inline __m512 dwf_sum(const __m512 *t, const __m512 *kv)
+{
+    __m512 a0 = _mm512_mul_ps(kv[0], t[0]), a1 = _mm512_mul_ps(kv[3], t[3]), a2 = _mm512_mul_ps(kv[6], t[6]);
+    a0 = _mm512_fmadd_ps(kv[1], t[1], a0);
+    a1 = _mm512_fmadd_ps(kv[4], t[4], a1);
+    a2 = _mm512_fmadd_ps(kv[7], t[7], a2);
+    a0 = _mm512_fmadd_ps(kv[2], t[2], a0);
+    a1 = _mm512_fmadd_ps(kv[5], t[5], a1);
+    a2 = _mm512_fmadd_ps(kv[8], t[8], a2);
+    return _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
+}
+
+/* The planes of one input channel for output rows [r0, r0 + rows): with
+ * zeros wherever a tap falls outside the map, tap (ky, kx) of flattened
+ * output p is tap[ky * 3 + kx][p].  Stride 1: ph[kx][j][ox] =
+ * x[r0 - 1 + j][ox + kx - 1], rows + 2 rows, tap (ky, kx) at ph[kx] + ky ow.
+ * Stride 2: even input rows ph[kx][r][ox] = x[2 (r0 + r)][2 ox + kx - 1] for
+ * ky 1, odd rows ph[3 + kx][r][ox] = x[2 (r0 + r) - 1][...] (one row more)
+ * for ky 0 and, a row on, ky 2. */
+static void dwf_planes(const mf_dw_rows *g, int s, const float *xc, int r0, int rows, float *const *ph,
+                       const float **tap)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int w = g->w, h = g->h, ow = g->ow;
+    for (int par = 0; par < s; par++)
+        for (int j = 0; j < (s == 1 ? rows + 2 : rows + par); j++) {
+            const int iy = s == 1 ? r0 - 1 + j : 2 * (r0 + j) - par;
+            float *pl = ph[3 * par] + (size_t)j * ow, *pc = ph[3 * par + 1] + (size_t)j * ow,
+                  *pr = ph[3 * par + 2] + (size_t)j * ow;
+            const float *row = xc + (ptrdiff_t)(iy - g->xr0) * w;
+            for (int ox = 0; ox < ow; ox += 16) {
+                const __mmask16 mo = mask_n(ow - ox);
+                if (iy < 0 || iy >= h) {
+                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_setzero_ps());
+                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_setzero_ps());
+                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_setzero_ps());
+                } else if (s == 1) {
+                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox - 1, w), row + ox - 1));
+                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox, w), row + ox));
+                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox + 1, w), row + ox + 1));
+                } else {
+                    const int c = 2 * ox;
+                    __m512 a = _mm512_maskz_loadu_ps(mask_range(c, w), row + c);
+                    __m512 b = _mm512_maskz_loadu_ps(mask_range(c + 16, w), row + c + 16);
+                    __m512 la = _mm512_maskz_loadu_ps(mask_range(c - 1, w), row + c - 1);
+                    __m512 lb = _mm512_maskz_loadu_ps(mask_range(c + 15, w), row + c + 15);
+                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_permutex2var_ps(la, even, lb)); /* 2ox - 1 */
+                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_permutex2var_ps(a, even, b));   /* 2ox */
+                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_permutex2var_ps(a, odd, b));    /* 2ox + 1 */
+                }
+            }
+        }
+    for (int kx = 0; kx < 3; kx++) {
+        tap[kx] = s == 1 ? ph[kx] : ph[3 + kx];
+        tap[3 + kx] = s == 1 ? ph[kx] + ow : ph[kx];
+        tap[6 + kx] = s == 1 ? ph[kx] + 2 * ow : ph[3 + kx] + ow;
+    }
+}
+
+/* Channels [c0, c1), rows [oy0, oy1), in passes of the rows the planes
+ * hold.  The planes are built for a few input channels at a time, then
+ * every output channel reading them (a multiplier's) is nine plain loads
+ * per 16 outputs: building several first lets their stores retire before
+ * the first loads (a load right behind the masked stores it reads waits
+ * for them). */
+static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    enum { GMAX = 8 };
+    const int s = d->stride, ow = g->ow;
+    const int rp = (DWF_PLANE - 64) / ow - 2, rows_pass = rp < 1 ? 1 : rp;
+    float buf[6 * DWF_PLANE] __attribute__((aligned(64)));
+    const float *tap[GMAX][9];
+    for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
+        const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * ow, nv = (n + 15) / 16;
+        /* floats of one input channel's planes (64-byte multiples) */
+        const size_t one = (size_t)3 * s * ((((size_t)(r1 - r0 + 2) * ow + 16) + 15) & ~(size_t)15);
+        int gmax = (int)(sizeof buf / sizeof buf[0] / one);
+        if (gmax > GMAX) gmax = GMAX;
+        for (int q0 = c0; q0 < c1;) {
+            /* the channels from q0 reading at most gmax distinct inputs, in runs */
+            int srcs[GMAX], ns = 0, q1 = q0;
+            while (q1 < c1) {
+                if (ns == 0 || d->src[q1] != srcs[ns - 1]) {
+                    if (ns == gmax) break;
+                    srcs[ns++] = d->src[q1];
+                }
+                q1++;
+            }
+            for (int i = 0; i < ns; i++) {
+                float *pb = buf + one * (size_t)i, *planes[6] = {0};
+                for (int j = 0; j < 3 * s; j++) planes[j] = pb + one / (3 * s) * j;
+                dwf_planes(g, s, g->x + (size_t)srcs[i] * g->ldx, r0, r1 - r0, planes, tap[i]);
+            }
+            for (int q = q0, i = 0; q < q1; q++) {
+                if (q > q0 && d->src[q] != d->src[q - 1]) i++;
+                const float *k = d->w + (size_t)q * 9;
+                __m512 kv[9];
+                for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
+                const dw_ep ep = dw_ep_make(q, e);
+                float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * ow;
+                const float *const *tp = tap[i];
+                for (int v = 0; v < nv; v++) {
+                    const int p = 16 * v;
+                    __m512 t9[9];
+#pragma GCC unroll 9
+                    for (int t = 0; t < 9; t++) t9[t] = _mm512_loadu_ps(tp[t] + p);
+                    _mm512_mask_storeu_ps(yo + p, mask_n(n - p), dw_ep_apply(dwf_sum(t9, kv), &ep));
+                }
+            }
+            q0 = q1;
         }
     }
 }
 
-void mf_dw_plane_avx512(const mf_dw *d, int q, const float *x, int h, int w, float *yo, int oh, int ow,
-                        const mf_epi *e)
+/* Stride 1, maps narrower than a vector: channels [c0, c1), rows [oy0,
+ * oy1) in passes of DWF_S1_VECS vectors; tap (ky, kx) of pixel p is
+ * x[p + (ky - 1) w + kx - 1] (from the pass's first row), masked where it
+ * falls outside the map, the masks of a pass computed once for all its
+ * channels.  (Tap planes as dwf builds them cost more than they save
+ * without a multiplier to share them.) */
+#define DWF_S1_VECS 64
+
+/* Lanes [0, a) of 16 (any a). */
+static inline unsigned lanes_below(int a) { return a <= 0 ? 0u : a >= 16 ? 0xFFFFu : (1u << a) - 1u; }
+static void dwf_s1(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
-    const float *xi = x + (size_t)d->src[q] * h * w;
-    if (d->stride == 1) dw_plane_s1(xi, h, w, d->w + (size_t)q * 9, yo, q, e);
-    else dw_plane_s2(xi, h, w, d->w + (size_t)q * 9, yo, oh, ow, q, e);
+    const int w = g->w, h = g->h;
+    __mmask16 mt[DWF_S1_VECS][9];
+    const int rows_pass = DWF_S1_VECS * 16 / w;
+    for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
+        const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * w, nv = (n + 15) / 16;
+        /* rows: the tap row above is outside for the map's first row, the
+         * one below for its last; columns: left of each row's first pixel,
+         * right of its last (every w-th lane, few per vector) */
+        const int top = r0 == 0 ? w : 0, bottom = r1 == h ? n - w : n;
+        for (int v = 0; v < nv; v++) {
+            const int p0 = 16 * v;
+            const unsigned all = lanes_below(n - p0), up = 0xFFFFu & ~lanes_below(top - p0),
+                           down = lanes_below(bottom - p0);
+            unsigned first = 0, last = 0;
+            for (int p = (p0 + w - 1) / w * w; p < p0 + 16; p += w) first |= 1u << (p - p0);
+            for (int p = (p0 + 1 + w - 1) / w * w - 1; p < p0 + 16; p += w) if (p >= p0) last |= 1u << (p - p0);
+            const unsigned col[3] = {all & ~first, all, all & ~last}, row[3] = {up, ~0u, down};
+            for (int t = 0; t < 9; t++) mt[v][t] = (__mmask16)(col[t % 3] & row[t / 3]);
+        }
+        for (int q = c0; q < c1; q++) {
+            const float *xb = g->x + (size_t)d->src[q] * g->ldx + (ptrdiff_t)(r0 - g->xr0) * w;
+            const float *k = d->w + (size_t)q * 9;
+            __m512 kv[9];
+            for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
+            const dw_ep ep = dw_ep_make(q, e);
+            float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * w;
+            for (int v = 0; v < nv; v++) {
+                __m512 t9[9];
+                const float *xp = xb + 16 * v;
+#pragma GCC unroll 9
+                for (int t = 0; t < 9; t++) t9[t] = _mm512_maskz_loadu_ps(mt[v][t], xp + (t / 3 - 1) * w + (t % 3 - 1));
+                _mm512_mask_storeu_ps(yo + 16 * v, mask_n(n - 16 * v), dw_ep_apply(dwf_sum(t9, kv), &ep));
+            }
+        }
+    }
 }
 
-static void dw_avx512(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
-                      const mf_epi *e)
+/* Which kernel computes a layer: its stride and output width, never its
+ * rows, so every band of a layer sums alike. */
+static inline int dw_flat(const mf_dw *d, int ow)
 {
-    for (int q = c0; q < c1; q++) mf_dw_plane_avx512(d, q, x, h, w, y + (size_t)q * oh * ow, oh, ow, e);
+    return d->stride == 2 ? ow <= DWF_MAX_W : ow < 16;
+}
+
+void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    if (dw_flat(d, g->ow)) {
+        if (d->stride == 1) dwf_s1(d, c0, c1, g, y, ldy, e);
+        else dwf(d, c0, c1, g, y, ldy, e);
+        return;
+    }
+    for (int q = c0; q < c1; q++) {
+        const float *xi = g->x + (size_t)d->src[q] * g->ldx, *k = d->w + (size_t)q * 9;
+        float *yo = y + (size_t)(q - c0) * ldy;
+        if (d->stride == 1) dw_plane_s1(xi, g->xr0, g->h, g->w, k, yo, g->oy0, g->oy1, q, e);
+        else dw_plane_s2(xi, g->xr0, g->h, g->w, k, yo, g->ow, g->oy0, g->oy1, q, e);
+    }
+}
+
+static void dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    mf_dw_avx512(d, c0, c1, g, y + (size_t)c0 * ldy, ldy, e);
 }
 
 /* ---- exp ----------------------------------------------------------------
@@ -371,6 +579,34 @@ static inline __m512 exp512(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+
+/* ---- GELU ---------------------------------------------------------------
+ * gelu(x) = 0.5 x (1 + erf(x / sqrt 2)) with erfc(z) = q = t P(t) exp(-z^2),
+ * t = 1 / (1 + 0.3275911 z), z = |x| / sqrt 2 (Abramowitz and Stegun 7.1.26,
+ * |error| <= 1.5e-7): 0.5 x (2 - q) for x >= 0, 0.5 x q below, so the small
+ * values of negative x come without cancellation; within 2e-7 (1 + |gelu|)
+ * of the erff twin. */
+static void gelu_avx512(float *x, size_t n)
+{
+    const __m512 half = _mm512_set1_ps(0.5f), two = _mm512_set1_ps(2.f), one = _mm512_set1_ps(1.f);
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 mk = n - i >= 16 ? (__mmask16)0xFFFF : mask_n((int)(n - i));
+        const __m512 v = _mm512_maskz_loadu_ps(mk, x + i);
+        const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678118654752f));
+        const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), one));
+        __m512 p = _mm512_set1_ps(1.061405429f);
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+        /* erfc below 1e-36 (z > 9) is zero here, not a denormal */
+        const __m512 q = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(9.f), _CMP_LT_OQ),
+                                             _mm512_mul_ps(_mm512_mul_ps(p, t), exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z))));
+        const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+        const __m512 f = _mm512_mask_mov_ps(_mm512_sub_ps(two, q), neg, q);
+        _mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(_mm512_mul_ps(half, v), f));
+    }
 }
 
 /* ---- Mobile -> Former --------------------------------------------------- */
@@ -731,6 +967,7 @@ const mf_kernels mf_kernels_avx512 = {
     .m2f_attn = m2f_attn_avx512,
     .f2m_attn = f2m_attn_avx512,
     .linear = linear_avx512,
+    .gelu = gelu_avx512,
     .stem = stem_avx512,
     .pw_packed_bytes = pw_packed_bytes,
     .pw_pack = pw_pack,

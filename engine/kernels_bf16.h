@@ -131,30 +131,40 @@ static inline void mf_bf16_pack_x(const float *x, size_t ldx, int K, int cols, u
 }
 
 /* The depthwise into the packed input of the next 1x1 (mf_kernels.dw_packed):
- * each pair slot's two channel planes are computed into the scratch (in L1
- * or L2) by the fp32 kernel, then rounded and interleaved into their pair
- * row of every column block; the thread with a group's last pair also zeroes
- * the group's padding pairs. */
-static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const float *x, int h, int w, uint16_t *y,
-                                     int oh, int ow, int kg, const mf_epi *e, float *scratch)
+ * the planes of up to MF_DW_PACKED_PLANES / 2 pair slots at once (rows
+ * g->oy0 .. g->oy1, consecutive channels of one group) are computed into the
+ * scratch by the fp32 kernel, then each slot's two planes are rounded and
+ * interleaved into their pair row of every column block; the thread with a
+ * group's last pair also zeroes the group's padding pairs. */
+static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg,
+                                     const mf_epi *e, float *scratch)
 {
-    const int n = oh * ow, NB = (n + 15) / 16, KP = mf_bf16_kb(kg) * 16, PG = (kg + 1) / 2;
-    float *pa = scratch, *pb = scratch + ((n + 15) & ~15);
-    for (int s = s0; s < s1; s++) {
-        const int g = s / PG, kp = s % PG, q0 = g * kg + 2 * kp, two = 2 * kp + 1 < kg;
-        mf_dw_plane_avx512(d, q0, x, h, w, pa, oh, ow, e);
-        if (two) mf_dw_plane_avx512(d, q0 + 1, x, h, w, pb, oh, ow, e);
-        uint16_t *base = y + (size_t)g * NB * KP * 32, *dst = base + (size_t)kp * 32;
-        for (int nb = 0; nb < NB; nb++) {
-            const __mmask16 mk = mf_bf16_mask(n - 16 * nb);
-            const __m512 a = _mm512_maskz_loadu_ps(mk, pa + 16 * nb);
-            const __m512 b = two ? _mm512_maskz_loadu_ps(mk, pb + 16 * nb) : _mm512_setzero_ps();
-            _mm512_store_si512((void *)(dst + (size_t)nb * KP * 32), mf_bf16_pair(a, b));
+    const int n = (g->oy1 - g->oy0) * g->ow, NB = (n + 15) / 16, KP = mf_bf16_kb(kg) * 16, PG = (kg + 1) / 2;
+    const size_t ld = (size_t)((n + 15) & ~15);
+    for (int sa = s0; sa < s1;) {
+        /* slots [sa, sb): within one group, channels q0 .. q1 */
+        const int gi = sa / PG, sb0 = sa + MF_DW_PACKED_PLANES / 2, gend = (gi + 1) * PG;
+        const int sb = sb0 < s1 ? (sb0 < gend ? sb0 : gend) : (s1 < gend ? s1 : gend);
+        const int q0 = gi * kg + 2 * (sa % PG), q1e = gi * kg + 2 * ((sb - 1) % PG) + 2,
+                  q1 = q1e < (gi + 1) * kg ? q1e : (gi + 1) * kg;
+        mf_dw_avx512(d, q0, q1, g, scratch, ld, e);
+        uint16_t *base = y + (size_t)gi * NB * KP * 32;
+        for (int sl = sa; sl < sb; sl++) {
+            const int kp = sl % PG, two = 2 * kp + 1 < kg;
+            const float *pa = scratch + ld * (size_t)(gi * kg + 2 * kp - q0), *pb = pa + ld;
+            uint16_t *dst = base + (size_t)kp * 32;
+            for (int nb = 0; nb < NB; nb++) {
+                const __mmask16 mk = mf_bf16_mask(n - 16 * nb);
+                const __m512 a = _mm512_maskz_loadu_ps(mk, pa + 16 * nb);
+                const __m512 b = two ? _mm512_maskz_loadu_ps(mk, pb + 16 * nb) : _mm512_setzero_ps();
+                _mm512_store_si512((void *)(dst + (size_t)nb * KP * 32), mf_bf16_pair(a, b));
+            }
+            if (kp == PG - 1)
+                for (int nb = 0; nb < NB; nb++)
+                    for (int k2 = PG; k2 < KP; k2++)
+                        _mm512_store_si512((void *)(base + ((size_t)nb * KP + k2) * 32), _mm512_setzero_si512());
         }
-        if (kp == PG - 1)
-            for (int nb = 0; nb < NB; nb++)
-                for (int k2 = PG; k2 < KP; k2++)
-                    _mm512_store_si512((void *)(base + ((size_t)nb * KP + k2) * 32), _mm512_setzero_si512());
+        sa = sb;
     }
 }
 

@@ -87,15 +87,14 @@ static void pw_blas(const mf_pw *p, int g, const float *x, size_t ldx, int n, fl
         epilogue_row(y + (size_t)j * ldy, n, j, e, e->res && !inplace ? e->res + (size_t)j * e->ldr : NULL);
 }
 
-static void dw_ref(const mf_dw *d, int c0, int c1, const float *x, int h, int w, float *y, int oh, int ow,
-                   const mf_epi *e)
+static void dw_ref(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
-    const int s = d->stride;
+    const int s = d->stride, h = g->h, w = g->w, ow = g->ow, rows = g->oy1 - g->oy0;
     for (int q = c0; q < c1; q++) {
-        const float *xi = x + (size_t)d->src[q] * h * w;
+        const float *xi = g->x + (size_t)d->src[q] * g->ldx;
         const float *k = d->w + (size_t)q * 9;
-        float *yo = y + (size_t)q * oh * ow;
-        for (int oy = 0; oy < oh; oy++)
+        float *yo = y + (size_t)q * ldy;
+        for (int oy = g->oy0; oy < g->oy1; oy++)
             for (int ox = 0; ox < ow; ox++) {
                 float acc = 0.f;
                 for (int ky = 0; ky < 3; ky++) {
@@ -104,12 +103,12 @@ static void dw_ref(const mf_dw *d, int c0, int c1, const float *x, int h, int w,
                     for (int kx = 0; kx < 3; kx++) {
                         int ix = ox * s + kx - 1;
                         if (ix < 0 || ix >= w) continue;
-                        acc += k[ky * 3 + kx] * xi[(size_t)iy * w + ix];
+                        acc += k[ky * 3 + kx] * xi[(ptrdiff_t)(iy - g->xr0) * w + ix];
                     }
                 }
-                yo[(size_t)oy * ow + ox] = acc;
+                yo[(size_t)(oy - g->oy0) * ow + ox] = acc;
             }
-        epilogue_row(yo, oh * ow, q, e, NULL);
+        epilogue_row(yo, rows * ow, q, e, NULL);
     }
 }
 
@@ -143,6 +142,12 @@ static void f2m_attn_ref(float *y, int ch, int hw, const float *k, const float *
 }
 
 /* ---- token-side helpers ------------------------------------------------- */
+
+static void gelu_ref(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
 
 static void linear_plain(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, int bf16)
 {
@@ -225,7 +230,7 @@ static void linear_blas_bf16(const mf_lin *l, const float *x, int rows, float *y
 
 /* Both fp32 sets run the depthwise convolution and the attention bridges
  * with the plain loops. */
-#define PLAIN_LOOPS .dw = dw_ref, .m2f_attn = m2f_attn_ref, .f2m_attn = f2m_attn_ref
+#define PLAIN_LOOPS .dw = dw_ref, .m2f_attn = m2f_attn_ref, .f2m_attn = f2m_attn_ref, .gelu = gelu_ref
 
 const mf_kernels mf_kernels_ref = {.name = "reference", .pw = pw_ref, .linear = mf_linear_ref, PLAIN_LOOPS};
 

@@ -131,6 +131,15 @@ static void round_for(const mf_kernels *k, float *w, size_t n)
     for (size_t i = 0; i < n; i++) w[i] = mf_bf16_round(w[i]);
 }
 
+/* The set of a 1x1 conv: the model's GEMM set, except that a bf16 model
+ * runs the 1x1s with fewer than 16 input channels per group (26m's grouped
+ * ones: 3 to 12) on its fp32 set, where bf16 tiles and pairs would be
+ * mostly padding (26m's blocks ran 2x slower in bf16 than in fp32). */
+static const mf_kernels *pw_set(const mf_model *m, int cin, int groups)
+{
+    return m->k != m->k32 && cin / groups < 16 ? m->k32 : m->k;
+}
+
 static void set_pw(build_ctx *c, const mf_kernels *k, mf_pw *p, const char *conv, const char *bn, int cout, int cin,
                    int groups, int shuffle_out)
 {
@@ -298,16 +307,16 @@ static void build_rows(build_ctx *c, const mf_layer_recipe *rows, int n, const c
         const mf_kernels *k = c->m->k;
         switch (r->kind) {
         case MF_LAYER_DW: set_dw(c, dst, s1, s2, in, out / in, r->strided ? stride : 1, r->shuffled && G > 1); break;
-        case MF_LAYER_PW: set_pw(c, k, dst, s1, s2, out, in, G, r->shuffled); break;
+        case MF_LAYER_PW: set_pw(c, pw_set(c->m, in, G), dst, s1, s2, out, in, G, r->shuffled); break;
         case MF_LAYER_HYPER: set_hyper(c, k, dst, s1, D, out); break;
         case MF_LAYER_LINEAR:
             set_lin(c, k, dst, s1, out, in);
-            /* read once per run: streamed past the caches, not kept */
-            if (r->per_image) ((mf_lin *)dst)->stream = 1;
+            /* read once per run: streamed past the caches where that pays */
+            if (r->per_image) ((mf_lin *)dst)->stream = mf_cpu_stream_nt();
             break;
         case MF_LAYER_LINEAR_BN:
             set_lin_then_bn(c, k, dst, s1, s2, out, in);
-            if (r->per_image) ((mf_lin *)dst)->stream = 1;
+            if (r->per_image) ((mf_lin *)dst)->stream = mf_cpu_stream_nt();
             break;
         case MF_LAYER_NORM: set_norm(c, dst, s1, out); break;
         case MF_LAYER_TOKENS: set_tokens(c, s1); break;

@@ -3,7 +3,9 @@
  * shuffled output, every epilogue, in-place residual, K beyond one depth
  * block, columns beyond one packing pass), 3x3 depthwise (strides 1 and 2,
  * multipliers, folded shuffles, odd sizes), both attention bridges,
- * token-side linears, the direct stem, LayerNorm and the hard sigmoid.
+ * token-side linears, the direct stem, GELU, LayerNorm and the hard sigmoid.
+ * The depthwise runs in bands of rows read from windows of its input, as
+ * the forward pass runs it.
  * The GEMMs in both precisions: the fp32 sets against the fp32 twins, the
  * bf16 sets (portable, AVX512-BF16, AMX, each where the CPU has it; a
  * missing one is reported as SKIP with the feature it lacks) against the
@@ -162,6 +164,21 @@ static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels 
             snprintf(what, sizeof what, "pw[%s] M=%d K=%d n=%d G=%d shuffle=%d act=%d res=%d", k->name, M, K, n, G,
                      shuffle, act, resmode);
             assert_close(got, want, (size_t)M * n, 2e-5, what);
+            /* the columns in two calls give the same bits (the forward pass
+             * runs a map's columns in bands): no sum of our own kernels
+             * depends on the split (OpenBLAS's, the portable sets', may) */
+            if (k->pw_pack && G == 1 && resmode != 2 && n > 1) {
+                float *part = mf_alloc((size_t)M * n * sizeof(float));
+                const int c0 = irand(1, n - 1);
+                mf_epi e = {.act = act, .bias = b, .dya = dya, .dyb = dyb, .res = resmode == 1 ? res : NULL,
+                            .ldr = (size_t)n};
+                k->pw(&pk, 0, x, (size_t)n, c0, part, (size_t)n, &e, scr);
+                if (e.res) e.res += c0;
+                k->pw(&pk, 0, x + c0, (size_t)n, n - c0, part + c0, (size_t)n, &e, scr);
+                ck_assert_msg(memcmp(part, got, (size_t)M * n * sizeof(float)) == 0, "%s: columns split at %d differ",
+                              what, c0);
+                mf_free(part);
+            }
             scratch_check(scr, sb, what);
             mf_free(scr);
             if (pk.wp) mf_free(pk.wp);
@@ -258,12 +275,44 @@ START_TEST(bf16_rounding)
 }
 END_TEST
 
+/* The rows [oy0, oy1) of a depthwise's output read input rows [*lo, *hi). */
+static void dw_in_rows(int s, int h, int oy0, int oy1, int *lo, int *hi)
+{
+    *lo = oy0 * s - 1 < 0 ? 0 : oy0 * s - 1;
+    *hi = (oy1 - 1) * s + 2 > h ? h : (oy1 - 1) * s + 2;
+}
+
+/* Input rows [lo, hi) of every channel copied into a window whose channels
+ * are ld >= (hi - lo) * w floats apart, NaN everywhere else: a kernel that
+ * read a row outside the window would show it. */
+static float *dw_window(const float *x, int cin, int h, int w, int lo, int hi, size_t ld)
+{
+    float *win = mf_alloc(((size_t)cin * ld + 32) * sizeof(float));
+    for (size_t i = 0; i < (size_t)cin * ld + 32; i++) win[i] = NAN;
+    for (int c = 0; c < cin; c++) memcpy(win + c * ld, x + ((size_t)c * h + lo) * w, (size_t)(hi - lo) * w * sizeof(float));
+    (void)h;
+    return win;
+}
+
+/* Every set's depthwise (the reference twin included) in random bands of
+ * output rows, each read from a window holding only the input rows it
+ * needs and written with a channel stride of its own, and in two channel
+ * ranges, against the reference on the whole map. */
 START_TEST(dw_random)
 {
+    const mf_kernels *sets[4] = {&mf_kernels_ref};
+    const int nsets = 1 + n_sets;
+    for (int i = 0; i < n_sets; i++) sets[1 + i] = kernel_sets[i];
     for (int trial = 0; trial < 80; trial++) {
         int cin = irand(1, 9), e = irand(1, 4), cout = cin * e, s = 1 + (trial & 1);
         int h = irand(1, 40), w = irand(1, 70);
         if (trial % 5 == 0) { h = irand(1, 3); w = irand(1, 3); }
+        /* the avx512 kernels' own limits: several passes of the flattened
+         * ones (narrow and tall; strided and wide), and strided maps too
+         * wide for them (the row kernel) */
+        if (trial % 10 == 3) { h = irand(70, 160); w = irand(4, 15); }
+        if (trial % 10 == 7) { h = irand(40, 90); w = s == 2 ? irand(150, 260) : irand(16, 40); }
+        if (trial % 20 == 9) { h = irand(1, 6); w = irand(2040, 2100); }
         int oh = (h - 1) / s + 1, ow = (w - 1) / s + 1;
         mf_act act = (mf_act)(trial % 3);
         float *k = rvec((size_t)cout * 9), *b = rvec((size_t)cout), *x = rvec((size_t)cin * h * w);
@@ -273,19 +322,39 @@ START_TEST(dw_random)
         mf_dw d = {.cout = cout, .cin = cin, .stride = s, .w = k, .bias = b, .src = src};
         mf_epi ep = {.act = act, .bias = b, .dya = dya, .dyb = dyb};
         size_t n = (size_t)cout * oh * ow;
-        float *want = mf_alloc(n * sizeof(float)), *got = mf_alloc(n * sizeof(float));
-        mf_kernels_ref.dw(&d, 0, cout, x, h, w, want, oh, ow, &ep);
-        for (int si = 0; si < n_sets; si++) {
-            memset(got, 0, n * sizeof(float));
-            /* in two channel ranges, as a split between threads would */
-            kernel_sets[si]->dw(&d, 0, cout / 2, x, h, w, got, oh, ow, &ep);
-            kernel_sets[si]->dw(&d, cout / 2, cout, x, h, w, got, oh, ow, &ep);
-            char what[128];
-            snprintf(what, sizeof what, "dw[%s] c=%d e=%d s=%d %dx%d act=%d", kernel_sets[si]->name, cin, e, s, h, w, act);
-            assert_close(got, want, n, 1e-5, what);
+        float *want = mf_alloc(n * sizeof(float)), *got = mf_alloc((n + (size_t)cout * (10 * ow + 8)) * sizeof(float));
+        const mf_dw_rows whole = {.x = x, .ldx = (size_t)h * w, .xr0 = 0, .h = h, .w = w, .oh = oh, .ow = ow,
+                                  .oy0 = 0, .oy1 = oh};
+        float *own = mf_alloc(n * sizeof(float));
+        mf_kernels_ref.dw(&d, 0, cout, &whole, want, (size_t)oh * ow, &ep);
+        for (int si = 0; si < nsets; si++) {
+            sets[si]->dw(&d, 0, cout, &whole, own, (size_t)oh * ow, &ep);
+            for (int oy0 = 0; oy0 < oh;) {
+                const int step = irand(1, oh > 40 ? 60 : 9), oy1 = oy0 + step < oh ? oy0 + step : oh, rows = oy1 - oy0;
+                int lo, hi;
+                dw_in_rows(s, h, oy0, oy1, &lo, &hi);
+                const size_t ldx = (size_t)(hi - lo) * w + (size_t)irand(0, 5), ldy = (size_t)rows * ow + (size_t)irand(0, 7);
+                float *win = dw_window(x, cin, h, w, lo, hi, ldx);
+                const mf_dw_rows g = {.x = win, .ldx = ldx, .xr0 = lo, .h = h, .w = w, .oh = oh, .ow = ow,
+                                      .oy0 = oy0, .oy1 = oy1};
+                /* in two channel ranges, as a split between threads would */
+                sets[si]->dw(&d, 0, cout / 2, &g, got, ldy, &ep);
+                sets[si]->dw(&d, cout / 2, cout, &g, got, ldy, &ep);
+                char what[128];
+                snprintf(what, sizeof what, "dw[%s] c=%d e=%d s=%d %dx%d act=%d rows %d-%d", sets[si]->name, cin, e, s,
+                         h, w, act, oy0, oy1);
+                for (int q = 0; q < cout; q++) {
+                    assert_close(got + q * ldy, want + ((size_t)q * oh + oy0) * ow, (size_t)rows * ow, 1e-5, what);
+                    /* and the bits of the set's own whole-map result: banding changes no sum */
+                    ck_assert_msg(memcmp(got + q * ldy, own + ((size_t)q * oh + oy0) * ow, (size_t)rows * ow * 4) == 0,
+                                  "%s: channel %d differs from the whole map's", what, q);
+                }
+                mf_free(win);
+                oy0 = oy1;
+            }
         }
         free(src);
-        mf_free(k); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(want); mf_free(got);
+        mf_free(k); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(want); mf_free(got); mf_free(own);
     }
 }
 END_TEST
@@ -312,14 +381,16 @@ START_TEST(dw_pw_packed)
             mf_dw d = {.cout = cout, .cin = cin, .stride = s, .w = kw, .bias = b, .src = src};
             mf_epi ep = {.act = (mf_act)(trial % 3), .bias = b, .dya = dya, .dyb = dyb};
             float *yf = mf_alloc((size_t)cout * n * sizeof(float));
-            mf_kernels_avx512.dw(&d, 0, cout, x, h, w, yf, oh, ow, &ep);
+            const mf_dw_rows whole = {.x = x, .ldx = (size_t)h * w, .xr0 = 0, .h = h, .w = w, .oh = oh, .ow = ow,
+                                      .oy0 = 0, .oy1 = oh};
+            mf_kernels_avx512.dw(&d, 0, cout, &whole, yf, (size_t)n, &ep);
             const size_t pb = k->packed_map_bytes(G, kg, n);
             uint16_t *yp = mf_alloc(pb);
             memset(yp, 0xFF, pb); /* NaN everywhere: what is not written shows */
-            float *scr = mf_alloc(2 * (((size_t)n + 15) & ~(size_t)15) * sizeof(float));
+            float *scr = mf_alloc(MF_DW_PACKED_PLANES * (((size_t)n + 15) & ~(size_t)15) * sizeof(float));
             const int slots = G * ((kg + 1) / 2), mid = slots / 2;
-            k->dw_packed(&d, 0, mid, x, h, w, yp, oh, ow, kg, &ep, scr); /* in two ranges, as a team would */
-            k->dw_packed(&d, mid, slots, x, h, w, yp, oh, ow, kg, &ep, scr);
+            k->dw_packed(&d, 0, mid, &whole, yp, kg, &ep, scr); /* in two ranges, as a team would */
+            k->dw_packed(&d, mid, slots, &whole, yp, kg, &ep, scr);
             const int NB = (n + 15) / 16, KP = (kg + 31) / 32 * 16;
             for (int g = 0; g < G; g++)
                 for (int nb = 0; nb < NB; nb++)
@@ -332,6 +403,32 @@ START_TEST(dw_pw_packed)
                                 ck_assert_msg(got == want, "dw_packed[%s] G=%d kg=%d %dx%d s=%d: group %d channel %d "
                                               "pixel %d: 0x%04x, want 0x%04x", k->name, G, kg, h, w, s, g, kk, p, got, want);
                             }
+            /* a band of rows from a window of the input: the same bits as those rows of the whole */
+            {
+                const int oy0 = irand(0, oh - 1), oy1 = oy0 + irand(1, oh - oy0), nb = (oy1 - oy0) * ow;
+                int lo, hi;
+                dw_in_rows(s, h, oy0, oy1, &lo, &hi);
+                float *win = dw_window(x, cin, h, w, lo, hi, (size_t)(hi - lo) * w + 3);
+                const mf_dw_rows g = {.x = win, .ldx = (size_t)(hi - lo) * w + 3, .xr0 = lo, .h = h, .w = w,
+                                      .oh = oh, .ow = ow, .oy0 = oy0, .oy1 = oy1};
+                const size_t pbb = k->packed_map_bytes(G, kg, nb);
+                uint16_t *ypb = mf_alloc(pbb);
+                memset(ypb, 0xFF, pbb);
+                k->dw_packed(&d, 0, slots, &g, ypb, kg, &ep, scr);
+                const int NBb = (nb + 15) / 16;
+                for (int gi = 0; gi < G; gi++)
+                    for (int kk = 0; kk < KP * 2; kk++)
+                        for (int p = 0; p < NBb * 16; p++) {
+                            const uint16_t got = ypb[((((size_t)gi * NBb + p / 16) * KP + kk / 2) * 16 + p % 16) * 2 + kk % 2];
+                            const uint16_t want = kk < kg && p < nb
+                                                      ? mf_bf16_bits(yf[(size_t)(gi * kg + kk) * n + (size_t)oy0 * ow + p])
+                                                      : 0;
+                            ck_assert_msg(got == want, "dw_packed[%s] rows %d-%d of %dx%d s=%d: 0x%04x, want 0x%04x",
+                                          k->name, oy0, oy1, h, w, s, got, want);
+                        }
+                mf_free(ypb);
+                mf_free(win);
+            }
             /* the 1x1 reading it */
             float *wt = rvec((size_t)M * kg), *pbias = rvec((size_t)M);
             round_all(wt, (size_t)M * kg);
@@ -381,8 +478,9 @@ START_TEST(dw_shuffle_fold)
     mf_epi ep = {.act = MF_ACT_NONE, .bias = b}, ef = {.act = MF_ACT_NONE, .bias = bf};
     size_t plane = (size_t)h * w;
     float *y = malloc((size_t)cout * plane * sizeof(float)), *yf = malloc((size_t)cout * plane * sizeof(float));
-    mf_kernels_ref.dw(&dp, 0, cout, x, h, w, y, h, w, &ep);
-    mf_kernels_ref.dw(&df, 0, cout, x, h, w, yf, h, w, &ef);
+    const mf_dw_rows g = {.x = x, .ldx = (size_t)h * w, .xr0 = 0, .h = h, .w = w, .oh = h, .ow = w, .oy0 = 0, .oy1 = h};
+    mf_kernels_ref.dw(&dp, 0, cout, &g, y, (size_t)h * w, &ep);
+    mf_kernels_ref.dw(&df, 0, cout, &g, yf, (size_t)h * w, &ef);
     /* explicit shuffle(g = cin): output channel j*g + i takes input i*(C/g) + j */
     for (int i = 0; i < cin; i++)
         for (int j = 0; j < e; j++)
@@ -504,6 +602,29 @@ START_TEST(layernorm_and_activations)
 }
 END_TEST
 
+/* GELU of every set against the erff twin: random values across the range
+ * that matters, the tails and zeros. */
+START_TEST(gelu_random)
+{
+    const size_t n = 4099;
+    float *x = rvec(n), *want = mf_alloc(n * sizeof(float)), *got = mf_alloc(n * sizeof(float));
+    const float special[] = {0.f, -0.f, 1e-30f, -1e-30f, 1e-6f, -1e-6f, 3.f, -3.f, 8.f, -8.f, 12.7f, -12.7f, 40.f, -40.f};
+    for (size_t i = 0; i < n; i++) x[i] *= 14.f;
+    memcpy(x, special, sizeof special);
+    memcpy(want, x, n * sizeof(float));
+    mf_kernels_ref.gelu(want, n);
+    for (int s = 0; s < n_sets; s++) {
+        memcpy(got, x, n * sizeof(float));
+        kernel_sets[s]->gelu(got, n - s); /* odd lengths: the tail */
+        if (s) got[n - 1] = want[n - 1];
+        char what[64];
+        snprintf(what, sizeof what, "gelu[%s]", kernel_sets[s]->name);
+        assert_close(got, want, n, 1e-6, what);
+    }
+    mf_free(x); mf_free(want); mf_free(got);
+}
+END_TEST
+
 /* The direct stem kernel against a plain 3x3 stride-2 convolution. */
 START_TEST(stem_random)
 {
@@ -557,6 +678,7 @@ int main(void)
     tcase_add_test(tc, linear_random);
     tcase_add_test(tc, linear_random_bf16);
     tcase_add_test(tc, stem_random);
+    tcase_add_test(tc, gelu_random);
     tcase_add_test(tc, layernorm_and_activations);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
