@@ -370,8 +370,12 @@ static void *worker_main(void *arg)
         if (expired) finish_unrun(expired, MF_BATCHER_TIMEOUT);
         if (n > 0) run_batch(q, w, w->jobs, n);
         pthread_mutex_lock(&b->mu);
-        q->running -= n;
-        b->running -= n;
+        /* with nothing run, q was held by nothing once leading was cleared:
+         * mf_queue_free may have freed it meanwhile, so it is not touched */
+        if (n > 0) {
+            q->running -= n;
+            b->running -= n;
+        }
         pthread_cond_broadcast(&b->idle_cv);
     }
     pthread_mutex_unlock(&b->mu);
