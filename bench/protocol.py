@@ -37,19 +37,13 @@ import subprocess
 import sys
 import time
 
+from benchutil import cpu_model  # noqa: E402  (bench/, the script's own folder)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(REPO, os.environ.get("MF_BUILD", "build"))
 SERVER = os.path.join(BUILD, "mobileformer-server")
 BUNDLED = os.path.join(REPO, "models", "fashion_mnist_mobileformer.safetensors")
 KINDS = ["v1", "oip-binary", "oip-json", "tensor-binary", "tensor-json"]
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "?"
 
 
 def start_server(model, out, tag):

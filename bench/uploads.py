@@ -44,16 +44,10 @@ import time
 
 from PIL import Image, ImageDraw
 
+from benchutil import cpu_model  # noqa: E402  (bench/, the script's own folder)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(REPO, os.environ.get("MF_BUILD", "build"), "mobileformer-server")
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "?"
 
 
 def made_photo(w, h, seed):
