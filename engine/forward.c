@@ -289,7 +289,7 @@ static plan_sizes plan(const mf_model *m, int h, int w)
         for (int j = 0; j < ch.n - 1; j++) {
             if (ch.win[j] > s.win[j]) s.win[j] = ch.win[j];
             /* dw_packed: its output planes of a band */
-            const size_t dwp = MF_DW_PACKED_PLANES * pad16((size_t)ch.cap[j] * ch.l[j].ow);
+            const size_t dwp = mf_dw_packed_scratch((size_t)ch.cap[j] * ch.l[j].ow);
             if (ch.l[j].packed_to && dwp > s.kscr) s.kscr = dwp;
         }
         h = oh;

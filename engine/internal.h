@@ -203,8 +203,7 @@ struct mf_kernels {
      * kernels_bf16.h), rather than into fp32 planes that the 1x1 would read
      * back, round and pack; the rounding is the same.  Pair slots [s0, s1)
      * of the groups * ceil(kg / 2); the n = (oy1 - oy0) * ow columns are
-     * the rows g->oy0 .. g->oy1; scratch: MF_DW_PACKED_PLANES * pad16(n)
-     * floats. */
+     * the rows g->oy0 .. g->oy1; scratch: mf_dw_packed_scratch(n) floats. */
     size_t (*packed_map_bytes)(int groups, int kg, int n);
     void (*dw_packed)(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg, const mf_epi *e,
                       float *scratch);
@@ -215,10 +214,31 @@ struct mf_kernels {
                       const mf_epi *e, void *scratch);
 };
 
-/* Output planes dw_packed computes at once (four channel pairs: the
- * depthwise's per-call set-up, its masks or its input's phases, serves all
- * of them). */
+/* Output planes dw_packed computes at once: at least eight (four channel
+ * pairs), and for narrow maps as many as fit in 32 KiB, up to 64, so the
+ * depthwise's per-call set-up (its masks, its input's phases) serves more
+ * channels.  The scratch it needs for n columns is at most
+ * mf_dw_packed_scratch(n) floats. */
 #define MF_DW_PACKED_PLANES 8
+#define MF_DW_PACKED_MAX_PLANES 64
+#define MF_DW_PACKED_FLOATS 8192
+
+static inline size_t mf_dw_packed_ld(size_t n) { return (n + 15) & ~(size_t)15; }
+
+static inline int mf_dw_packed_planes(size_t n)
+{
+    size_t p = MF_DW_PACKED_FLOATS / mf_dw_packed_ld(n);
+    if (p > MF_DW_PACKED_MAX_PLANES) p = MF_DW_PACKED_MAX_PLANES;
+    if (p < MF_DW_PACKED_PLANES) p = MF_DW_PACKED_PLANES;
+    return (int)p & ~1;
+}
+
+/* Scratch floats enough for dw_packed on any n' <= n columns. */
+static inline size_t mf_dw_packed_scratch(size_t n)
+{
+    const size_t a = MF_DW_PACKED_PLANES * mf_dw_packed_ld(n);
+    return a > MF_DW_PACKED_FLOATS ? a : MF_DW_PACKED_FLOATS;
+}
 
 extern const mf_kernels mf_kernels_ref;    /* plain scalar twins */
 extern const mf_kernels mf_kernels_blas;   /* portable: OpenBLAS GEMM + plain loops */

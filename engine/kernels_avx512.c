@@ -8,6 +8,7 @@
  * fault), so no kernel reads or writes outside its tensors. */
 #include "internal.h"
 
+#include <assert.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -237,8 +238,23 @@ static inline __m512 dw_ep_apply(__m512 t, const dw_ep *d)
  * output row they touch; rows at the map's edges (and a band's last one to
  * three) take the general path, two rows at a time.  xr(iy) is input row iy;
  * weights live in registers for the whole plane. */
+/* Masks of the stride-1 kernel's vector at column ox: the output lanes and
+ * the loads at ox - 1, ox, ox + 1; they depend on the width only, so a
+ * call computes them once for all its channels and rows. */
+typedef struct dw_s1_mask {
+    __mmask16 o, l, c, r;
+} dw_s1_mask;
+
+#define DW_S1_MAX_VECS ((16384 + 15) / 16) /* mf_workspace_reserve's widest map */
+
+static void dw_s1_masks(int w, dw_s1_mask *m)
+{
+    for (int v = 0, ox = 0; ox < w; ox += 16, v++)
+        m[v] = (dw_s1_mask){mask_n(w - ox), mask_range(ox - 1, w), mask_range(ox, w), mask_range(ox + 1, w)};
+}
+
 static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, float *yo, int oy0, int oy1, int q,
-                        const mf_epi *e)
+                        const mf_epi *e, const dw_s1_mask *mk)
 {
 #define XR(iy) (xi + (ptrdiff_t)((iy) - xr0) * w)
     __m512 kv[9];
@@ -248,9 +264,8 @@ static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, 
     while (oy < oy1) {
         float *yr = yo + (size_t)(oy - oy0) * w;
         if (oy >= 1 && oy + 4 < h && oy + 4 <= oy1) { /* rows oy-1 .. oy+4 all exist */
-            for (int ox = 0; ox < w; ox += 16) {
-                __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
-                          mr = mask_range(ox + 1, w);
+            for (int ox = 0, v = 0; ox < w; ox += 16, v++) {
+                const __mmask16 mo = mk[v].o, ml = mk[v].l, mc = mk[v].c, mr = mk[v].r;
                 /* two accumulators per output row (side taps, centre taps):
                  * eight FMA chains in flight rather than four, as the
                  * FMAs' latency times their rate needs */
@@ -283,9 +298,8 @@ static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, 
          * apart, rows in order), so a row's outputs do not depend on the
          * path that computed it, hence not on how the rows were banded */
         const int two = oy + 1 < oy1;
-        for (int ox = 0; ox < w; ox += 16) {
-            __mmask16 mo = mask_n(w - ox), ml = mask_range(ox - 1, w), mc = mask_range(ox, w),
-                      mr = mask_range(ox + 1, w);
+        for (int ox = 0, v = 0; ox < w; ox += 16, v++) {
+            const __mmask16 mo = mk[v].o, ml = mk[v].l, mc = mk[v].c, mr = mk[v].r;
             __m512 a0 = _mm512_setzero_ps(), a0c = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(),
                    a1c = _mm512_setzero_ps();
             for (int r = -1; r <= 2; r++) { /* input rows oy-1 .. oy+2 */
@@ -388,8 +402,35 @@ static inline __m512 dwf_sum(const __m512 *t, const __m512 *kv)
  * Stride 2: even input rows ph[kx][r][ox] = x[2 (r0 + r)][2 ox + kx - 1] for
  * ky 1, odd rows ph[3 + kx][r][ox] = x[2 (r0 + r) - 1][...] (one row more)
  * for ky 0 and, a row on, ky 2. */
-static void dwf_planes(const mf_dw_rows *g, int s, const float *xc, int r0, int rows, float *const *ph,
-                       const float **tap)
+/* The load masks of one plane row's vectors: they depend on the widths
+ * only, so dwf computes them once per call rather than per row. */
+typedef struct dwf_mask {
+    __mmask16 out;   /* lanes of the output row */
+    __mmask16 ld[4]; /* stride 1: columns ox - 1, ox, ox + 1; stride 2: 2ox, 2ox + 16, 2ox - 1, 2ox + 15 */
+} dwf_mask;
+
+#define DWF_MAX_VECS ((DWF_MAX_W + 15) / 16)
+
+static void dwf_masks(int s, int w, int ow, dwf_mask *m)
+{
+    for (int v = 0, ox = 0; ox < ow; ox += 16, v++) {
+        m[v].out = mask_n(ow - ox);
+        if (s == 1) {
+            m[v].ld[0] = mask_range(ox - 1, w);
+            m[v].ld[1] = mask_range(ox, w);
+            m[v].ld[2] = mask_range(ox + 1, w);
+            m[v].ld[3] = 0;
+        } else {
+            m[v].ld[0] = mask_range(2 * ox, w);
+            m[v].ld[1] = mask_range(2 * ox + 16, w);
+            m[v].ld[2] = mask_range(2 * ox - 1, w);
+            m[v].ld[3] = mask_range(2 * ox + 15, w);
+        }
+    }
+}
+
+static void dwf_planes(const mf_dw_rows *g, int s, const dwf_mask *mk, const float *xc, int r0, int rows,
+                       float *const *ph, const float **tap)
 {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -400,22 +441,22 @@ static void dwf_planes(const mf_dw_rows *g, int s, const float *xc, int r0, int 
             float *pl = ph[3 * par] + (size_t)j * ow, *pc = ph[3 * par + 1] + (size_t)j * ow,
                   *pr = ph[3 * par + 2] + (size_t)j * ow;
             const float *row = xc + (ptrdiff_t)(iy - g->xr0) * w;
-            for (int ox = 0; ox < ow; ox += 16) {
-                const __mmask16 mo = mask_n(ow - ox);
+            for (int ox = 0, v = 0; ox < ow; ox += 16, v++) {
+                const __mmask16 mo = mk[v].out;
                 if (iy < 0 || iy >= h) {
                     _mm512_mask_storeu_ps(pl + ox, mo, _mm512_setzero_ps());
                     _mm512_mask_storeu_ps(pc + ox, mo, _mm512_setzero_ps());
                     _mm512_mask_storeu_ps(pr + ox, mo, _mm512_setzero_ps());
                 } else if (s == 1) {
-                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox - 1, w), row + ox - 1));
-                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox, w), row + ox));
-                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_maskz_loadu_ps(mask_range(ox + 1, w), row + ox + 1));
+                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_maskz_loadu_ps(mk[v].ld[0], row + ox - 1));
+                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_maskz_loadu_ps(mk[v].ld[1], row + ox));
+                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_maskz_loadu_ps(mk[v].ld[2], row + ox + 1));
                 } else {
                     const int c = 2 * ox;
-                    __m512 a = _mm512_maskz_loadu_ps(mask_range(c, w), row + c);
-                    __m512 b = _mm512_maskz_loadu_ps(mask_range(c + 16, w), row + c + 16);
-                    __m512 la = _mm512_maskz_loadu_ps(mask_range(c - 1, w), row + c - 1);
-                    __m512 lb = _mm512_maskz_loadu_ps(mask_range(c + 15, w), row + c + 15);
+                    __m512 a = _mm512_maskz_loadu_ps(mk[v].ld[0], row + c);
+                    __m512 b = _mm512_maskz_loadu_ps(mk[v].ld[1], row + c + 16);
+                    __m512 la = _mm512_maskz_loadu_ps(mk[v].ld[2], row + c - 1);
+                    __m512 lb = _mm512_maskz_loadu_ps(mk[v].ld[3], row + c + 15);
                     _mm512_mask_storeu_ps(pl + ox, mo, _mm512_permutex2var_ps(la, even, lb)); /* 2ox - 1 */
                     _mm512_mask_storeu_ps(pc + ox, mo, _mm512_permutex2var_ps(a, even, b));   /* 2ox */
                     _mm512_mask_storeu_ps(pr + ox, mo, _mm512_permutex2var_ps(a, odd, b));    /* 2ox + 1 */
@@ -442,6 +483,8 @@ static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, s
     const int rp = (DWF_PLANE - 64) / ow - 2, rows_pass = rp < 1 ? 1 : rp;
     float buf[6 * DWF_PLANE] __attribute__((aligned(64)));
     const float *tap[GMAX][9];
+    dwf_mask mk[DWF_MAX_VECS];
+    dwf_masks(s, g->w, ow, mk);
     for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
         const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * ow, nv = (n + 15) / 16;
         /* floats of one input channel's planes (64-byte multiples) */
@@ -461,7 +504,7 @@ static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, s
             for (int i = 0; i < ns; i++) {
                 float *pb = buf + one * (size_t)i, *planes[6] = {0};
                 for (int j = 0; j < 3 * s; j++) planes[j] = pb + one / (3 * s) * j;
-                dwf_planes(g, s, g->x + (size_t)srcs[i] * g->ldx, r0, r1 - r0, planes, tap[i]);
+                dwf_planes(g, s, mk, g->x + (size_t)srcs[i] * g->ldx, r0, r1 - r0, planes, tap[i]);
             }
             for (int q = q0, i = 0; q < q1; q++) {
                 if (q > q0 && d->src[q] != d->src[q - 1]) i++;
@@ -547,10 +590,13 @@ void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y,
         else dwf(d, c0, c1, g, y, ldy, e);
         return;
     }
+    dw_s1_mask mk[DW_S1_MAX_VECS]; /* 8 KiB */
+    assert(d->stride != 1 || g->w <= 16 * DW_S1_MAX_VECS); /* mf_workspace_reserve: w <= 16384 */
+    if (d->stride == 1) dw_s1_masks(g->w, mk);
     for (int q = c0; q < c1; q++) {
         const float *xi = g->x + (size_t)d->src[q] * g->ldx, *k = d->w + (size_t)q * 9;
         float *yo = y + (size_t)(q - c0) * ldy;
-        if (d->stride == 1) dw_plane_s1(xi, g->xr0, g->h, g->w, k, yo, g->oy0, g->oy1, q, e);
+        if (d->stride == 1) dw_plane_s1(xi, g->xr0, g->h, g->w, k, yo, g->oy0, g->oy1, q, e, mk);
         else dw_plane_s2(xi, g->xr0, g->h, g->w, k, yo, g->ow, g->oy0, g->oy1, q, e);
     }
 }

@@ -131,7 +131,7 @@ static inline void mf_bf16_pack_x(const float *x, size_t ldx, int K, int cols, u
 }
 
 /* The depthwise into the packed input of the next 1x1 (mf_kernels.dw_packed):
- * the planes of up to MF_DW_PACKED_PLANES / 2 pair slots at once (rows
+ * the planes of up to mf_dw_packed_planes(n) / 2 pair slots at once (rows
  * g->oy0 .. g->oy1, consecutive channels of one group) are computed into the
  * scratch by the fp32 kernel, then each slot's two planes are rounded and
  * interleaved into their pair row of every column block; the thread with a
@@ -140,10 +140,11 @@ static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const mf_dw
                                      const mf_epi *e, float *scratch)
 {
     const int n = (g->oy1 - g->oy0) * g->ow, NB = (n + 15) / 16, KP = mf_bf16_kb(kg) * 16, PG = (kg + 1) / 2;
-    const size_t ld = (size_t)((n + 15) & ~15);
+    const size_t ld = mf_dw_packed_ld((size_t)n);
+    const int per = mf_dw_packed_planes((size_t)n) / 2;
     for (int sa = s0; sa < s1;) {
         /* slots [sa, sb): within one group, channels q0 .. q1 */
-        const int gi = sa / PG, sb0 = sa + MF_DW_PACKED_PLANES / 2, gend = (gi + 1) * PG;
+        const int gi = sa / PG, sb0 = sa + per, gend = (gi + 1) * PG;
         const int sb = sb0 < s1 ? (sb0 < gend ? sb0 : gend) : (s1 < gend ? s1 : gend);
         const int q0 = gi * kg + 2 * (sa % PG), q1e = gi * kg + 2 * ((sb - 1) % PG) + 2,
                   q1 = q1e < (gi + 1) * kg ? q1e : (gi + 1) * kg;

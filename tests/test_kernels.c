@@ -387,7 +387,7 @@ START_TEST(dw_pw_packed)
             const size_t pb = k->packed_map_bytes(G, kg, n);
             uint16_t *yp = mf_alloc(pb);
             memset(yp, 0xFF, pb); /* NaN everywhere: what is not written shows */
-            float *scr = mf_alloc(MF_DW_PACKED_PLANES * (((size_t)n + 15) & ~(size_t)15) * sizeof(float));
+            float *scr = mf_alloc(mf_dw_packed_scratch((size_t)n) * sizeof(float));
             const int slots = G * ((kg + 1) / 2), mid = slots / 2;
             k->dw_packed(&d, 0, mid, &whole, yp, kg, &ep, scr); /* in two ranges, as a team would */
             k->dw_packed(&d, mid, slots, &whole, yp, kg, &ep, scr);
