@@ -233,11 +233,6 @@ static inline __m512 dw_ep_apply(__m512 t, const dw_ep *d)
     return t;
 }
 
-/* Stride 1, output rows [oy0, oy1): interior rows go four at a time, their
- * six input rows each loaded once (three shifted loads) and feeding every
- * output row they touch; rows at the map's edges (and a band's last one to
- * three) take the general path, two rows at a time.  xr(iy) is input row iy;
- * weights live in registers for the whole plane. */
 /* Masks of the stride-1 kernel's vector at column ox: the output lanes and
  * the loads at ox - 1, ox, ox + 1; they depend on the width only, so a
  * call computes them once for all its channels and rows. */
@@ -253,6 +248,11 @@ static void dw_s1_masks(int w, dw_s1_mask *m)
         m[v] = (dw_s1_mask){mask_n(w - ox), mask_range(ox - 1, w), mask_range(ox, w), mask_range(ox + 1, w)};
 }
 
+/* Stride 1, output rows [oy0, oy1): interior rows go four at a time, their
+ * six input rows each loaded once (three shifted loads) and feeding every
+ * output row they touch; rows at the map's edges (and a band's last one to
+ * three) take the general path, two rows at a time.  xr(iy) is input row iy;
+ * weights live in registers for the whole plane. */
 static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, float *yo, int oy0, int oy1, int q,
                         const mf_epi *e, const dw_s1_mask *mk)
 {
@@ -395,13 +395,6 @@ static inline __m512 dwf_sum(const __m512 *t, const __m512 *kv)
     return _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
 }
 
-/* The planes of one input channel for output rows [r0, r0 + rows): with
- * zeros wherever a tap falls outside the map, tap (ky, kx) of flattened
- * output p is tap[ky * 3 + kx][p].  Stride 1: ph[kx][j][ox] =
- * x[r0 - 1 + j][ox + kx - 1], rows + 2 rows, tap (ky, kx) at ph[kx] + ky ow.
- * Stride 2: even input rows ph[kx][r][ox] = x[2 (r0 + r)][2 ox + kx - 1] for
- * ky 1, odd rows ph[3 + kx][r][ox] = x[2 (r0 + r) - 1][...] (one row more)
- * for ky 0 and, a row on, ky 2. */
 /* The load masks of one plane row's vectors: they depend on the widths
  * only, so dwf computes them once per call rather than per row. */
 typedef struct dwf_mask {
@@ -429,6 +422,13 @@ static void dwf_masks(int s, int w, int ow, dwf_mask *m)
     }
 }
 
+/* The planes of one input channel for output rows [r0, r0 + rows): with
+ * zeros wherever a tap falls outside the map, tap (ky, kx) of flattened
+ * output p is tap[ky * 3 + kx][p].  Stride 1: ph[kx][j][ox] =
+ * x[r0 - 1 + j][ox + kx - 1], rows + 2 rows, tap (ky, kx) at ph[kx] + ky ow.
+ * Stride 2: even input rows ph[kx][r][ox] = x[2 (r0 + r)][2 ox + kx - 1] for
+ * ky 1, odd rows ph[3 + kx][r][ox] = x[2 (r0 + r) - 1][...] (one row more)
+ * for ky 0 and, a row on, ky 2. */
 static void dwf_planes(const mf_dw_rows *g, int s, const dwf_mask *mk, const float *xc, int r0, int rows,
                        float *const *ph, const float **tap)
 {
