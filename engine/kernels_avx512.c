@@ -14,7 +14,7 @@
 #include <string.h>
 
 #define MR 8   /* rows of W per micro-tile */
-#define KC 256 /* depth of one pass, keeps an x panel (KC x 48) in L2 */
+#define KC 128 /* depth of one pass: an x panel (KC x 48, 24 KiB) stays in L1 across the row blocks */
 
 static inline __mmask16 mask_n(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
@@ -50,9 +50,10 @@ static inline __m512 epi_apply(__m512 t, int row, const mf_epi *e)
  * zero (or from the residual, which is how a residual is added when there is
  * no activation: it may then alias y), else from y; last: apply the epilogue.
  * rows: valid rows (<= MR); lastmask: columns valid in the last vector;
- * res: the tile's residual (row stride ldr) or NULL. */
-static inline __attribute__((always_inline)) void pw_tile(int NV, const float *wp, const float *x, size_t ldx,
-                                                          int kc, float *y, size_t ldy, int rows, __mmask16 lastmask,
+ * res: the tile's residual (row stride ldr) or NULL; pf: the next tile's
+ * weights (kc * MR floats, as wp), prefetched into L1 as these are used. */
+static inline __attribute__((always_inline)) void pw_tile(int NV, const float *wp, const float *pf, const float *x,
+                                                          size_t ldx, int kc, float *y, size_t ldy, int rows, __mmask16 lastmask,
                                                           int first, int last, int row0, const mf_epi *e,
                                                           const float *res)
 {
@@ -76,6 +77,7 @@ static inline __attribute__((always_inline)) void pw_tile(int NV, const float *w
             xv[v] = _mm512_maskz_loadu_ps(mk, x + (size_t)k * ldx + 16 * v);
         }
         const float *wk = wp + (size_t)k * MR;
+        _mm_prefetch((const char *)(pf + (size_t)k * MR), _MM_HINT_T0);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m512 wv = _mm512_set1_ps(wk[r]);
@@ -99,63 +101,102 @@ static inline __attribute__((always_inline)) void pw_tile(int NV, const float *w
     }
 }
 
-static void pw_tile_dispatch(int nv, const float *wp, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
+static void pw_tile_dispatch(int nv, const float *wp, const float *pf, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
                              __mmask16 lastmask, int first, int last, int row0, const mf_epi *e, const float *res)
 {
     switch (nv) {
-    case 3: pw_tile(3, wp, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
-    case 2: pw_tile(2, wp, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
-    default: pw_tile(1, wp, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
+    case 3: pw_tile(3, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
+    case 2: pw_tile(2, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
+    default: pw_tile(1, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
     }
 }
 
 /* The last few columns of a 1x1 conv (fewer than 8: a 7x7 map's 49th
  * pixel, a 14x14 map's last 4) as matrix-vector products, eight rows at a
  * time in 256-bit lanes, instead of a 16-wide tile that would be mostly
- * empty.  Same first/last/residual conventions as pw_tile, and the same
- * sums in the same order (one FMA chain per output, k in order), so an
- * output does not depend on which of the two computed it. */
-static void pw_tail_cols(int nc, const float *wp, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
-                         int first, int last, int row0, const mf_epi *e, const float *res)
+ * empty.  NB row blocks (their packed weights wstride floats apart) go at
+ * once, so that NB * NC independent FMA chains are in flight: one column
+ * of one block alone would be a single chain, waiting on the FMA's
+ * latency at every k.  Same first/last/residual conventions as pw_tile,
+ * and the same sums in the same order (one FMA chain per output, k in
+ * order), so an output does not depend on which of the two computed it.
+ * rows: the valid rows of the last of the nb blocks (the others have MR). */
+static inline __attribute__((always_inline)) void pw_tail_t(int NC, int NB, int nb, const float *wp, size_t wstride,
+                                                            const float *x, size_t ldx, int kc, float *y, size_t ldy,
+                                                            int rows, int first, int last, int row0, const mf_epi *e,
+                                                            const float *res)
 {
     const int res_first = res && e->act == MF_ACT_NONE;
-    const __mmask8 rm = (__mmask8)((1u << rows) - 1u);
     const __m256i ridx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i yoff = _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)ldy));
-    __m256 acc[7];
+    const __m256i roff = _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)e->ldr));
+    __m256 acc[8][7];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; b++) {
+        if (b >= nb) break;
+        const __mmask8 rm = (__mmask8)(b == nb - 1 ? (1u << rows) - 1u : 0xFFu);
+        const float *yb = y + (size_t)b * MR * ldy;
 #pragma GCC unroll 7
-    for (int c = 0; c < 7; c++) {
-        if (c >= nc) acc[c] = _mm256_setzero_ps();
-        else if (!first) acc[c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, yoff, y + c, 4);
-        else if (res_first)
-            acc[c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm,
-                                               _mm256_mullo_epi32(ridx, _mm256_set1_epi32((int)e->ldr)), res + c, 4);
-        else acc[c] = _mm256_setzero_ps();
+        for (int c = 0; c < NC; c++) {
+            if (!first) acc[b][c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, yoff, yb + c, 4);
+            else if (res_first)
+                acc[b][c] = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), rm, roff, res + (size_t)b * MR * e->ldr + c, 4);
+            else acc[b][c] = _mm256_setzero_ps();
+        }
     }
     for (int k = 0; k < kc; k++) {
-        const __m256 wv = _mm256_loadu_ps(wp + (size_t)k * MR);
         const float *xk = x + (size_t)k * ldx;
+        __m256 xv[7];
 #pragma GCC unroll 7
-        for (int c = 0; c < 7; c++)
-            if (c < nc) acc[c] = _mm256_fmadd_ps(wv, _mm256_set1_ps(xk[c]), acc[c]);
-    }
-    for (int c = 0; c < nc; c++) {
-        float v[8];
-        _mm256_storeu_ps(v, acc[c]);
-        for (int r = 0; r < rows; r++) {
-            float o = v[r];
-            if (last) {
-                const int m = row0 + r;
-                o += e->bias[m];
-                if (e->act == MF_ACT_RELU6) o = o < 0.f ? 0.f : (o > 6.f ? 6.f : o);
-                else if (e->act == MF_ACT_DYRELU) {
-                    float ta = o * e->dya[m], tb = o * e->dyb[m];
-                    o = ta > tb ? ta : tb;
-                }
-                if (res && !res_first) o += res[(size_t)r * e->ldr + c];
-            }
-            y[(size_t)r * ldy + c] = o;
+        for (int c = 0; c < NC; c++) xv[c] = _mm256_set1_ps(xk[c]);
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; b++) {
+            if (b >= nb) break;
+            const __m256 wv = _mm256_loadu_ps(wp + (size_t)b * wstride + (size_t)k * MR);
+#pragma GCC unroll 7
+            for (int c = 0; c < NC; c++) acc[b][c] = _mm256_fmadd_ps(wv, xv[c], acc[b][c]);
         }
+    }
+    for (int b = 0; b < nb; b++) {
+        const int rb = b == nb - 1 ? rows : MR;
+        float *yb = y + (size_t)b * MR * ldy;
+        const float *rsb = res ? res + (size_t)b * MR * e->ldr : NULL;
+        for (int c = 0; c < NC; c++) {
+            float v[8];
+            _mm256_storeu_ps(v, acc[b][c]);
+            for (int r = 0; r < rb; r++) {
+                float o = v[r];
+                if (last) {
+                    const int m = row0 + b * MR + r;
+                    o += e->bias[m];
+                    if (e->act == MF_ACT_RELU6) o = o < 0.f ? 0.f : (o > 6.f ? 6.f : o);
+                    else if (e->act == MF_ACT_DYRELU) {
+                        float ta = o * e->dya[m], tb = o * e->dyb[m];
+                        o = ta > tb ? ta : tb;
+                    }
+                    if (rsb && !res_first) o += rsb[(size_t)r * e->ldr + c];
+                }
+                yb[(size_t)r * ldy + c] = o;
+            }
+        }
+    }
+}
+
+/* Blocks per call for nc columns: about eight chains, as the FMAs' latency
+ * times their rate needs. */
+static inline int pw_tail_blocks(int nc) { return nc == 1 ? 8 : nc == 2 ? 4 : nc <= 4 ? 2 : 1; }
+
+static void pw_tail_cols(int nc, int nb, const float *wp, size_t wstride, const float *x, size_t ldx, int kc, float *y,
+                         size_t ldy, int rows, int first, int last, int row0, const mf_epi *e, const float *res)
+{
+    switch (nc) {
+    case 1: pw_tail_t(1, 8, nb, wp, wstride, x, ldx, kc, y, ldy, rows, first, last, row0, e, res); break;
+    case 2: pw_tail_t(2, 4, nb, wp, wstride, x, ldx, kc, y, ldy, rows, first, last, row0, e, res); break;
+    case 3: pw_tail_t(3, 2, nb, wp, wstride, x, ldx, kc, y, ldy, rows, first, last, row0, e, res); break;
+    case 4: pw_tail_t(4, 2, nb, wp, wstride, x, ldx, kc, y, ldy, rows, first, last, row0, e, res); break;
+    case 5: pw_tail_t(5, 1, nb, wp, wstride, x, ldx, kc, y, ldy, rows, first, last, row0, e, res); break;
+    case 6: pw_tail_t(6, 1, nb, wp, wstride, x, ldx, kc, y, ldy, rows, first, last, row0, e, res); break;
+    default: pw_tail_t(7, 1, nb, wp, wstride, x, ldx, kc, y, ldy, rows, first, last, row0, e, res); break;
     }
 }
 
@@ -184,15 +225,21 @@ static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, 
                 __mmask16 lm = mask_n(cols - 16 * (nv - 1));
                 int rows = M - mb * MR < MR ? M - mb * MR : MR;
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
-                pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + n0, ldx, kc,
-                                 y + (size_t)mb * MR * ldy + n0, ldy, rows, lm, first, last, mb * MR, e, res);
+                /* the next row block's weights are fetched while this one's are used:
+                 * each block's are a separate run of kc * MR floats, which the
+                 * hardware prefetchers would only find after it began */
+                const int pb = mb + 1 < mblocks ? mb + 1 : mb;
+                pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, wp + ((size_t)pb * K + k0) * MR,
+                                 x + (size_t)k0 * ldx + n0, ldx, kc, y + (size_t)mb * MR * ldy + n0, ldy, rows, lm,
+                                 first, last, mb * MR, e, res);
             }
         if (tail)
-            for (int mb = 0; mb < mblocks; mb++) {
-                int rows = M - mb * MR < MR ? M - mb * MR : MR;
+            for (int mb = 0, step = pw_tail_blocks(tail); mb < mblocks; mb += step) {
+                const int nb = mblocks - mb < step ? mblocks - mb : step, lb = mb + nb - 1;
+                const int rows = M - lb * MR < MR ? M - lb * MR : MR; /* of the last block */
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + nt : NULL;
-                pw_tail_cols(tail, wp + ((size_t)mb * K + k0) * MR, x + (size_t)k0 * ldx + nt, ldx, kc,
-                             y + (size_t)mb * MR * ldy + nt, ldy, rows, first, last, mb * MR, e, res);
+                pw_tail_cols(tail, nb, wp + ((size_t)mb * K + k0) * MR, (size_t)K * MR, x + (size_t)k0 * ldx + nt, ldx,
+                             kc, y + (size_t)mb * MR * ldy + nt, ldy, rows, first, last, mb * MR, e, res);
             }
     }
 }

@@ -110,6 +110,11 @@ static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels 
             K = irand(300, 700);
             n = irand(150, 700);
         }
+        if (trial % 10 == 6) { /* 1-7 columns past the 48-wide tiles, over many row blocks (the tail path) */
+            G = 1;
+            M = irand(1, 80);
+            n = 48 * irand(1, 4) + irand(1, 7);
+        }
         int shuffle = G > 1 && (trial & 1);
         mf_act act = (mf_act)(trial % 3);
         int resmode = trial % 4; /* 0 none, 1 separate, 2 in place (act none) */
