@@ -517,12 +517,44 @@ static void dwf_planes(const mf_dw_rows *g, int s, const dwf_mask *mk, const flo
     }
 }
 
+/* Output channels at a time that dwf orders by their input channel. */
+#define DWF_QMAX 1024
+
+/* Output channels [q0, q1) (at most DWF_QMAX) into ord, each input
+ * channel's readers together (in increasing order), so one build of its
+ * planes serves them all: a shuffle folded into src puts them cin apart
+ * (src[q] = q % cin), not next to each other as a plain multiplier does. */
+static void dwf_order(const mf_dw *d, int q0, int q1, int *ord)
+{
+    int smin = d->src[q0], smax = smin, sorted = 1;
+    for (int q = q0 + 1; q < q1; q++) {
+        const int v = d->src[q];
+        if (v < d->src[q - 1]) sorted = 0;
+        if (v < smin) smin = v;
+        if (v > smax) smax = v;
+    }
+    if (sorted || smax - smin >= DWF_QMAX) { /* in order already, or too many inputs to bucket here */
+        for (int q = q0; q < q1; q++) ord[q - q0] = q;
+        return;
+    }
+    int head[DWF_QMAX], next[DWF_QMAX];
+    for (int v = 0; v <= smax - smin; v++) head[v] = -1;
+    for (int q = q1 - 1; q >= q0; q--) { /* prepended: each list ends up increasing */
+        next[q - q0] = head[d->src[q] - smin];
+        head[d->src[q] - smin] = q;
+    }
+    int n = 0;
+    for (int v = 0; v <= smax - smin; v++)
+        for (int q = head[v]; q >= 0; q = next[q - q0]) ord[n++] = q;
+}
+
 /* Channels [c0, c1), rows [oy0, oy1), in passes of the rows the planes
  * hold.  The planes are built for a few input channels at a time, then
  * every output channel reading them (a multiplier's) is nine plain loads
  * per 16 outputs: building several first lets their stores retire before
  * the first loads (a load right behind the masked stores it reads waits
- * for them). */
+ * for them).  An output's sums do not depend on the order the channels
+ * go in. */
 static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
     enum { GMAX = 8 };
@@ -531,45 +563,51 @@ static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, s
     float buf[6 * DWF_PLANE] __attribute__((aligned(64)));
     const float *tap[GMAX][9];
     dwf_mask mk[DWF_MAX_VECS];
+    int ord[DWF_QMAX];
     dwf_masks(s, g->w, ow, mk);
-    for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
-        const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * ow, nv = (n + 15) / 16;
-        /* floats of one input channel's planes (64-byte multiples) */
-        const size_t one = (size_t)3 * s * ((((size_t)(r1 - r0 + 2) * ow + 16) + 15) & ~(size_t)15);
-        int gmax = (int)(sizeof buf / sizeof buf[0] / one);
-        if (gmax > GMAX) gmax = GMAX;
-        for (int q0 = c0; q0 < c1;) {
-            /* the channels from q0 reading at most gmax distinct inputs, in runs */
-            int srcs[GMAX], ns = 0, q1 = q0;
-            while (q1 < c1) {
-                if (ns == 0 || d->src[q1] != srcs[ns - 1]) {
-                    if (ns == gmax) break;
-                    srcs[ns++] = d->src[q1];
+    for (int cq = c0; cq < c1; cq += DWF_QMAX) {
+        const int nq = c1 - cq < DWF_QMAX ? c1 - cq : DWF_QMAX;
+        dwf_order(d, cq, cq + nq, ord);
+        for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
+            const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * ow, nv = (n + 15) / 16;
+            /* floats of one input channel's planes (64-byte multiples) */
+            const size_t one = (size_t)3 * s * ((((size_t)(r1 - r0 + 2) * ow + 16) + 15) & ~(size_t)15);
+            int gmax = (int)(sizeof buf / sizeof buf[0] / one);
+            if (gmax > GMAX) gmax = GMAX;
+            for (int i0 = 0; i0 < nq;) {
+                /* the channels from ord[i0] reading at most gmax distinct inputs, in runs */
+                int srcs[GMAX], ns = 0, i1 = i0;
+                while (i1 < nq) {
+                    if (ns == 0 || d->src[ord[i1]] != srcs[ns - 1]) {
+                        if (ns == gmax) break;
+                        srcs[ns++] = d->src[ord[i1]];
+                    }
+                    i1++;
                 }
-                q1++;
-            }
-            for (int i = 0; i < ns; i++) {
-                float *pb = buf + one * (size_t)i, *planes[6] = {0};
-                for (int j = 0; j < 3 * s; j++) planes[j] = pb + one / (3 * s) * j;
-                dwf_planes(g, s, mk, g->x + (size_t)srcs[i] * g->ldx, r0, r1 - r0, planes, tap[i]);
-            }
-            for (int q = q0, i = 0; q < q1; q++) {
-                if (q > q0 && d->src[q] != d->src[q - 1]) i++;
-                const float *k = d->w + (size_t)q * 9;
-                __m512 kv[9];
-                for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
-                const dw_ep ep = dw_ep_make(q, e);
-                float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * ow;
-                const float *const *tp = tap[i];
-                for (int v = 0; v < nv; v++) {
-                    const int p = 16 * v;
-                    __m512 t9[9];
+                for (int i = 0; i < ns; i++) {
+                    float *pb = buf + one * (size_t)i, *planes[6] = {0};
+                    for (int j = 0; j < 3 * s; j++) planes[j] = pb + one / (3 * s) * j;
+                    dwf_planes(g, s, mk, g->x + (size_t)srcs[i] * g->ldx, r0, r1 - r0, planes, tap[i]);
+                }
+                for (int j = i0, i = 0; j < i1; j++) {
+                    const int q = ord[j];
+                    if (j > i0 && d->src[q] != d->src[ord[j - 1]]) i++;
+                    const float *k = d->w + (size_t)q * 9;
+                    __m512 kv[9];
+                    for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
+                    const dw_ep ep = dw_ep_make(q, e);
+                    float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * ow;
+                    const float *const *tp = tap[i];
+                    for (int v = 0; v < nv; v++) {
+                        const int p = 16 * v;
+                        __m512 t9[9];
 #pragma GCC unroll 9
-                    for (int t = 0; t < 9; t++) t9[t] = _mm512_loadu_ps(tp[t] + p);
-                    _mm512_mask_storeu_ps(yo + p, mask_n(n - p), dw_ep_apply(dwf_sum(t9, kv), &ep));
+                        for (int t = 0; t < 9; t++) t9[t] = _mm512_loadu_ps(tp[t] + p);
+                        _mm512_mask_storeu_ps(yo + p, mask_n(n - p), dw_ep_apply(dwf_sum(t9, kv), &ep));
+                    }
                 }
+                i0 = i1;
             }
-            q0 = q1;
         }
     }
 }
