@@ -613,52 +613,83 @@ static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, s
 }
 
 /* Stride 1, maps narrower than a vector: channels [c0, c1), rows [oy0,
- * oy1) in passes of DWF_S1_VECS vectors; tap (ky, kx) of pixel p is
- * x[p + (ky - 1) w + kx - 1] (from the pass's first row), masked where it
- * falls outside the map, the masks of a pass computed once for all its
- * channels.  (Tap planes as dwf builds them cost more than they save
- * without a multiplier to share them.) */
-#define DWF_S1_VECS 64
+ * oy1), a row in one vector (two channels' rows in its halves when they
+ * fit in 7 lanes: the 7x7 maps), the row's left and right taps the same
+ * vector shifted a lane (zeros come in at the edges, and the lanes past
+ * the row are zero), the three input rows of an output row held from the
+ * row before.  Each output sums its taps as dwf_sum does. */
+static inline __m512 dw_lane_left(__m512 v) /* v[j - 1], 0 at lane 0 */
+{
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), _mm512_setzero_si512(), 15));
+}
 
-/* Lanes [0, a) of 16 (any a). */
-static inline unsigned lanes_below(int a) { return a <= 0 ? 0u : a >= 16 ? 0xFFFFu : (1u << a) - 1u; }
-static void dwf_s1(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+static inline __m512 dw_lane_right(__m512 v) /* v[j + 1], 0 at lane 15 */
+{
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_setzero_si512(), _mm512_castps_si512(v), 1));
+}
+
+/* Input row iy of channels a (lanes [0, w)) and, with H, b (lanes [8, 8 + w)). */
+static inline __attribute__((always_inline)) __m512 dw_row16(int H, const float *xa, const float *xb, ptrdiff_t o,
+                                                             __mmask16 lo, __mmask16 hi)
+{
+    const __m512 c = _mm512_maskz_loadu_ps(lo, xa + o);
+    return H ? _mm512_mask_loadu_ps(c, hi, xb + o) : c;
+}
+
+static inline __attribute__((always_inline)) void dw_rows16_t(int H, const mf_dw *d, int c0, int c1,
+                                                              const mf_dw_rows *g, float *y, size_t ldy,
+                                                              const mf_epi *e)
 {
     const int w = g->w, h = g->h;
-    __mmask16 mt[DWF_S1_VECS][9];
-    const int rows_pass = DWF_S1_VECS * 16 / w;
-    for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
-        const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * w, nv = (n + 15) / 16;
-        /* rows: the tap row above is outside for the map's first row, the
-         * one below for its last; columns: left of each row's first pixel,
-         * right of its last (every w-th lane, few per vector) */
-        const int top = r0 == 0 ? w : 0, bottom = r1 == h ? n - w : n;
-        for (int v = 0; v < nv; v++) {
-            const int p0 = 16 * v;
-            const unsigned all = lanes_below(n - p0), up = 0xFFFFu & ~lanes_below(top - p0),
-                           down = lanes_below(bottom - p0);
-            unsigned first = 0, last = 0;
-            for (int p = (p0 + w - 1) / w * w; p < p0 + 16; p += w) first |= 1u << (p - p0);
-            for (int p = (p0 + 1 + w - 1) / w * w - 1; p < p0 + 16; p += w) if (p >= p0) last |= 1u << (p - p0);
-            const unsigned col[3] = {all & ~first, all, all & ~last}, row[3] = {up, ~0u, down};
-            for (int t = 0; t < 9; t++) mt[v][t] = (__mmask16)(col[t % 3] & row[t / 3]);
+    const __mmask16 lo = mask_n(w);
+    for (int q = c0; q < c1; q += 1 + H) {
+        /* channel q in lanes [0, w); with H, channel q + 1 in [8, 8 + w) */
+        const int qb = H && q + 1 < c1 ? q + 1 : q;
+        const __mmask16 hi = qb != q ? (__mmask16)(lo << 8) : 0;
+        const float *xa = g->x + (size_t)d->src[q] * g->ldx, *xb = g->x + (size_t)d->src[qb] * g->ldx - 8;
+        const float *ka = d->w + (size_t)q * 9, *kb = d->w + (size_t)qb * 9;
+        __m512 kv[9];
+        dw_ep ep = dw_ep_make(q, e);
+        if (H) {
+            const dw_ep eb = dw_ep_make(qb, e);
+            for (int t = 0; t < 9; t++) kv[t] = _mm512_mask_blend_ps(hi, _mm512_set1_ps(ka[t]), _mm512_set1_ps(kb[t]));
+            ep.bias = _mm512_mask_blend_ps(hi, ep.bias, eb.bias);
+            ep.a = _mm512_mask_blend_ps(hi, ep.a, eb.a);
+            ep.b = _mm512_mask_blend_ps(hi, ep.b, eb.b);
+        } else {
+            for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(ka[t]);
         }
-        for (int q = c0; q < c1; q++) {
-            const float *xb = g->x + (size_t)d->src[q] * g->ldx + (ptrdiff_t)(r0 - g->xr0) * w;
-            const float *k = d->w + (size_t)q * 9;
-            __m512 kv[9];
-            for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
-            const dw_ep ep = dw_ep_make(q, e);
-            float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * w;
-            for (int v = 0; v < nv; v++) {
-                __m512 t9[9];
-                const float *xp = xb + 16 * v;
-#pragma GCC unroll 9
-                for (int t = 0; t < 9; t++) t9[t] = _mm512_maskz_loadu_ps(mt[v][t], xp + (t / 3 - 1) * w + (t % 3 - 1));
-                _mm512_mask_storeu_ps(yo + 16 * v, mask_n(n - 16 * v), dw_ep_apply(dwf_sum(t9, kv), &ep));
-            }
+        float *ya = y + (size_t)(q - c0) * ldy, *yb = y + (size_t)(qb - c0) * ldy - 8;
+        __m512 r[3][3]; /* [input row oy - 1 + i][left, centre, right] */
+        for (int i = 0; i < 2; i++) {
+            const int iy = g->oy0 - 1 + i;
+            const __m512 c = iy >= 0 && iy < h ? dw_row16(H, xa, xb, (ptrdiff_t)(iy - g->xr0) * w, lo, hi)
+                                               : _mm512_setzero_ps();
+            r[i + 1][0] = dw_lane_left(c);
+            r[i + 1][1] = c;
+            r[i + 1][2] = dw_lane_right(c);
+        }
+        for (int oy = g->oy0; oy < g->oy1; oy++) {
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 3; j++) r[i][j] = r[i + 1][j];
+            const __m512 c = oy + 1 < h ? dw_row16(H, xa, xb, (ptrdiff_t)(oy + 1 - g->xr0) * w, lo, hi)
+                                        : _mm512_setzero_ps();
+            r[2][0] = dw_lane_left(c);
+            r[2][1] = c;
+            r[2][2] = dw_lane_right(c);
+            const __m512 t9[9] = {r[0][0], r[0][1], r[0][2], r[1][0], r[1][1], r[1][2], r[2][0], r[2][1], r[2][2]};
+            const __m512 t = dw_ep_apply(dwf_sum(t9, kv), &ep);
+            const size_t o = (size_t)(oy - g->oy0) * w;
+            _mm512_mask_storeu_ps(ya + o, lo, t);
+            if (H) _mm512_mask_storeu_ps(yb + o, hi, t);
         }
     }
+}
+
+static void dw_rows16(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    if (g->w <= 7) dw_rows16_t(1, d, c0, c1, g, y, ldy, e);
+    else dw_rows16_t(0, d, c0, c1, g, y, ldy, e);
 }
 
 /* Which kernel computes a layer: its stride and output width, never its
@@ -671,7 +702,7 @@ static inline int dw_flat(const mf_dw *d, int ow)
 void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
     if (dw_flat(d, g->ow)) {
-        if (d->stride == 1) dwf_s1(d, c0, c1, g, y, ldy, e);
+        if (d->stride == 1) dw_rows16(d, c0, c1, g, y, ldy, e);
         else dwf(d, c0, c1, g, y, ldy, e);
         return;
     }
