@@ -376,61 +376,11 @@ static void dw_plane_s1(const float *xi, int xr0, int h, int w, const float *k, 
 #undef XR
 }
 
-/* Stride 2 along output rows, for maps too wide for dwf's planes. */
-static void dw_plane_s2(const float *xi, int xr0, int h, int w, const float *k, float *yo, int ow, int oy0, int oy1,
-                        int q, const mf_epi *e)
-{
-#define XR(iy) (xi + (ptrdiff_t)((iy) - xr0) * w)
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    __m512 kv[9];
-    for (int i = 0; i < 9; i++) kv[i] = _mm512_set1_ps(k[i]);
-    const dw_ep ep = dw_ep_make(q, e);
-    for (int oy = oy0; oy < oy1; oy++) {
-        for (int ox = 0; ox < ow; ox += 16) {
-            const int s = 2 * ox; /* first input column of the centre tap */
-            __mmask16 mo = mask_n(ow - ox);
-            __mmask16 ma = mask_range(s, w), mb = mask_range(s + 16, w);
-            __mmask16 mla = mask_range(s - 1, w), mlb = mask_range(s + 15, w);
-            /* one accumulator per tap column: three FMA chains, not one of nine */
-            __m512 acc = _mm512_setzero_ps(), accc = _mm512_setzero_ps(), accr = _mm512_setzero_ps();
-            for (int ky = 0; ky < 3; ky++) {
-                int iy = 2 * oy + ky - 1;
-                if (iy < 0 || iy >= h) continue;
-                const float *row = XR(iy);
-                __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
-                __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
-                __m512 c = _mm512_permutex2var_ps(a, even, b);   /* x[s + 2j]     */
-                __m512 r = _mm512_permutex2var_ps(a, odd, b);    /* x[s + 2j + 1] */
-                __m512 l = _mm512_permutex2var_ps(la, even, lb); /* x[s + 2j - 1] */
-                acc = _mm512_fmadd_ps(kv[ky * 3 + 0], l, acc);
-                accc = _mm512_fmadd_ps(kv[ky * 3 + 1], c, accc);
-                accr = _mm512_fmadd_ps(kv[ky * 3 + 2], r, accr);
-            }
-            acc = _mm512_add_ps(_mm512_add_ps(acc, accc), accr);
-            _mm512_mask_storeu_ps(yo + (size_t)(oy - oy0) * ow + ox, mo, dw_ep_apply(acc, &ep));
-        }
-    }
-#undef XR
-#undef XR
-}
-
-/* ---- depthwise on flattened rows ------------------------------------------
- * The kernels above run along output rows, 16 columns per vector: maps 7 or
- * 14 pixels wide would leave half or an eighth of every vector empty, and
- * a stride-2 row needs two loads and a permute per tap row.  These run
- * along the band's outputs flattened (output pixel p = r * ow + ox of rows
- * oy0 + r), 16 pixels per vector whatever the width, each tap a load at a
- * constant offset from p.  Each output sums its taps in one fixed order
- * ((row 0 + row 1) + row 2, each row left to right), so banding changes no
- * bits.  Channel q goes to y + (q - c0) * ldy, flattened. */
-
-/* Floats of each tap plane (on the stack): a pass's outputs, two more rows
- * and a vector's overrun; passes of at least one row up to this width. */
-#define DWF_PLANE 2112
-#define DWF_MAX_W ((DWF_PLANE - 64) / 3)
-
-static inline __m512 dwf_sum(const __m512 *t, const __m512 *kv)
+/* ---- the kernels below: each output sums its nine taps as dw_sum9 does
+ * ((row 0 + row 1) + row 2, each row left to right), whichever rows a call
+ * computes, so banding changes no bits.  Channel q goes to y + (q - c0) *
+ * ldy, row oy at (oy - oy0) * ow. */
+static inline __m512 dw_sum9(const __m512 *t, const __m512 *kv)
 {
     __m512 a0 = _mm512_mul_ps(kv[0], t[0]), a1 = _mm512_mul_ps(kv[3], t[3]), a2 = _mm512_mul_ps(kv[6], t[6]);
     a0 = _mm512_fmadd_ps(kv[1], t[1], a0);
@@ -442,89 +392,14 @@ static inline __m512 dwf_sum(const __m512 *t, const __m512 *kv)
     return _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
 }
 
-/* The load masks of one plane row's vectors: they depend on the widths
- * only, so dwf computes them once per call rather than per row. */
-typedef struct dwf_mask {
-    __mmask16 out;   /* lanes of the output row */
-    __mmask16 ld[4]; /* stride 1: columns ox - 1, ox, ox + 1; stride 2: 2ox, 2ox + 16, 2ox - 1, 2ox + 15 */
-} dwf_mask;
+/* Output channels at a time that dw_order orders by their input channel. */
+#define DW_QMAX 1024
 
-#define DWF_MAX_VECS ((DWF_MAX_W + 15) / 16)
-
-static void dwf_masks(int s, int w, int ow, dwf_mask *m)
-{
-    for (int v = 0, ox = 0; ox < ow; ox += 16, v++) {
-        m[v].out = mask_n(ow - ox);
-        if (s == 1) {
-            m[v].ld[0] = mask_range(ox - 1, w);
-            m[v].ld[1] = mask_range(ox, w);
-            m[v].ld[2] = mask_range(ox + 1, w);
-            m[v].ld[3] = 0;
-        } else {
-            m[v].ld[0] = mask_range(2 * ox, w);
-            m[v].ld[1] = mask_range(2 * ox + 16, w);
-            m[v].ld[2] = mask_range(2 * ox - 1, w);
-            m[v].ld[3] = mask_range(2 * ox + 15, w);
-        }
-    }
-}
-
-/* The planes of one input channel for output rows [r0, r0 + rows): with
- * zeros wherever a tap falls outside the map, tap (ky, kx) of flattened
- * output p is tap[ky * 3 + kx][p].  Stride 1: ph[kx][j][ox] =
- * x[r0 - 1 + j][ox + kx - 1], rows + 2 rows, tap (ky, kx) at ph[kx] + ky ow.
- * Stride 2: even input rows ph[kx][r][ox] = x[2 (r0 + r)][2 ox + kx - 1] for
- * ky 1, odd rows ph[3 + kx][r][ox] = x[2 (r0 + r) - 1][...] (one row more)
- * for ky 0 and, a row on, ky 2. */
-static void dwf_planes(const mf_dw_rows *g, int s, const dwf_mask *mk, const float *xc, int r0, int rows,
-                       float *const *ph, const float **tap)
-{
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const int w = g->w, h = g->h, ow = g->ow;
-    for (int par = 0; par < s; par++)
-        for (int j = 0; j < (s == 1 ? rows + 2 : rows + par); j++) {
-            const int iy = s == 1 ? r0 - 1 + j : 2 * (r0 + j) - par;
-            float *pl = ph[3 * par] + (size_t)j * ow, *pc = ph[3 * par + 1] + (size_t)j * ow,
-                  *pr = ph[3 * par + 2] + (size_t)j * ow;
-            const float *row = xc + (ptrdiff_t)(iy - g->xr0) * w;
-            for (int ox = 0, v = 0; ox < ow; ox += 16, v++) {
-                const __mmask16 mo = mk[v].out;
-                if (iy < 0 || iy >= h) {
-                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_setzero_ps());
-                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_setzero_ps());
-                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_setzero_ps());
-                } else if (s == 1) {
-                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_maskz_loadu_ps(mk[v].ld[0], row + ox - 1));
-                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_maskz_loadu_ps(mk[v].ld[1], row + ox));
-                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_maskz_loadu_ps(mk[v].ld[2], row + ox + 1));
-                } else {
-                    const int c = 2 * ox;
-                    __m512 a = _mm512_maskz_loadu_ps(mk[v].ld[0], row + c);
-                    __m512 b = _mm512_maskz_loadu_ps(mk[v].ld[1], row + c + 16);
-                    __m512 la = _mm512_maskz_loadu_ps(mk[v].ld[2], row + c - 1);
-                    __m512 lb = _mm512_maskz_loadu_ps(mk[v].ld[3], row + c + 15);
-                    _mm512_mask_storeu_ps(pl + ox, mo, _mm512_permutex2var_ps(la, even, lb)); /* 2ox - 1 */
-                    _mm512_mask_storeu_ps(pc + ox, mo, _mm512_permutex2var_ps(a, even, b));   /* 2ox */
-                    _mm512_mask_storeu_ps(pr + ox, mo, _mm512_permutex2var_ps(a, odd, b));    /* 2ox + 1 */
-                }
-            }
-        }
-    for (int kx = 0; kx < 3; kx++) {
-        tap[kx] = s == 1 ? ph[kx] : ph[3 + kx];
-        tap[3 + kx] = s == 1 ? ph[kx] + ow : ph[kx];
-        tap[6 + kx] = s == 1 ? ph[kx] + 2 * ow : ph[3 + kx] + ow;
-    }
-}
-
-/* Output channels at a time that dwf orders by their input channel. */
-#define DWF_QMAX 1024
-
-/* Output channels [q0, q1) (at most DWF_QMAX) into ord, each input
+/* Output channels [q0, q1) (at most DW_QMAX) into ord, each input
  * channel's readers together (in increasing order), so one build of its
  * planes serves them all: a shuffle folded into src puts them cin apart
  * (src[q] = q % cin), not next to each other as a plain multiplier does. */
-static void dwf_order(const mf_dw *d, int q0, int q1, int *ord)
+static void dw_order(const mf_dw *d, int q0, int q1, int *ord)
 {
     int smin = d->src[q0], smax = smin, sorted = 1;
     for (int q = q0 + 1; q < q1; q++) {
@@ -533,11 +408,11 @@ static void dwf_order(const mf_dw *d, int q0, int q1, int *ord)
         if (v < smin) smin = v;
         if (v > smax) smax = v;
     }
-    if (sorted || smax - smin >= DWF_QMAX) { /* in order already, or too many inputs to bucket here */
+    if (sorted || smax - smin >= DW_QMAX) { /* in order already, or too many inputs to bucket here */
         for (int q = q0; q < q1; q++) ord[q - q0] = q;
         return;
     }
-    int head[DWF_QMAX], next[DWF_QMAX];
+    int head[DW_QMAX], next[DW_QMAX];
     for (int v = 0; v <= smax - smin; v++) head[v] = -1;
     for (int q = q1 - 1; q >= q0; q--) { /* prepended: each list ends up increasing */
         next[q - q0] = head[d->src[q] - smin];
@@ -548,76 +423,12 @@ static void dwf_order(const mf_dw *d, int q0, int q1, int *ord)
         for (int q = head[v]; q >= 0; q = next[q - q0]) ord[n++] = q;
 }
 
-/* Channels [c0, c1), rows [oy0, oy1), in passes of the rows the planes
- * hold.  The planes are built for a few input channels at a time, then
- * every output channel reading them (a multiplier's) is nine plain loads
- * per 16 outputs: building several first lets their stores retire before
- * the first loads (a load right behind the masked stores it reads waits
- * for them).  An output's sums do not depend on the order the channels
- * go in. */
-static void dwf(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
-{
-    enum { GMAX = 8 };
-    const int s = d->stride, ow = g->ow;
-    const int rp = (DWF_PLANE - 64) / ow - 2, rows_pass = rp < 1 ? 1 : rp;
-    float buf[6 * DWF_PLANE] __attribute__((aligned(64)));
-    const float *tap[GMAX][9];
-    dwf_mask mk[DWF_MAX_VECS];
-    int ord[DWF_QMAX];
-    dwf_masks(s, g->w, ow, mk);
-    for (int cq = c0; cq < c1; cq += DWF_QMAX) {
-        const int nq = c1 - cq < DWF_QMAX ? c1 - cq : DWF_QMAX;
-        dwf_order(d, cq, cq + nq, ord);
-        for (int r0 = g->oy0; r0 < g->oy1; r0 += rows_pass) {
-            const int r1 = r0 + rows_pass < g->oy1 ? r0 + rows_pass : g->oy1, n = (r1 - r0) * ow, nv = (n + 15) / 16;
-            /* floats of one input channel's planes (64-byte multiples) */
-            const size_t one = (size_t)3 * s * ((((size_t)(r1 - r0 + 2) * ow + 16) + 15) & ~(size_t)15);
-            int gmax = (int)(sizeof buf / sizeof buf[0] / one);
-            if (gmax > GMAX) gmax = GMAX;
-            for (int i0 = 0; i0 < nq;) {
-                /* the channels from ord[i0] reading at most gmax distinct inputs, in runs */
-                int srcs[GMAX], ns = 0, i1 = i0;
-                while (i1 < nq) {
-                    if (ns == 0 || d->src[ord[i1]] != srcs[ns - 1]) {
-                        if (ns == gmax) break;
-                        srcs[ns++] = d->src[ord[i1]];
-                    }
-                    i1++;
-                }
-                for (int i = 0; i < ns; i++) {
-                    float *pb = buf + one * (size_t)i, *planes[6] = {0};
-                    for (int j = 0; j < 3 * s; j++) planes[j] = pb + one / (3 * s) * j;
-                    dwf_planes(g, s, mk, g->x + (size_t)srcs[i] * g->ldx, r0, r1 - r0, planes, tap[i]);
-                }
-                for (int j = i0, i = 0; j < i1; j++) {
-                    const int q = ord[j];
-                    if (j > i0 && d->src[q] != d->src[ord[j - 1]]) i++;
-                    const float *k = d->w + (size_t)q * 9;
-                    __m512 kv[9];
-                    for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
-                    const dw_ep ep = dw_ep_make(q, e);
-                    float *yo = y + (size_t)(q - c0) * ldy + (size_t)(r0 - g->oy0) * ow;
-                    const float *const *tp = tap[i];
-                    for (int v = 0; v < nv; v++) {
-                        const int p = 16 * v;
-                        __m512 t9[9];
-#pragma GCC unroll 9
-                        for (int t = 0; t < 9; t++) t9[t] = _mm512_loadu_ps(tp[t] + p);
-                        _mm512_mask_storeu_ps(yo + p, mask_n(n - p), dw_ep_apply(dwf_sum(t9, kv), &ep));
-                    }
-                }
-                i0 = i1;
-            }
-        }
-    }
-}
-
 /* Stride 1, maps narrower than a vector: channels [c0, c1), rows [oy0,
  * oy1), a row in one vector (two channels' rows in its halves when they
  * fit in 7 lanes: the 7x7 maps), the row's left and right taps the same
  * vector shifted a lane (zeros come in at the edges, and the lanes past
  * the row are zero), the three input rows of an output row held from the
- * row before.  Each output sums its taps as dwf_sum does. */
+ * row before. */
 static inline __m512 dw_lane_left(__m512 v) /* v[j - 1], 0 at lane 0 */
 {
     return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), _mm512_setzero_si512(), 15));
@@ -678,7 +489,7 @@ static inline __attribute__((always_inline)) void dw_rows16_t(int H, const mf_dw
             r[2][1] = c;
             r[2][2] = dw_lane_right(c);
             const __m512 t9[9] = {r[0][0], r[0][1], r[0][2], r[1][0], r[1][1], r[1][2], r[2][0], r[2][1], r[2][2]};
-            const __m512 t = dw_ep_apply(dwf_sum(t9, kv), &ep);
+            const __m512 t = dw_ep_apply(dw_sum9(t9, kv), &ep);
             const size_t o = (size_t)(oy - g->oy0) * w;
             _mm512_mask_storeu_ps(ya + o, lo, t);
             if (H) _mm512_mask_storeu_ps(yb + o, hi, t);
@@ -692,28 +503,89 @@ static void dw_rows16(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float
     else dw_rows16_t(0, d, c0, c1, g, y, ldy, e);
 }
 
-/* Which kernel computes a layer: its stride and output width, never its
- * rows, so every band of a layer sums alike. */
-static inline int dw_flat(const mf_dw *d, int ow)
+/* Stride 2, by input channel: channels [c0, c1) grouped by the input they
+ * read (dw_order); for each input, 16 output columns at a time down the
+ * rows, the three input rows' taps deinterleaved in registers (the even
+ * columns, the odd ones, and the odd ones a lane on: x[2ox + 2j], x[2ox +
+ * 2j + 1], x[2ox + 2j - 1]), the top row kept from the output row above
+ * (it was that row's bottom one), and every output channel reading that
+ * input summed from those nine vectors, its weights broadcast from memory.
+ * Any width: the row kernels' masks cover every column. */
+static inline __attribute__((always_inline)) void dws2_row(const float *row, int ox, __mmask16 ma, __mmask16 mb,
+                                                           __mmask16 mp, __m512 *t)
 {
-    return d->stride == 2 ? ow <= DWF_MAX_W : ow < 16;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int c = 2 * ox;
+    const __m512 a = _mm512_maskz_loadu_ps(ma, row + c), b = _mm512_maskz_loadu_ps(mb, row + c + 16);
+    const __m512 p = _mm512_maskz_loadu_ps(mp, row + c - 16); /* lane 15: x[2ox - 1] */
+    const __m512 o = _mm512_permutex2var_ps(a, odd, b);
+    t[0] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(o), _mm512_castps_si512(p), 15));
+    t[1] = _mm512_permutex2var_ps(a, even, b);
+    t[2] = o;
 }
 
+static void dws2(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
+{
+    const int w = g->w, h = g->h, ow = g->ow;
+    int ord[DW_QMAX];
+    for (int cq = c0; cq < c1; cq += DW_QMAX) {
+        const int nq = c1 - cq < DW_QMAX ? c1 - cq : DW_QMAX;
+        dw_order(d, cq, cq + nq, ord);
+        for (int i0 = 0; i0 < nq;) {
+            const int src = d->src[ord[i0]];
+            int i1 = i0 + 1;
+            while (i1 < nq && d->src[ord[i1]] == src) i1++;
+            const float *xc = g->x + (size_t)src * g->ldx;
+            for (int ox = 0; ox < ow; ox += 16) {
+                const __mmask16 mo = mask_n(ow - ox), ma = mask_range(2 * ox, w), mb = mask_range(2 * ox + 16, w);
+                const __mmask16 mp = ox > 0 ? (__mmask16)0x8000 : 0;
+                __m512 t9[9];
+                if (2 * g->oy0 - 1 >= 0) dws2_row(xc + (ptrdiff_t)(2 * g->oy0 - 1 - g->xr0) * w, ox, ma, mb, mp, t9);
+                else t9[0] = t9[1] = t9[2] = _mm512_setzero_ps();
+                for (int oy = g->oy0; oy < g->oy1; oy++) {
+                    const int iy = 2 * oy;
+                    dws2_row(xc + (ptrdiff_t)(iy - g->xr0) * w, ox, ma, mb, mp, t9 + 3);
+                    if (iy + 1 < h) dws2_row(xc + (ptrdiff_t)(iy + 1 - g->xr0) * w, ox, ma, mb, mp, t9 + 6);
+                    else t9[6] = t9[7] = t9[8] = _mm512_setzero_ps();
+                    for (int j = i0; j < i1; j++) {
+                        const int q = ord[j];
+                        const float *k = d->w + (size_t)q * 9;
+                        __m512 kv[9];
+#pragma GCC unroll 9
+                        for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
+                        const dw_ep ep = dw_ep_make(q, e);
+                        _mm512_mask_storeu_ps(y + (size_t)(q - c0) * ldy + (size_t)(oy - g->oy0) * ow + ox, mo,
+                                              dw_ep_apply(dw_sum9(t9, kv), &ep));
+                    }
+                    t9[0] = t9[6];
+                    t9[1] = t9[7];
+                    t9[2] = t9[8];
+                }
+            }
+            i0 = i1;
+        }
+    }
+}
+
+/* The kernel of a layer depends on its stride and width, never on its
+ * rows, so every band of a layer sums alike. */
 void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
-    if (dw_flat(d, g->ow)) {
-        if (d->stride == 1) dw_rows16(d, c0, c1, g, y, ldy, e);
-        else dwf(d, c0, c1, g, y, ldy, e);
+    if (d->stride == 2) {
+        dws2(d, c0, c1, g, y, ldy, e);
+        return;
+    }
+    if (g->w < 16) {
+        dw_rows16(d, c0, c1, g, y, ldy, e);
         return;
     }
     dw_s1_mask mk[DW_S1_MAX_VECS]; /* 8 KiB */
-    assert(d->stride != 1 || g->w <= 16 * DW_S1_MAX_VECS); /* mf_workspace_reserve: w <= 16384 */
-    if (d->stride == 1) dw_s1_masks(g->w, mk);
+    assert(g->w <= 16 * DW_S1_MAX_VECS); /* mf_workspace_reserve: w <= 16384 */
+    dw_s1_masks(g->w, mk);
     for (int q = c0; q < c1; q++) {
         const float *xi = g->x + (size_t)d->src[q] * g->ldx, *k = d->w + (size_t)q * 9;
-        float *yo = y + (size_t)(q - c0) * ldy;
-        if (d->stride == 1) dw_plane_s1(xi, g->xr0, g->h, g->w, k, yo, g->oy0, g->oy1, q, e, mk);
-        else dw_plane_s2(xi, g->xr0, g->h, g->w, k, yo, g->ow, g->oy0, g->oy1, q, e);
+        dw_plane_s1(xi, g->xr0, g->h, g->w, k, y + (size_t)(q - c0) * ldy, g->oy0, g->oy1, q, e, mk);
     }
 }
 

@@ -312,12 +312,15 @@ START_TEST(dw_random)
         int cin = irand(1, 9), e = irand(1, 4), cout = cin * e, s = 1 + (trial & 1);
         int h = irand(1, 40), w = irand(1, 70);
         if (trial % 5 == 0) { h = irand(1, 3); w = irand(1, 3); }
-        /* the avx512 kernels' own limits: several passes of the flattened
-         * ones (narrow and tall; strided and wide), and strided maps too
-         * wide for them (the row kernel) */
+        /* the avx512 kernels' own limits: narrow and tall maps (a row per
+         * vector, two channels' rows in one up to 7 wide), maps of several
+         * vectors a row (strided: many), very wide ones, and more output
+         * channels than the strided kernel orders by input at once (1024;
+         * shuffled, their inputs spread wider than it buckets) */
         if (trial % 10 == 3) { h = irand(70, 160); w = irand(4, 15); }
         if (trial % 10 == 7) { h = irand(40, 90); w = s == 2 ? irand(150, 260) : irand(16, 40); }
         if (trial % 20 == 9) { h = irand(1, 6); w = irand(2040, 2100); }
+        if (trial % 20 == 12) { cin = irand(300, 1100); e = 2; cout = cin * e; s = 2; h = irand(1, 12); w = irand(1, 12); }
         int oh = (h - 1) / s + 1, ow = (w - 1) / s + 1;
         mf_act act = (mf_act)(trial % 3);
         float *k = rvec((size_t)cout * 9), *b = rvec((size_t)cout), *x = rvec((size_t)cin * h * w);
