@@ -52,15 +52,15 @@ static inline __m512 epi_apply(__m512 t, int row, const mf_epi *e)
  * rows: valid rows (<= MR); lastmask: columns valid in the last vector;
  * res: the tile's residual (row stride ldr) or NULL; pf: the next tile's
  * weights (kc * MR floats, as wp), prefetched into L1 as these are used. */
-static inline __attribute__((always_inline)) void pw_tile(int NV, const float *wp, const float *pf, const float *x,
-                                                          size_t ldx, int kc, float *y, size_t ldy, int rows, __mmask16 lastmask,
-                                                          int first, int last, int row0, const mf_epi *e,
-                                                          const float *res)
+static inline __attribute__((always_inline)) void pw_tile(int R, int NV, const float *wp, const float *pf,
+                                                          const float *x, size_t ldx, int kc, float *y, size_t ldy,
+                                                          int rows, __mmask16 lastmask, int first, int last, int row0,
+                                                          const mf_epi *e, const float *res)
 {
     const int res_first = res && e->act == MF_ACT_NONE;
     __m512 acc[MR][3];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < R; r++)
 #pragma GCC unroll 3
         for (int v = 0; v < NV; v++) {
             __mmask16 mk = v == NV - 1 ? lastmask : (__mmask16)0xFFFF;
@@ -79,14 +79,14 @@ static inline __attribute__((always_inline)) void pw_tile(int NV, const float *w
         const float *wk = wp + (size_t)k * MR;
         _mm_prefetch((const char *)(pf + (size_t)k * MR), _MM_HINT_T0);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < R; r++) {
             __m512 wv = _mm512_set1_ps(wk[r]);
 #pragma GCC unroll 3
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) {
+    for (int r = 0; r < R; r++) {
         if (r >= rows) break;
 #pragma GCC unroll 3
         for (int v = 0; v < NV; v++) {
@@ -101,15 +101,30 @@ static inline __attribute__((always_inline)) void pw_tile(int NV, const float *w
     }
 }
 
-static void pw_tile_dispatch(int nv, const float *wp, const float *pf, const float *x, size_t ldx, int kc, float *y, size_t ldy, int rows,
-                             __mmask16 lastmask, int first, int last, int row0, const mf_epi *e, const float *res)
+#define PW_TILE_NV(R)                                                                                         \
+    switch (nv) {                                                                                             \
+    case 3: pw_tile(R, 3, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;     \
+    case 2: pw_tile(R, 2, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;     \
+    default: pw_tile(R, 1, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;    \
+    }
+
+/* A block of fewer than MR valid rows (a small group's, or the last one)
+ * computes only about as many: 1, 2, 3, 4, 6 or 8. */
+static void pw_tile_dispatch(int nv, const float *wp, const float *pf, const float *x, size_t ldx, int kc, float *y,
+                             size_t ldy, int rows, __mmask16 lastmask, int first, int last, int row0, const mf_epi *e,
+                             const float *res)
 {
-    switch (nv) {
-    case 3: pw_tile(3, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
-    case 2: pw_tile(2, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
-    default: pw_tile(1, wp, pf, x, ldx, kc, y, ldy, rows, lastmask, first, last, row0, e, res); break;
+    switch (rows) {
+    case 1: PW_TILE_NV(1) break;
+    case 2: PW_TILE_NV(2) break;
+    case 3: PW_TILE_NV(3) break;
+    case 4: PW_TILE_NV(4) break;
+    case 5:
+    case 6: PW_TILE_NV(6) break;
+    default: PW_TILE_NV(8) break;
     }
 }
+#undef PW_TILE_NV
 
 /* The last few columns of a 1x1 conv (fewer than 8: a 7x7 map's 49th
  * pixel, a 14x14 map's last 4) as matrix-vector products, eight rows at a
