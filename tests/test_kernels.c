@@ -113,6 +113,7 @@ static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels 
         if (trial % 10 == 6) { /* 1-7 columns past the 48-wide tiles, over many row blocks (the tail path) */
             G = 1;
             M = irand(1, 80);
+            if ((trial / 10) % 2) K = irand(130, 400); /* and over several passes in depth */
             n = 48 * irand(1, 4) + irand(1, 7);
         }
         int shuffle = G > 1 && (trial & 1);
@@ -317,16 +318,27 @@ START_TEST(dw_random)
          * vectors a row (strided: many), very wide ones, and more output
          * channels than the strided kernel orders by input at once (1024;
          * shuffled, their inputs spread wider than it buckets) */
-        if (trial % 10 == 3) { h = irand(70, 160); w = irand(4, 15); }
-        if (trial % 10 == 7) { h = irand(40, 90); w = s == 2 ? irand(150, 260) : irand(16, 40); }
-        if (trial % 20 == 9) { h = irand(1, 6); w = irand(2040, 2100); }
-        if (trial % 20 == 12) { cin = irand(300, 1100); e = 2; cout = cin * e; s = 2; h = irand(1, 12); w = irand(1, 12); }
+        int shuffled = trial % 3 == 0;
+        /* (these trials are all odd or all even: their stride alternates by tens) */
+        if (trial % 10 == 3) { s = 1 + (trial / 10) % 2; h = irand(70, 160); w = irand(4, 16); }
+        if (trial % 10 == 7) { s = 1 + (trial / 10) % 2; h = irand(40, 90); w = s == 2 ? irand(150, 260) : irand(16, 40); }
+        if (trial % 20 == 9) { s = 1 + (trial / 20) % 2; h = irand(1, 6); w = irand(2040, 2100); }
+        if (trial % 10 == 1) { s = 1; h = irand(1, 30); w = 7 + (trial / 10) % 2; } /* the 7x7 maps, and 8 */
+        if (trial % 20 == 12) { /* shuffled: inputs within 1024 (bucketed) or not (kept in order) */
+            cin = (trial / 20) % 2 ? irand(1030, 1100) : irand(300, 900);
+            e = 3;
+            cout = cin * e;
+            s = 2;
+            shuffled = 1;
+            h = irand(1, 12);
+            w = irand(1, 12);
+        }
         int oh = (h - 1) / s + 1, ow = (w - 1) / s + 1;
         mf_act act = (mf_act)(trial % 3);
         float *k = rvec((size_t)cout * 9), *b = rvec((size_t)cout), *x = rvec((size_t)cin * h * w);
         float *dya = rvec((size_t)cout), *dyb = rvec((size_t)cout);
         int *src = malloc((size_t)cout * sizeof(int));
-        for (int q = 0; q < cout; q++) src[q] = (trial % 3 == 0) ? q % cin : q / e; /* shuffled or plain */
+        for (int q = 0; q < cout; q++) src[q] = shuffled ? q % cin : q / e; /* shuffled or plain */
         mf_dw d = {.cout = cout, .cin = cin, .stride = s, .w = k, .bias = b, .src = src};
         mf_epi ep = {.act = act, .bias = b, .dya = dya, .dyb = dyb};
         size_t n = (size_t)cout * oh * ow;
