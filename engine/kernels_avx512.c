@@ -240,10 +240,10 @@ static void pw_avx512(const mf_pw *p, int g, const float *x, size_t ldx, int n, 
                 __mmask16 lm = mask_n(cols - 16 * (nv - 1));
                 int rows = M - mb * MR < MR ? M - mb * MR : MR;
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
-                /* the next row block's weights are fetched while this one's are used:
-                 * each block's are a separate run of kc * MR floats, which the
-                 * hardware prefetchers would only find after it began */
-                const int pb = mb + 1 < mblocks ? mb + 1 : mb;
+                /* the next call's weights are fetched while this one's are used
+                 * (another row block's are a separate run of kc * MR floats,
+                 * which the hardware prefetchers would only find after it began) */
+                const int pb = w_outer ? (i + 1 < inner || o + 1 == outer ? mb : mb + 1) : (i + 1 < inner ? mb + 1 : 0);
                 pw_tile_dispatch(nv, wp + ((size_t)mb * K + k0) * MR, wp + ((size_t)pb * K + k0) * MR,
                                  x + (size_t)k0 * ldx + n0, ldx, kc, y + (size_t)mb * MR * ldy + n0, ldy, rows, lm,
                                  first, last, mb * MR, e, res);
@@ -411,8 +411,8 @@ static inline __m512 dw_sum9(const __m512 *t, const __m512 *kv)
 #define DW_QMAX 1024
 
 /* Output channels [q0, q1) (at most DW_QMAX) into ord, each input
- * channel's readers together (in increasing order), so one build of its
- * planes serves them all: a shuffle folded into src puts them cin apart
+ * channel's readers together (in increasing order), so one deinterleave
+ * of its rows serves them all: a shuffle folded into src puts them cin apart
  * (src[q] = q % cin), not next to each other as a plain multiplier does. */
 static void dw_order(const mf_dw *d, int q0, int q1, int *ord)
 {
@@ -944,7 +944,7 @@ static void linear_avx512(const mf_lin *l, const float *x, int rows, float *y, i
 /* ---- stem -----------------------------------------------------------------
  * 3x3, stride 2, pad 1, from 3 channels, + bias + relu6, direct: for each
  * 16-pixel chunk of an output row, the 27 taps (3 channels x 3x3) are
- * gathered once with the stride-2 deinterleave of the depthwise kernel into
+ * gathered once with the stride-2 deinterleave of the depthwise (dws2_row) into
  * an L1-resident buffer, then multiplied into the output channels NO at a
  * time, their accumulators held in registers (NO a constant, so the loops
  * unroll fully). */
@@ -971,30 +971,18 @@ static inline __attribute__((always_inline)) void stem_out(int NO, const __m512 
 static void stem_avx512(const float *in, int h, int w, const float *wt, const float *bias, int c, float *out, int oh,
                         int ow, int oy0, int oy1)
 {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const size_t plane = (size_t)h * w, plane_o = (size_t)oh * ow;
     __m512 v[27]; /* tap t = ch*9 + ky*3 + kx, as in wt */
     for (int oy = oy0; oy < oy1; oy++) {
         for (int ox = 0; ox < ow; ox += 16) {
-            const int s = 2 * ox;
-            __mmask16 mo = mask_n(ow - ox);
-            __mmask16 ma = mask_range(s, w), mb = mask_range(s + 16, w);
-            __mmask16 mla = mask_range(s - 1, w), mlb = mask_range(s + 15, w);
+            const __mmask16 mo = mask_n(ow - ox), ma = mask_range(2 * ox, w), mb = mask_range(2 * ox + 16, w);
+            const __mmask16 mp = ox > 0 ? (__mmask16)0x8000 : 0;
             for (int ch = 0; ch < 3; ch++)
                 for (int ky = 0; ky < 3; ky++) {
                     __m512 *vt = v + ch * 9 + ky * 3;
                     int iy = 2 * oy + ky - 1;
-                    if (iy < 0 || iy >= h) {
-                        vt[0] = vt[1] = vt[2] = _mm512_setzero_ps();
-                        continue;
-                    }
-                    const float *row = in + ch * plane + (size_t)iy * w;
-                    __m512 a = _mm512_maskz_loadu_ps(ma, row + s), b = _mm512_maskz_loadu_ps(mb, row + s + 16);
-                    __m512 la = _mm512_maskz_loadu_ps(mla, row + s - 1), lb = _mm512_maskz_loadu_ps(mlb, row + s + 15);
-                    vt[0] = _mm512_permutex2var_ps(la, even, lb);
-                    vt[1] = _mm512_permutex2var_ps(a, even, b);
-                    vt[2] = _mm512_permutex2var_ps(a, odd, b);
+                    if (iy < 0 || iy >= h) vt[0] = vt[1] = vt[2] = _mm512_setzero_ps();
+                    else dws2_row(in + ch * plane + (size_t)iy * w, ox, ma, mb, mp, vt);
                 }
             float *o = out + (size_t)oy * ow + ox;
             int o0 = 0;
