@@ -7,6 +7,8 @@
  *
  *   build/gemm-bench [ARCH] [SIZE] [IMAGES]     (default mobile_former_508m 224 1)
  *
+ * MF_GEMM_LAYERS=1 also prints every 1x1 convolution's shape, time and rate.
+ *
  * IMAGES: images whose tokens a linear takes at once (a thread's run); the
  * times are divided by it.  Uses engine-private headers: a tool of the
  * engine's own, not an API user. */
@@ -69,6 +71,18 @@ static void add_lin(totals *tt, const mf_lin *l, int rows, float *x, float *y, v
 
 static int conv_out(int n, int s) { return (n - 1) / s + 1; }
 
+static int verbose;
+
+static void add_pw(totals *tt, const mf_pw *p, int n, const float *x, float *y, void *scr)
+{
+    const double s = time_pw(p, x, n, y, scr), madds = (double)p->cout * p->cin / p->groups * n;
+    tt->pw_s += s;
+    tt->pw_madds += madds;
+    if (verbose)
+        printf("    1x1 %4d <- %4d (groups %d) x %5d columns: %8.1f us %6.1f GFLOP/s\n", p->cout, p->cin, p->groups, n,
+               s * 1e6, 2 * madds / s / 1e9);
+}
+
 int main(int argc, char **argv)
 {
     const char *arch = argc > 1 ? argv[1] : "mobile_former_508m";
@@ -86,6 +100,8 @@ int main(int argc, char **argv)
     float *x = mf_alloc(big * sizeof(float)), *y = mf_alloc(big * sizeof(float));
     if (!x || !y) return 1;
     mf_fill_uniform(x, big, 7, 0.0, 1.0);
+    const char *v = getenv("MF_GEMM_LAYERS");
+    verbose = v && *v && strcmp(v, "0") != 0;
     printf("%s at %dx%d, linears with the tokens of %d image(s); per image:\n", a.name, size, size, imgs);
     for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
         mf_model *m;
@@ -104,12 +120,8 @@ int main(int argc, char **argv)
             const int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
             /* A and B3: both 1x1s after the strided depthwise; B: the first before it */
             const int n1 = b->type == MF_BLOCK_B ? h * w : oh * ow, n2 = oh * ow;
-            tt.pw_s += time_pw(&b->pw1, x, n1, y, scr);
-            tt.pw_madds += (double)b->pw1.cout * b->pw1.cin / b->pw1.groups * n1;
-            if (b->pw2.k) {
-                tt.pw_s += time_pw(&b->pw2, x, n2, y, scr);
-                tt.pw_madds += (double)b->pw2.cout * b->pw2.cin / b->pw2.groups * n2;
-            }
+            add_pw(&tt, &b->pw1, n1, x, y, scr);
+            if (b->pw2.k) add_pw(&tt, &b->pw2, n2, x, y, scr);
             if (b->type != MF_BLOCK_A) {
                 const mf_lin *ls[] = {&b->m2f.q, &b->m2f.alpha, &b->m2f.proj, &b->former.q, &b->former.mlp,
                                       &b->former.ffn1, &b->former.ffn2, &b->f2m.k, &b->f2m.v, &b->hy1.l1, &b->hy2.l1};
@@ -122,8 +134,7 @@ int main(int argc, char **argv)
             h = oh;
             w = ow;
         }
-        tt.pw_s += time_pw(&m->cls_pw, x, h * w, y, scr);
-        tt.pw_madds += (double)m->cls_pw.cout * m->cls_pw.cin / m->cls_pw.groups * h * w;
+        add_pw(&tt, &m->cls_pw, h * w, x, y, scr);
         const mf_lin *top[] = {&m->final_m2f.q, &m->final_m2f.alpha, &m->final_m2f.proj};
         for (int j = 0; j < 3; j++) add_lin(&tt, top[j], R, x, y, scr, wb);
         add_lin(&tt, &m->fc, imgs, x, y, scr, wb);

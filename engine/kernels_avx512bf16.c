@@ -7,12 +7,18 @@
  *
  * Same operand layouts as the AMX set (kernels_bf16.h): one vdpbf16ps takes
  * a zmm of 16 VNNI pairs of the operand along the output's columns and one
- * broadcast pair of the other, and adds two products per lane into fp32. */
+ * broadcast pair of the other, and adds two products per lane into fp32.
+ * The 1x1 weights are packed twice: the AMX layout, and after it the same
+ * weights transposed ([MB][KB*16 pairs][16 rows][2], the linears' layout),
+ * for the last 1-8 columns of a map (see pw_tail).  Both kernels stop at the
+ * last pair K has: the pairs up to the 32-multiple of the layouts are zero,
+ * and vdpbf16ps adds them exactly (AMX needs them, this set does not). */
 #include "kernels_bf16.h"
 
 #include <immintrin.h>
 
-#define MR 8 /* output rows per micro-tile (a 16-row weight block is two) */
+#define MR 4 /* output rows per micro-tile (a 16-row weight block is four) */
+#define NVM 6 /* column blocks of 16 per micro-tile */
 
 static inline __m512bh bcast_pair(const uint16_t *p)
 {
@@ -28,31 +34,31 @@ static inline __m512bh bcast_pair(const uint16_t *p)
 /* rows r0..r0+MR-1 of weight block a ([KB][16][32]) against NV input
  * blocks at b ([NV][KP][16][2]). */
 static inline __attribute__((always_inline)) void pw_tile(int NV, const uint16_t *a, int r0, const uint16_t *b,
-                                                          int KB, int rows, int row0, int cols, float *y, size_t ldy,
-                                                          const mf_epi *e, const float *res)
+                                                          int KB, int KPn, int rows, int row0, int cols, float *y,
+                                                          size_t ldy, const mf_epi *e, const float *res)
 {
     const int KP = KB * 16;
-    __m512 acc[MR][3];
+    __m512 acc[MR][NVM];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
-#pragma GCC unroll 3
+#pragma GCC unroll 6
         for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
-    for (int kp = 0; kp < KP; kp++) {
-        __m512bh xv[3];
-#pragma GCC unroll 3
+    for (int kp = 0; kp < KPn; kp++) {
+        __m512bh xv[NVM];
+#pragma GCC unroll 6
         for (int v = 0; v < NV; v++) xv[v] = (__m512bh)_mm512_load_si512((const void *)(b + ((size_t)v * KP + kp) * 32));
         const uint16_t *ak = a + (size_t)(kp / 16) * 512 + (size_t)r0 * 32 + (kp % 16) * 2;
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             const __m512bh wv = bcast_pair(ak + 32 * r);
-#pragma GCC unroll 3
+#pragma GCC unroll 6
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wv, xv[v]);
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
         if (r >= rows) break;
-#pragma GCC unroll 3
+#pragma GCC unroll 6
         for (int v = 0; v < NV; v++) {
             const __mmask16 mk = mf_bf16_mask(cols - 16 * v);
             const float *rr = res ? res + (size_t)r * e->ldr + 16 * v : NULL;
@@ -61,31 +67,135 @@ static inline __attribute__((always_inline)) void pw_tile(int NV, const uint16_t
     }
 }
 
+/* The last C (1-8) columns of a pass, rows in the lanes: C broadcast pairs
+ * of x (xt: [C][KPn] pairs, gathered from the packed block) against NP
+ * panels of 16 rows of the transposed weights (wt, panels ps apart).  Lane
+ * r of column j runs the vdpbf16ps sequence pw_tile runs for row r, column
+ * j (the same pairs in the same order; the instruction's two operands
+ * commute), and the epilogue is mf_bf16_epi's arithmetic on a vector of
+ * rows, so the bits are pw_tile's; it takes C/16 of a 16-column tile's
+ * operations.  rows: valid rows from row0 (the panel's first). */
+static inline __attribute__((always_inline)) void pw_tail_tile(int C, int NP, const uint32_t *xt, int KPn,
+                                                               const uint16_t *wt, size_t ps, int rows, int row0,
+                                                               float *y, size_t ldy, const mf_epi *e, const float *res)
+{
+    __m512 acc[8][3];
+#pragma GCC unroll 8
+    for (int j = 0; j < C; j++)
+#pragma GCC unroll 3
+        for (int v = 0; v < NP; v++) acc[j][v] = _mm512_setzero_ps();
+    for (int kp = 0; kp < KPn; kp++) {
+        __m512bh wv[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < NP; v++) wv[v] = (__m512bh)_mm512_load_si512((const void *)(wt + v * ps + (size_t)kp * 32));
+#pragma GCC unroll 8
+        for (int j = 0; j < C; j++) {
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xt[(size_t)j * KPn + kp]);
+#pragma GCC unroll 3
+            for (int v = 0; v < NP; v++) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], xv, wv[v]);
+        }
+    }
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i iy = _mm512_mullo_epi32(iota, _mm512_set1_epi32((int)ldy));
+    const __m512i ir = res ? _mm512_mullo_epi32(iota, _mm512_set1_epi32((int)e->ldr)) : iy;
+#pragma GCC unroll 3
+    for (int v = 0; v < NP; v++) {
+        const int rv = rows - 16 * v, r0 = row0 + 16 * v;
+        if (rv <= 0) break;
+        const __mmask16 mk = mf_bf16_mask(rv);
+        const __m512 bias = _mm512_maskz_loadu_ps(mk, e->bias + r0);
+        __m512 da = bias, db = bias;
+        if (e->act == MF_ACT_DYRELU) {
+            da = _mm512_maskz_loadu_ps(mk, e->dya + r0);
+            db = _mm512_maskz_loadu_ps(mk, e->dyb + r0);
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < C; j++) {
+            __m512 t = _mm512_add_ps(acc[j][v], bias);
+            if (e->act == MF_ACT_RELU6) t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
+            else if (e->act == MF_ACT_DYRELU) t = _mm512_max_ps(_mm512_mul_ps(t, da), _mm512_mul_ps(t, db));
+            if (res)
+                t = _mm512_add_ps(t, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, ir,
+                                                              res + (size_t)16 * v * e->ldr + j, 4));
+            _mm512_mask_i32scatter_ps(y + (size_t)16 * v * ldy + j, mk, iy, t, 4);
+        }
+    }
+}
+
+#define TAIL_CASE(C)                                                                                           \
+    case C:                                                                                                    \
+        if (np == 3) pw_tail_tile(C, 3, xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                             \
+        else if (np == 2) pw_tail_tile(C, 2, xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                        \
+        else pw_tail_tile(C, 1, xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                                     \
+        break;
+
+/* Columns c0..c0+C-1 (C <= 8), the partial 16-column block blk of a pass,
+ * over all M rows with pw_tail_tile; xt: scratch for C*KPn pairs. */
+static void pw_tail(const uint16_t *wtp, int M, int KB, int KPn, const uint16_t *blk, int C, int c0, float *y,
+                    size_t ldy, const mf_epi *e, uint32_t *xt)
+{
+    const uint32_t *bp = (const uint32_t *)blk; /* [KP][16] pairs */
+    for (int j = 0; j < C; j++)
+        for (int kp = 0; kp < KPn; kp++) xt[(size_t)j * KPn + kp] = bp[(size_t)kp * 16 + j];
+    const size_t ps = (size_t)KB * 512; /* elements per panel of 16 rows */
+    for (int m0 = 0; m0 < M; m0 += 48) {
+        const int rows = M - m0 < 48 ? M - m0 : 48, np = (rows + 15) / 16;
+        const uint16_t *w = wtp + (size_t)(m0 / 16) * ps;
+        const float *rs = e->res ? e->res + (size_t)m0 * e->ldr + c0 : NULL;
+        float *yt = y + (size_t)m0 * ldy + c0;
+        switch (C) {
+            TAIL_CASE(1)
+            TAIL_CASE(2)
+            TAIL_CASE(3)
+            TAIL_CASE(4)
+            TAIL_CASE(5)
+            TAIL_CASE(6)
+            TAIL_CASE(7)
+            TAIL_CASE(8)
+        }
+    }
+}
+
+/* Columns a tail of which pw_tail takes: up to half a block. */
+#define TAIL_MAX 8
+
 /* x: fp32 inputs packed here pass by pass; or xp: packed already (a whole
  * map, from column xc0 on). */
 static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint16_t *xp, int xc0, int n, float *y,
                    size_t ldy, const mf_epi *e, void *scratch)
 {
-    const int M = p->cout / p->groups, K = p->cin / p->groups, KB = mf_bf16_kb(K);
+    const int M = p->cout / p->groups, K = p->cin / p->groups, KB = mf_bf16_kb(K), KPn = (K + 1) / 2;
     const int NC = mf_bf16_pw_cols(K);
     const uint16_t *wp = (const uint16_t *)((const char *)p->wp + p->wp_group * (size_t)g);
+    const uint16_t *wtp = wp + mf_bf16_pw_packed_bytes(M, K) / 2;
+    uint32_t *xt = (uint32_t *)((char *)scratch + mf_bf16_pw_scratch(K));
+    /* pw_tail's gathers and scatters take 32-bit row offsets */
+    const int idx_ok = ldy <= INT32_MAX / 16 && (!e->res || e->ldr <= INT32_MAX / 16);
     for (int n0 = 0; n0 < n; n0 += NC) {
-        const int cols = n - n0 < NC ? n - n0 : NC, NB = (cols + 15) / 16;
+        const int cols = n - n0 < NC ? n - n0 : NC, C = cols % 16;
+        const int NB = C && C <= TAIL_MAX && idx_ok ? cols / 16 : (cols + 15) / 16; /* blocks for pw_tile */
         const uint16_t *xb = xp ? xp + (size_t)((xc0 + n0) / 16) * KB * 512 : scratch;
         if (!xp) mf_bf16_pack_x(x + n0, ldx, K, cols, scratch);
-        for (int nb = 0; nb < NB; nb += 3) {
-            const int nv = NB - nb < 3 ? NB - nb : 3, c0 = n0 + 16 * nb;
+        for (int nb = 0; nb < NB; nb += NVM) {
+            const int nv = NB - nb < NVM ? NB - nb : NVM, c0 = n0 + 16 * nb;
             const uint16_t *b = xb + (size_t)nb * KB * 512;
             for (int m0 = 0; m0 < M; m0 += MR) {
                 const int rows = M - m0 < MR ? M - m0 : MR;
                 const uint16_t *a = wp + (size_t)(m0 / 16) * KB * 512;
                 const float *res = e->res ? e->res + (size_t)m0 * e->ldr + c0 : NULL;
                 float *yt = y + (size_t)m0 * ldy + c0;
-                if (nv == 3) pw_tile(3, a, m0 % 16, b, KB, rows, m0, n - c0, yt, ldy, e, res);
-                else if (nv == 2) pw_tile(2, a, m0 % 16, b, KB, rows, m0, n - c0, yt, ldy, e, res);
-                else pw_tile(1, a, m0 % 16, b, KB, rows, m0, n - c0, yt, ldy, e, res);
+                switch (nv) {
+                case 6: pw_tile(6, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 5: pw_tile(5, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 4: pw_tile(4, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 3: pw_tile(3, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 2: pw_tile(2, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                default: pw_tile(1, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                }
             }
         }
+        if (NB * 16 < cols)
+            pw_tail(wtp, M, KB, KPn, xb + (size_t)NB * KB * 512, cols - NB * 16, n0 + NB * 16, y, ldy, e, xt);
     }
 }
 
@@ -106,7 +216,7 @@ static void pw_packed_avx512bf16(const mf_pw *p, int g, const uint16_t *xp, int 
  * Rows 16 at a time, rounded and packed into the scratch, taken R <= 8 at a
  * time against NP <= 3 panels of 16 outputs. */
 
-static inline __attribute__((always_inline)) void lin_tile(int R, int NP, const uint16_t *xa, int KB,
+static inline __attribute__((always_inline)) void lin_tile(int R, int NP, const uint16_t *xa, int KB, int KPn,
                                                            const uint16_t *w, int stream, const float *bias, int cols,
                                                            float *y, size_t ldy)
 {
@@ -119,7 +229,7 @@ static inline __attribute__((always_inline)) void lin_tile(int R, int NP, const 
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) acc[r][v] = b;
     }
-    for (int kp = 0; kp < KP; kp++) {
+    for (int kp = 0; kp < KPn; kp++) {
         __m512bh wv[3];
 #pragma GCC unroll 3
         for (int v = 0; v < NP; v++) {
@@ -142,14 +252,14 @@ static inline __attribute__((always_inline)) void lin_tile(int R, int NP, const 
 
 #define LIN_CASE(R)                                                                                             \
     case R:                                                                                                    \
-        if (np == 3) lin_tile(R, 3, xr, KB, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);            \
-        else if (np == 2) lin_tile(R, 2, xr, KB, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);       \
-        else lin_tile(R, 1, xr, KB, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);                    \
+        if (np == 3) lin_tile(R, 3, xr, KB, KPn, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);            \
+        else if (np == 2) lin_tile(R, 2, xr, KB, KPn, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);       \
+        else lin_tile(R, 1, xr, KB, KPn, w, l->stream, l->b + c0, o1 - c0, yr, (size_t)l->out);                    \
         break;
 
 static void linear_avx512bf16(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
 {
-    const int KB = mf_bf16_kb(l->in), p0 = o0 / 16, p1 = (o1 + 15) / 16;
+    const int KB = mf_bf16_kb(l->in), KPn = (l->in + 1) / 2, p0 = o0 / 16, p1 = (o1 + 15) / 16;
     const uint16_t *wp = l->wp;
     uint16_t *xa = scratch;
     for (int r0 = 0; r0 < rows; r0 += 16) {
@@ -176,7 +286,25 @@ static void linear_avx512bf16(const mf_lin *l, const float *x, int rows, float *
     }
 }
 
-static size_t pw_scratch(int k) { return mf_bf16_pw_scratch(k); }
+/* The AMX layout, then the transposed one (pw_tail's). */
+static size_t pw_packed_bytes(int m, int k) { return 2 * mf_bf16_pw_packed_bytes(m, k); }
+
+static void pw_pack(const float *w, int m, int k, void *dst)
+{
+    mf_bf16_pw_pack(w, m, k, dst);
+    uint16_t *o = (uint16_t *)dst + mf_bf16_pw_packed_bytes(m, k) / 2;
+    const int MB = (m + 15) / 16, KP = mf_bf16_kb(k) * 16;
+    for (int mb = 0; mb < MB; mb++)
+        for (int kp = 0; kp < KP; kp++)
+            for (int r = 0; r < 16; r++)
+                for (int h = 0; h < 2; h++) {
+                    const int row = mb * 16 + r, kk = 2 * kp + h;
+                    *o++ = row < m && kk < k ? mf_bf16_bits(w[(size_t)row * k + kk]) : 0;
+                }
+}
+
+/* a pass of packed inputs, then pw_tail's pairs of up to TAIL_MAX columns */
+static size_t pw_scratch(int k) { return mf_bf16_pw_scratch(k) + (size_t)TAIL_MAX * mf_bf16_kb(k) * 16 * 4; }
 static size_t lin_scratch(int in) { return mf_bf16_lin_scratch(in); }
 
 const mf_kernels mf_kernels_avx512_bf16 = {
@@ -184,8 +312,8 @@ const mf_kernels mf_kernels_avx512_bf16 = {
     .precision = MF_PRECISION_BF16,
     .pw = pw_avx512bf16,
     .linear = linear_avx512bf16,
-    .pw_packed_bytes = mf_bf16_pw_packed_bytes,
-    .pw_pack = mf_bf16_pw_pack,
+    .pw_packed_bytes = pw_packed_bytes,
+    .pw_pack = pw_pack,
     .lin_packed_bytes = mf_bf16_lin_packed_bytes,
     .lin_pack = mf_bf16_lin_pack,
     .pw_scratch_bytes = pw_scratch,
