@@ -8,6 +8,9 @@
  *   build/gemm-bench [ARCH] [SIZE] [IMAGES]     (default mobile_former_508m 224 1)
  *
  * MF_GEMM_LAYERS=1 also prints every 1x1 convolution's shape, time and rate.
+ * MF_GEMM_COLD=1 reads 64 MiB of other data before every timed call, so the
+ * weights come from DRAM as they do at batch 1 in the network (the default
+ * times warm calls: weights and inputs in cache).
  *
  * IMAGES: images whose tokens a linear takes at once (a thread's run); the
  * times are divided by it.  Uses engine-private headers: a tool of the
@@ -29,11 +32,25 @@ static int cmp(const void *a, const void *b)
  * machine the minimum is what the kernel costs, the rest is other load. */
 #define REPS 15
 
+static float *evict_buf; /* MF_GEMM_COLD: read before every timed call */
+static size_t evict_n;
+
+static void evict(void)
+{
+    if (!evict_buf) return;
+    volatile float sink = 0;
+    float acc = 0;
+    for (size_t i = 0; i < evict_n; i += 16) acc += evict_buf[i];
+    sink = acc;
+    (void)sink;
+}
+
 static double time_pw(const mf_pw *p, const float *x, int n, float *y, void *scr)
 {
     const int G = p->groups, M = p->cout / G, K = p->cin / G;
     double t[REPS];
     for (int r = 0; r <= REPS; r++) {
+        evict();
         uint64_t t0 = mf_now_ns();
         for (int g = 0; g < G; g++) {
             mf_epi e = {.act = MF_ACT_NONE, .bias = p->bias + (size_t)g * M};
@@ -49,6 +66,7 @@ static double time_lin(const mf_lin *l, const float *x, int rows, float *y, void
 {
     double t[REPS];
     for (int r = 0; r <= REPS; r++) {
+        evict();
         uint64_t t0 = mf_now_ns();
         l->k->linear(l, x, rows, y, 0, l->out, scr);
         if (r) t[r - 1] = (mf_now_ns() - t0) * 1e-9;
@@ -102,7 +120,15 @@ int main(int argc, char **argv)
     mf_fill_uniform(x, big, 7, 0.0, 1.0);
     const char *v = getenv("MF_GEMM_LAYERS");
     verbose = v && *v && strcmp(v, "0") != 0;
-    printf("%s at %dx%d, linears with the tokens of %d image(s); per image:\n", a.name, size, size, imgs);
+    const char *cold = getenv("MF_GEMM_COLD");
+    if (cold && *cold && strcmp(cold, "0") != 0) {
+        evict_n = (size_t)16 << 20;
+        evict_buf = mf_alloc(evict_n * sizeof(float));
+        if (!evict_buf) return 1;
+        mf_fill_uniform(evict_buf, evict_n, 3, 0.0, 1.0);
+    }
+    printf("%s at %dx%d, linears with the tokens of %d image(s)%s; per image:\n", a.name, size, size, imgs,
+           evict_buf ? ", caches evicted before every call" : "");
     for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
         mf_model *m;
         mf_model_options o = {.precision = precs[si], .kernels = sets[si]};
@@ -147,5 +173,6 @@ int main(int argc, char **argv)
     }
     mf_free(x);
     mf_free(y);
+    mf_free(evict_buf);
     return 0;
 }

@@ -8,17 +8,17 @@
  * Same operand layouts as the AMX set (kernels_bf16.h): one vdpbf16ps takes
  * a zmm of 16 VNNI pairs of the operand along the output's columns and one
  * broadcast pair of the other, and adds two products per lane into fp32.
- * The 1x1 weights are packed twice: the AMX layout, and after it the same
- * weights transposed ([MB][KB*16 pairs][16 rows][2], the linears' layout),
- * for the last 1-8 columns of a map (see pw_tail).  Both kernels stop at the
+ * The 1x1 weights have layouts of their own (pw_pack): blocks of 4 rows,
+ * each one stream, and after them the same weights transposed ([MB][KB*16
+ * pairs][16 rows][2], the linears' layout) for the last 1-8 columns of a
+ * map (see pw_tail).  Both kernels stop at the
  * last pair K has: the pairs up to the 32-multiple of the layouts are zero,
  * and vdpbf16ps adds them exactly (AMX needs them, this set does not). */
 #include "kernels_bf16.h"
 
 #include <immintrin.h>
 
-#define MR 4 /* output rows per micro-tile (a 16-row weight block is four) */
-#define NVM 6 /* column blocks of 16 per micro-tile */
+#define NVM 6 /* column blocks of 16 per micro-tile, at most */
 
 static inline __m512bh bcast_pair(const uint16_t *p)
 {
@@ -29,16 +29,19 @@ static inline __m512bh bcast_pair(const uint16_t *p)
 
 /* ---- 1x1 convolution ----------------------------------------------------
  * Columns in passes of mf_bf16_pw_cols(K), packed into the scratch; then
- * micro-tiles of MR rows x 16*NV columns over all of K. */
+ * micro-tiles of MR rows x 16*NV columns over all of K: 4 rows x 3-6
+ * blocks (12-24 accumulators, a weight broadcast per 3-6 vdpbf16ps: the
+ * broadcasts, not the products, had bounded 8 x 3 tiles on Zen 4), or 8
+ * rows x 1-2 blocks where a pass has fewer than 3. */
 
-/* rows r0..r0+MR-1 of weight block a ([KB][16][32]) against NV input
- * blocks at b ([NV][KP][16][2]). */
-static inline __attribute__((always_inline)) void pw_tile(int NV, const uint16_t *a, int r0, const uint16_t *b,
+/* MR rows of weights at a (MR/4 of pw_pack's 4-row blocks, [KP][4][2]
+ * each) against NV input blocks at b ([NV][KP][16][2]). */
+static inline __attribute__((always_inline)) void pw_tile(int MR, int NV, const uint16_t *a, const uint16_t *b,
                                                           int KB, int KPn, int rows, int row0, int cols, float *y,
                                                           size_t ldy, const mf_epi *e, const float *res)
 {
     const int KP = KB * 16;
-    __m512 acc[MR][NVM];
+    __m512 acc[8][NVM];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 6
@@ -47,10 +50,10 @@ static inline __attribute__((always_inline)) void pw_tile(int NV, const uint16_t
         __m512bh xv[NVM];
 #pragma GCC unroll 6
         for (int v = 0; v < NV; v++) xv[v] = (__m512bh)_mm512_load_si512((const void *)(b + ((size_t)v * KP + kp) * 32));
-        const uint16_t *ak = a + (size_t)(kp / 16) * 512 + (size_t)r0 * 32 + (kp % 16) * 2;
+        const uint16_t *ak = a + (size_t)kp * 8;
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            const __m512bh wv = bcast_pair(ak + 32 * r);
+            const __m512bh wv = bcast_pair(ak + (size_t)(r / 4) * KP * 8 + (r % 4) * 2);
 #pragma GCC unroll 6
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wv, xv[v]);
         }
@@ -159,6 +162,9 @@ static void pw_tail(const uint16_t *wtp, int M, int KB, int KPn, const uint16_t 
 /* Columns a tail of which pw_tail takes: up to half a block. */
 #define TAIL_MAX 8
 
+/* Bytes of pw_tile's layout of the weights (see pw_pack). */
+static size_t main_bytes(int m, int k) { return (size_t)((m + 3) / 4) * mf_bf16_kb(k) * 256; }
+
 /* x: fp32 inputs packed here pass by pass; or xp: packed already (a whole
  * map, from column xc0 on). */
 static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint16_t *xp, int xc0, int n, float *y,
@@ -167,7 +173,7 @@ static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint
     const int M = p->cout / p->groups, K = p->cin / p->groups, KB = mf_bf16_kb(K), KPn = (K + 1) / 2;
     const int NC = mf_bf16_pw_cols(K);
     const uint16_t *wp = (const uint16_t *)((const char *)p->wp + p->wp_group * (size_t)g);
-    const uint16_t *wtp = wp + mf_bf16_pw_packed_bytes(M, K) / 2;
+    const uint16_t *wtp = wp + main_bytes(M, K) / 2;
     uint32_t *xt = (uint32_t *)((char *)scratch + mf_bf16_pw_scratch(K));
     /* pw_tail's gathers and scatters take 32-bit row offsets */
     const int idx_ok = ldy <= INT32_MAX / 16 && (!e->res || e->ldr <= INT32_MAX / 16);
@@ -176,23 +182,26 @@ static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint
         const int NB = C && C <= TAIL_MAX && idx_ok ? cols / 16 : (cols + 15) / 16; /* blocks for pw_tile */
         const uint16_t *xb = xp ? xp + (size_t)((xc0 + n0) / 16) * KB * 512 : scratch;
         if (!xp) mf_bf16_pack_x(x + n0, ldx, K, cols, scratch);
-        for (int nb = 0; nb < NB; nb += NVM) {
-            const int nv = NB - nb < NVM ? NB - nb : NVM, c0 = n0 + 16 * nb;
+        /* groups of 3-6 blocks, as even as they go (7 = 4 + 3, not 6 + 1) */
+        const int ng = (NB + NVM - 1) / NVM;
+        for (int gi = 0, nb = 0; gi < ng; gi++) {
+            const int nv = (NB - nb) / (ng - gi), c0 = n0 + 16 * nb, MR = nv >= 3 ? 4 : 8;
             const uint16_t *b = xb + (size_t)nb * KB * 512;
             for (int m0 = 0; m0 < M; m0 += MR) {
                 const int rows = M - m0 < MR ? M - m0 : MR;
-                const uint16_t *a = wp + (size_t)(m0 / 16) * KB * 512;
+                const uint16_t *a = wp + (size_t)(m0 / 4) * KB * 128;
                 const float *res = e->res ? e->res + (size_t)m0 * e->ldr + c0 : NULL;
                 float *yt = y + (size_t)m0 * ldy + c0;
                 switch (nv) {
-                case 6: pw_tile(6, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 5: pw_tile(5, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 4: pw_tile(4, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 3: pw_tile(3, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 2: pw_tile(2, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                default: pw_tile(1, a, m0 % 16, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 6: pw_tile(4, 6, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 5: pw_tile(4, 5, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 4: pw_tile(4, 4, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 3: pw_tile(4, 3, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 2: pw_tile(8, 2, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                default: pw_tile(8, 1, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
                 }
             }
+            nb += nv;
         }
         if (NB * 16 < cols)
             pw_tail(wtp, M, KB, KPn, xb + (size_t)NB * KB * 512, cols - NB * 16, n0 + NB * 16, y, ldy, e, xt);
@@ -286,15 +295,27 @@ static void linear_avx512bf16(const mf_lin *l, const float *x, int rows, float *
     }
 }
 
-/* The AMX layout, then the transposed one (pw_tail's). */
-static size_t pw_packed_bytes(int m, int k) { return 2 * mf_bf16_pw_packed_bytes(m, k); }
+/* The 1x1 weights, in two layouts one after the other:
+ *   [ceil(M/4)][KB*16 pairs][4 rows][2] for pw_tile: the weights of a row
+ *       block are one sequential stream, and the blocks follow each other
+ *       in the order the tiles take them (at batch 1 they come from DRAM,
+ *       and strided 64-byte pieces of AMX's 16-row blocks did not);
+ *   [ceil(M/16)][KB*16 pairs][16 rows][2] for pw_tail (rows in the lanes).
+ * Rows past M and pairs past K are zero. */
+static size_t pw_packed_bytes(int m, int k) { return main_bytes(m, k) + mf_bf16_pw_packed_bytes(m, k); }
 
 static void pw_pack(const float *w, int m, int k, void *dst)
 {
-    mf_bf16_pw_pack(w, m, k, dst);
-    uint16_t *o = (uint16_t *)dst + mf_bf16_pw_packed_bytes(m, k) / 2;
-    const int MB = (m + 15) / 16, KP = mf_bf16_kb(k) * 16;
-    for (int mb = 0; mb < MB; mb++)
+    uint16_t *o = dst;
+    const int KP = mf_bf16_kb(k) * 16;
+    for (int mq = 0; mq < (m + 3) / 4; mq++)
+        for (int kp = 0; kp < KP; kp++)
+            for (int r = 0; r < 4; r++)
+                for (int h = 0; h < 2; h++) {
+                    const int row = mq * 4 + r, kk = 2 * kp + h;
+                    *o++ = row < m && kk < k ? mf_bf16_bits(w[(size_t)row * k + kk]) : 0;
+                }
+    for (int mb = 0; mb < (m + 15) / 16; mb++)
         for (int kp = 0; kp < KP; kp++)
             for (int r = 0; r < 16; r++)
                 for (int h = 0; h < 2; h++) {
