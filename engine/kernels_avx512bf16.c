@@ -182,7 +182,7 @@ static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint
         const int NB = C && C <= TAIL_MAX && idx_ok ? cols / 16 : (cols + 15) / 16; /* blocks for pw_tile */
         const uint16_t *xb = xp ? xp + (size_t)((xc0 + n0) / 16) * KB * 512 : scratch;
         if (!xp) mf_bf16_pack_x(x + n0, ldx, K, cols, scratch);
-        /* groups of 3-6 blocks, as even as they go (7 = 4 + 3, not 6 + 1) */
+        /* groups of 3-6 blocks, as even as they go (7 = 3 + 4, not 6 + 1) */
         const int ng = (NB + NVM - 1) / NVM;
         for (int gi = 0, nb = 0; gi < ng; gi++) {
             const int nv = (NB - nb) / (ng - gi), c0 = n0 + 16 * nb, MR = nv >= 3 ? 4 : 8;
@@ -197,8 +197,15 @@ static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint
                 case 5: pw_tile(4, 5, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
                 case 4: pw_tile(4, 4, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
                 case 3: pw_tile(4, 3, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 2: pw_tile(8, 2, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                default: pw_tile(8, 1, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                /* 8 rows; 4 for the last 1-4 (pw_pack has only ceil(M/4) blocks) */
+                case 2:
+                    if (rows > 4) pw_tile(8, 2, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    else pw_tile(4, 2, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    break;
+                default:
+                    if (rows > 4) pw_tile(8, 1, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    else pw_tile(4, 1, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    break;
                 }
             }
             nb += nv;

@@ -7,10 +7,11 @@
  * operand that varies along the output's columns is stored "VNNI": pairs of
  * consecutive K values side by side, the even one in the low 16 bits.
  *
- *   1x1 weights W[M][K] (pw_pack):  [MB][KB][16 rows][32 k] bf16,
- *       MB = ceil(M/16), KB = ceil(K/32); rows past M and k past K are 0.
- *       One 16x32 block is an AMX A tile (1 KiB); its row r, pair i is the
- *       dword vdpbf16ps broadcasts.
+ *   1x1 weights W[M][K] (mf_bf16_pw_pack, the AMX set's):  [MB][KB][16 rows]
+ *       [32 k] bf16, MB = ceil(M/16), KB = ceil(K/32); rows past M and k
+ *       past K are 0.  One 16x32 block is an AMX A tile (1 KiB).  (The
+ *       AVX512-BF16 set packs its 1x1 weights its own way: see
+ *       kernels_avx512bf16.c.)
  *   1x1 inputs x[K][n] (packed per call into the scratch, mf_bf16_pack_x):
  *       [NB][KB*16 pairs][16 columns][2] bf16, NB = ceil(cols/16); one
  *       [16 pairs][16][2] block is an AMX B tile, one pair row a zmm.

@@ -110,11 +110,13 @@ static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels 
             K = irand(300, 700);
             n = irand(150, 700);
         }
-        if (trial % 10 == 6) { /* 1-7 columns past the 48-wide tiles, over many row blocks (the tail path) */
+        if (trial % 10 == 6) { /* 1-15 columns past whole tiles, over many row blocks: the tails of the
+                                  fp32 set (1-7 past 48) and of the avx512-bf16 set (1-8 rows-in-lanes,
+                                  9-15 a masked block) */
             G = 1;
             M = irand(1, 80);
             if ((trial / 10) % 2) K = irand(130, 400); /* and over several passes in depth */
-            n = 48 * irand(1, 4) + irand(1, 7);
+            n = 48 * irand(1, 4) + irand(1, (trial / 10) % 2 ? 15 : 7);
         }
         int shuffle = G > 1 && (trial & 1);
         mf_act act = (mf_act)(trial % 3);
