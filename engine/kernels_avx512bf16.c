@@ -70,6 +70,25 @@ static inline __attribute__((always_inline)) void pw_tile(int MR, int NV, const 
     }
 }
 
+/* Each shape its own function: inlined all into pw_run, they made one
+ * function that clang took over 20 minutes to compile with the fuzz build's
+ * sanitizers (about 9 this way, as the file took before these shapes). */
+#define PW_TILE_FN(M_, N_)                                                                                     \
+    static __attribute__((noinline)) void pw_tile_##M_##x##N_(const uint16_t *a, const uint16_t *b, int KB,   \
+                                                              int KPn, int rows, int row0, int cols, float *y, \
+                                                              size_t ldy, const mf_epi *e, const float *res)   \
+    {                                                                                                          \
+        pw_tile(M_, N_, a, b, KB, KPn, rows, row0, cols, y, ldy, e, res);                                      \
+    }
+PW_TILE_FN(4, 6)
+PW_TILE_FN(4, 5)
+PW_TILE_FN(4, 4)
+PW_TILE_FN(4, 3)
+PW_TILE_FN(4, 2)
+PW_TILE_FN(4, 1)
+PW_TILE_FN(8, 2)
+PW_TILE_FN(8, 1)
+
 /* The last C (1-8) columns of a pass, rows in the lanes: C broadcast pairs
  * of x (xt: [C][KPn] pairs, gathered from the packed block) against NP
  * panels of 16 rows of the transposed weights (wt, panels ps apart).  Lane
@@ -125,11 +144,28 @@ static inline __attribute__((always_inline)) void pw_tail_tile(int C, int NP, co
     }
 }
 
+#define PW_TAIL_FN(C_, N_)                                                                                     \
+    static __attribute__((noinline)) void pw_tail_##C_##x##N_(const uint32_t *xt, int KPn, const uint16_t *wt,  \
+                                                              size_t ps, int rows, int row0, float *y,         \
+                                                              size_t ldy, const mf_epi *e, const float *res)   \
+    {                                                                                                          \
+        pw_tail_tile(C_, N_, xt, KPn, wt, ps, rows, row0, y, ldy, e, res);                                     \
+    }
+#define PW_TAIL_FNS(C_) PW_TAIL_FN(C_, 1) PW_TAIL_FN(C_, 2) PW_TAIL_FN(C_, 3)
+PW_TAIL_FNS(1)
+PW_TAIL_FNS(2)
+PW_TAIL_FNS(3)
+PW_TAIL_FNS(4)
+PW_TAIL_FNS(5)
+PW_TAIL_FNS(6)
+PW_TAIL_FNS(7)
+PW_TAIL_FNS(8)
+
 #define TAIL_CASE(C)                                                                                           \
     case C:                                                                                                    \
-        if (np == 3) pw_tail_tile(C, 3, xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                             \
-        else if (np == 2) pw_tail_tile(C, 2, xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                        \
-        else pw_tail_tile(C, 1, xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                                     \
+        if (np == 3) pw_tail_##C##x3(xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                                \
+        else if (np == 2) pw_tail_##C##x2(xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                           \
+        else pw_tail_##C##x1(xt, KPn, w, ps, rows, m0, yt, ldy, e, rs);                                        \
         break;
 
 /* Columns c0..c0+C-1 (C <= 8), the partial 16-column block blk of a pass,
@@ -193,18 +229,18 @@ static void pw_run(const mf_pw *p, int g, const float *x, size_t ldx, const uint
                 const float *res = e->res ? e->res + (size_t)m0 * e->ldr + c0 : NULL;
                 float *yt = y + (size_t)m0 * ldy + c0;
                 switch (nv) {
-                case 6: pw_tile(4, 6, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 5: pw_tile(4, 5, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 4: pw_tile(4, 4, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
-                case 3: pw_tile(4, 3, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 6: pw_tile_4x6(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 5: pw_tile_4x5(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 4: pw_tile_4x4(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
+                case 3: pw_tile_4x3(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res); break;
                 /* 8 rows; 4 for the last 1-4 (pw_pack has only ceil(M/4) blocks) */
                 case 2:
-                    if (rows > 4) pw_tile(8, 2, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
-                    else pw_tile(4, 2, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    if (rows > 4) pw_tile_8x2(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    else pw_tile_4x2(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
                     break;
                 default:
-                    if (rows > 4) pw_tile(8, 1, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
-                    else pw_tile(4, 1, a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    if (rows > 4) pw_tile_8x1(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
+                    else pw_tile_4x1(a, b, KB, KPn, rows, m0, n - c0, yt, ldy, e, res);
                     break;
                 }
             }
