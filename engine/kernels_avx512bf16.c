@@ -347,24 +347,23 @@ static void linear_avx512bf16(const mf_lin *l, const float *x, int rows, float *
  * Rows past M and pairs past K are zero. */
 static size_t pw_packed_bytes(int m, int k) { return main_bytes(m, k) + mf_bf16_pw_packed_bytes(m, k); }
 
+/* w[m][k] as [ceil(m/rb)][KB*16 pairs][rb rows][2] at o; returns the end. */
+static uint16_t *pack_row_blocks(const float *w, int m, int k, int rb, uint16_t *o)
+{
+    const int KP = mf_bf16_kb(k) * 16;
+    for (int b = 0; b < (m + rb - 1) / rb; b++)
+        for (int kp = 0; kp < KP; kp++)
+            for (int r = 0; r < rb; r++)
+                for (int h = 0; h < 2; h++) {
+                    const int row = b * rb + r, kk = 2 * kp + h;
+                    *o++ = row < m && kk < k ? mf_bf16_bits(w[(size_t)row * k + kk]) : 0;
+                }
+    return o;
+}
+
 static void pw_pack(const float *w, int m, int k, void *dst)
 {
-    uint16_t *o = dst;
-    const int KP = mf_bf16_kb(k) * 16;
-    for (int mq = 0; mq < (m + 3) / 4; mq++)
-        for (int kp = 0; kp < KP; kp++)
-            for (int r = 0; r < 4; r++)
-                for (int h = 0; h < 2; h++) {
-                    const int row = mq * 4 + r, kk = 2 * kp + h;
-                    *o++ = row < m && kk < k ? mf_bf16_bits(w[(size_t)row * k + kk]) : 0;
-                }
-    for (int mb = 0; mb < (m + 15) / 16; mb++)
-        for (int kp = 0; kp < KP; kp++)
-            for (int r = 0; r < 16; r++)
-                for (int h = 0; h < 2; h++) {
-                    const int row = mb * 16 + r, kk = 2 * kp + h;
-                    *o++ = row < m && kk < k ? mf_bf16_bits(w[(size_t)row * k + kk]) : 0;
-                }
+    pack_row_blocks(w, m, k, 16, pack_row_blocks(w, m, k, 4, dst));
 }
 
 /* a pass of packed inputs, then pw_tail's pairs of up to TAIL_MAX columns */
