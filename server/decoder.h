@@ -8,10 +8,12 @@
  * image header (pixels to decode, scaled when the decode is).  Tasks wait in
  * two lanes, small and large (4 ms expected and more), each served by its
  * own threads (the large lane's at a lower CPU priority) and ordered by
- * expected finish (submit time + cost): small uploads never wait for a
- * thread behind a run of 12 MP ones, and within a lane an image is passed
- * only by images whose expected finish comes before its own, so it waits
- * at most about its own cost longer than it would first-come-first-served.
+ * priority, then expected finish (submit time + cost): small uploads never
+ * wait for a thread behind a run of 12 MP ones, a high-priority request's
+ * images never behind a flood of default ones, and within a lane and a
+ * priority an image is passed only by images whose expected finish comes
+ * before its own, so it waits at most about its own cost longer than it
+ * would first-come-first-served.
  *
  * Ownership: the submitter owns the task and everything it points to until
  * `done` has run, exactly once, on a pool thread (or on the thread calling
@@ -40,6 +42,7 @@ struct mf_decode_task {
     float *out;               /* [3][pre->input_h][pre->input_w], written when status is OK */
     mf_decode_done_fn done;   /* completion */
     void *user;               /* for done */
+    int priority;             /* 0 first (as the batcher's); higher ones wait while it has tasks */
     /* set before done */
     mf_img_status status;     /* decode status; MF_IMG_CANCELLED if cancelled before it started */
     int preprocess_rc;        /* mf_preprocess_image's result when status is OK */
@@ -55,8 +58,9 @@ struct mf_decode_task {
 };
 
 /* Expected decode + preprocess cost of an image, in ns, from its header
- * (cheap: mf_image_probe), for the given limits (min_side scales JPEG). */
-uint64_t mf_decode_cost_ns(const uint8_t *data, size_t len, const mf_image_limits *lim);
+ * (cheap: mf_image_probe), for the given limits (min_side scales JPEG; NULL
+ * for none) and preprocessing (NULL: the decode alone). */
+uint64_t mf_decode_cost_ns(const uint8_t *data, size_t len, const mf_image_limits *lim, const mf_preprocess *pre);
 
 /* Start `threads` threads for small images and (threads + 1) / 2 for large
  * ones (>= 1).  0, or -1 with the reason. */

@@ -19,9 +19,13 @@
 
 #define MAX_IMAGES 32 /* parts of one multipart request */
 
-/* Images whose decode is expected to cost less than this are decoded on
- * the HTTP thread that received them (a pool hand-off costs more than they
- * do); the rest go to the decode pool (decoder.h). */
+/* A request's images are decoded (and preprocessed) on the HTTP thread that
+ * received them while their expected cost together stays under this (a pool
+ * hand-off costs more than they do); the rest go to the decode pool
+ * (decoder.h).  So one request holds its HTTP thread, and every other
+ * connection that thread serves, for about this long at most: 16 thumbnails
+ * for a 224x224 model (2-3 ms of preprocessing) had made a high-priority
+ * request on the same thread wait for them. */
 #define INLINE_DECODE_NS 200000
 
 typedef struct image_slot {
@@ -47,6 +51,7 @@ struct mf_predict {
     image_slot *slots;         /* [n_images] */
     float *tensors;            /* inputs and logits of all slots */
     atomic_int cancel;         /* the client went away: decodes stop at their next row */
+    uint64_t inline_ns;        /* expected cost of the images decoded on the HTTP thread */
     int (*next)(mf_request *r);/* after the pool's decodes: what comes next */
 };
 
@@ -151,14 +156,15 @@ static void on_decoded(mf_decode_task *t)
     mf_request_job_done(sl->req);
 }
 
-int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len)
+int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len, int priority)
 {
     struct mf_http *s = r->srv;
     mf_predict *p = r->predict;
     image_slot *sl = &p->slots[i];
     mf_image_limits lim = image_limits(r);
     const uint64_t budget = s->cfg->decode_timeout_ms ? (uint64_t)s->cfg->decode_timeout_ms * 1000000u : 0;
-    if (s->decoder && mf_decode_cost_ns(data, len, &lim) > INLINE_DECODE_NS) {
+    const uint64_t cost = mf_decode_cost_ns(data, len, &lim, r->mv->pre);
+    if (s->decoder && p->inline_ns + cost > INLINE_DECODE_NS) {
         sl->pooled = 1;
         sl->task = (mf_decode_task){.data = data,
                                     .len = len,
@@ -168,11 +174,13 @@ int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len)
                                     .out = sl->input,
                                     .done = on_decoded,
                                     .user = sl,
+                                    .priority = priority,
                                     .slot = -1};
         mf_request_jobs_add(r, 1);
         mf_decoder_submit(s->decoder, &sl->task);
         return 0;
     }
+    p->inline_ns += cost;
     /* small: here and now (the outcome is looked at with the pool's, in
      * order, once every image is done: an error must not end the request
      * while a pool thread still works for it) */
@@ -418,6 +426,6 @@ int mf_predict_body(mf_request *r)
     }
     if (mf_images_alloc(r, n, 0, 0) != 0) return 0;
     for (int i = 0; i < n; i++)
-        if (mf_images_decode(r, i, parts[i].data, parts[i].len) != 0) return 0;
+        if (mf_images_decode(r, i, parts[i].data, parts[i].len, MF_PRIORITY_DEFAULT) != 0) return 0;
     return mf_images_decoded(r, predict_submit);
 }

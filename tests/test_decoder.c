@@ -1,6 +1,6 @@
 /* test_decoder.c -- the decode pool (server/decoder.h): the cost estimate
  * from headers, small and large images on threads of their own, each lane
- * by expected finish, cancelling a queued task, freeing with tasks queued,
+ * by priority then expected finish, cancelling a queued task, freeing with tasks queued,
  * and real decodes that match a direct decode.  Threads are held deterministically by a done
  * callback that blocks until the test releases it. */
 #include "decoder.h"
@@ -108,18 +108,37 @@ static void setup(void)
     reset();
 }
 
+/* A one-thread pool whose small-image thread is held by *t0 (a 64x64
+ * task blocked in its done until release()). */
+static mf_decoder *held_pool(ttask *t0)
+{
+    mf_decoder *d;
+    char err[128];
+    ck_assert_int_eq(mf_decoder_new(1, &d, err, sizeof err), 0);
+    task_init(t0, 0, claim_png(0, 64, 64), 33);
+    t0->block = 1;
+    mf_decoder_submit(d, &t0->t);
+    wait_blocked(1);
+    return d;
+}
+
 START_TEST(cost_from_the_header)
 {
     const uint8_t *small = claim_png(0, 64, 64), *big = claim_png(1, 4000, 3000);
-    uint64_t cs = mf_decode_cost_ns(small, 33, NULL), cb = mf_decode_cost_ns(big, 33, NULL);
+    uint64_t cs = mf_decode_cost_ns(small, 33, NULL, NULL), cb = mf_decode_cost_ns(big, 33, NULL, NULL);
     ck_assert_uint_lt(cs, 100000);
     ck_assert_uint_gt(cb, 20000000); /* 12 MP: tens of ms */
+    /* the preprocess counts: a thumbnail for a 224x224 model costs 140 us more */
+    mf_preprocess p224;
+    mf_preprocess_default(&p224);
+    ck_assert_uint_gt(mf_decode_cost_ns(small, 33, NULL, &p224), cs + 100000);
+    ck_assert_uint_gt(mf_decode_cost_ns(big, 33, NULL, &p224), cb + 12000000);
     size_t len;
     uint8_t *jpg = tu_load_fixture("tests/data/images/", "photo.jpg", &len);
     mf_image_limits scaled = {.min_side = 35};
-    ck_assert_uint_lt(mf_decode_cost_ns(jpg, len, &scaled), mf_decode_cost_ns(jpg, len, NULL));
+    ck_assert_uint_lt(mf_decode_cost_ns(jpg, len, &scaled, NULL), mf_decode_cost_ns(jpg, len, NULL, NULL));
     free(jpg);
-    ck_assert_uint_gt(mf_decode_cost_ns((const uint8_t *)"junk", 4, NULL), 0);
+    ck_assert_uint_gt(mf_decode_cost_ns((const uint8_t *)"junk", 4, NULL, NULL), 0);
 }
 END_TEST
 
@@ -128,14 +147,8 @@ END_TEST
  * wait for their thread and then run by expected finish. */
 START_TEST(lanes_have_their_own_threads)
 {
-    mf_decoder *d;
-    char err[128];
-    ck_assert_int_eq(mf_decoder_new(1, &d, err, sizeof err), 0);
     ttask t[5];
-    task_init(&t[0], 0, claim_png(0, 64, 64), 33);
-    t[0].block = 1;
-    mf_decoder_submit(d, &t[0].t);
-    wait_blocked(1);
+    mf_decoder *d = held_pool(&t[0]);
     task_init(&t[1], 1, claim_png(1, 4000, 3000), 33);
     task_init(&t[2], 2, claim_png(2, 100, 100), 33);
     task_init(&t[3], 3, claim_png(3, 3000, 3000), 33);
@@ -150,6 +163,30 @@ START_TEST(lanes_have_their_own_threads)
     ck_assert_int_eq(order[3], 4); /* 50x50 submitted after 100x100 but expected to finish first */
     ck_assert_int_eq(order[4], 2);
     for (int i = 1; i < 5; i++) ck_assert_int_eq(t[i].t.status, MF_IMG_CORRUPT);
+    mf_decoder_free(d);
+}
+END_TEST
+
+/* Within a lane the priority comes first: a high-priority task submitted
+ * last, with the latest expected finish, passes default and low ones; a
+ * low one waits behind them all. */
+START_TEST(priority_first)
+{
+    ttask t[5];
+    mf_decoder *d = held_pool(&t[0]);
+    static const int side[5] = {0, 50, 40, 100, 200}, prio[5] = {0, 2, 1, 1, 0};
+    for (int i = 1; i < 5; i++) {
+        task_init(&t[i], i, claim_png(i, (uint32_t)side[i], (uint32_t)side[i]), 33);
+        t[i].t.priority = prio[i];
+        mf_decoder_submit(d, &t[i].t);
+    }
+    ck_assert_int_eq(mf_decoder_queued(d), 4);
+    release();
+    wait_done(5);
+    ck_assert_int_eq(order[1], 4); /* priority 0 */
+    ck_assert_int_eq(order[2], 2); /* priority 1, expected first */
+    ck_assert_int_eq(order[3], 3);
+    ck_assert_int_eq(order[4], 1); /* priority 2, though the cheapest */
     mf_decoder_free(d);
 }
 END_TEST
@@ -185,14 +222,9 @@ END_TEST
 
 START_TEST(cancel_and_free)
 {
-    mf_decoder *d;
-    char err[128];
-    ck_assert_int_eq(mf_decoder_new(1, &d, err, sizeof err), 0);
     ttask t[4];
-    task_init(&t[0], 0, claim_png(0, 64, 64), 33);
-    t[0].block = 1;
-    mf_decoder_submit(d, &t[0].t);
-    wait_blocked(1);
+    mf_decoder *d = held_pool(&t[0]);
+    char err[128];
     ck_assert_int_eq(mf_decoder_cancel(d, &t[0].t), 0); /* running */
     for (int i = 1; i < 4; i++) {
         task_init(&t[i], i, claim_png(i, 200, 200 + i), 33);
@@ -253,6 +285,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, NULL);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, cost_from_the_header);
+    tcase_add_test(tc, priority_first);
     tcase_add_test(tc, lanes_have_their_own_threads);
     tcase_add_test(tc, large_ones_leave_a_thread);
     tcase_add_test(tc, cancel_and_free);

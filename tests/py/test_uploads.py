@@ -21,6 +21,7 @@
 import io
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -232,6 +233,32 @@ class DecodePoolTest(unittest.TestCase):
             self.assertLess(med_done, big_done[1], "the medium image waited behind more than one large decode")
         finally:
             self.assertEqual(srv.stop(), 0)
+
+
+    def test_a_request_holds_its_http_thread_only_briefly(self):
+        """A request's images are decoded on its HTTP thread only while their
+        expected cost (decode and preprocess) stays small; the rest go to the
+        pool.  Sixteen thumbnails for a 224x224 model are 2-3 ms of resizing:
+        at most one of them stays on the HTTP thread.  A lone thumbnail for
+        the small default model is decoded in place (no pool hand-off)."""
+        def pooled(srv, model):
+            m = re.search(r'^mobileformer_decode_wait_seconds_count\{model="%s",version="1"\} (\d+)$' % model,
+                          srv.metrics(), re.M)
+            return int(m.group(1)) if m else 0
+
+        slow = ts.Server("--http_threads", "1", "--workers", "1", model=ts.SLOW_MODEL, defaults=False)
+        small = ts.Server("--http_threads", "1", "--workers", "1", defaults=False)
+        try:
+            ctype, body = ts.multipart([("image", "%d.png" % i, "image/png", ts.png(40 + i)) for i in range(16)])
+            r = slow.predict(body, ctype=ctype)
+            self.assertEqual(r.status, 200, r.body[:300])
+            self.assertGreaterEqual(pooled(slow, "slow"), 15, "a 16-image request was preprocessed on its HTTP thread")
+            r = small.predict(ts.png(7))
+            self.assertEqual(r.status, 200, r.body[:300])
+            self.assertEqual(pooled(small, ts.MODEL_NAME), 0, "a thumbnail went through the pool")
+        finally:
+            self.assertEqual(slow.stop(), 0)
+            self.assertEqual(small.stop(), 0)
 
 
 def open_fds(pid):
