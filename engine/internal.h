@@ -40,7 +40,9 @@ typedef struct mf_epi {
     const float *bias;   /* [M] folded BatchNorm shift */
     const float *dya;    /* [M] dynamic-ReLU slope a (MF_ACT_DYRELU) */
     const float *dyb;    /* [M] dynamic-ReLU slope b */
-    const float *res;    /* residual added last, same layout as the output, or NULL */
+    const float *res;    /* residual added last, same layout as the output, or NULL; it may be the
+                            output itself only with act MF_ACT_NONE (the portable sets' GEMM
+                            writes the output before their epilogue reads res) */
     size_t ldr;          /* row stride of res (floats) */
 } mf_epi;
 

@@ -94,8 +94,8 @@ PW_TILE_FN(8, 1)
  * panels of 16 rows of the transposed weights (wt, panels ps apart).  Lane
  * r of column j runs the vdpbf16ps sequence pw_tile runs for row r, column
  * j (the same pairs in the same order; the instruction's two operands
- * commute), and the epilogue is mf_bf16_epi's arithmetic on a vector of
- * rows, so the bits are pw_tile's; it takes C/16 of a 16-column tile's
+ * commute), and the epilogue is mf_bf16_epi's (mf_bf16_bias_act) on a
+ * vector of rows, so the bits are pw_tile's; it takes C/16 of a 16-column tile's
  * operations.  rows: valid rows from row0 (the panel's first). */
 static inline __attribute__((always_inline)) void pw_tail_tile(int C, int NP, const uint32_t *xt, int KPn,
                                                                const uint16_t *wt, size_t ps, int rows, int row0,
@@ -133,9 +133,7 @@ static inline __attribute__((always_inline)) void pw_tail_tile(int C, int NP, co
         }
 #pragma GCC unroll 8
         for (int j = 0; j < C; j++) {
-            __m512 t = _mm512_add_ps(acc[j][v], bias);
-            if (e->act == MF_ACT_RELU6) t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
-            else if (e->act == MF_ACT_DYRELU) t = _mm512_max_ps(_mm512_mul_ps(t, da), _mm512_mul_ps(t, db));
+            __m512 t = mf_bf16_bias_act(acc[j][v], bias, e->act, da, db);
             if (res)
                 t = _mm512_add_ps(t, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, ir,
                                                               res + (size_t)16 * v * e->ldr + j, 4));

@@ -188,16 +188,25 @@ static inline void mf_bf16_pack_rows(const float *x, int in, int R, uint16_t *ds
     }
 }
 
+/* Bias, then the activation (da, db: dynamic ReLU's two slopes): the
+ * arithmetic of every bf16 epilogue, whether its lanes are columns of one
+ * row (mf_bf16_epi) or rows of one column (the avx512-bf16 tail), so the
+ * two give the same bits. */
+static inline __m512 mf_bf16_bias_act(__m512 acc, __m512 bias, mf_act act, __m512 da, __m512 db)
+{
+    __m512 t = _mm512_add_ps(acc, bias);
+    if (act == MF_ACT_RELU6) t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
+    else if (act == MF_ACT_DYRELU) t = _mm512_max_ps(_mm512_mul_ps(t, da), _mm512_mul_ps(t, db));
+    return t;
+}
+
 /* The epilogue of one output row's 16 columns: bias, activation, residual
  * (added last, as the reference does). */
 static inline __m512 mf_bf16_epi(__m512 t, int row, const mf_epi *e, const float *res, __mmask16 mk)
 {
-    t = _mm512_add_ps(t, _mm512_set1_ps(e->bias[row]));
-    if (e->act == MF_ACT_RELU6) {
-        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.f));
-    } else if (e->act == MF_ACT_DYRELU) {
-        t = _mm512_max_ps(_mm512_mul_ps(t, _mm512_set1_ps(e->dya[row])), _mm512_mul_ps(t, _mm512_set1_ps(e->dyb[row])));
-    }
+    const int dy = e->act == MF_ACT_DYRELU;
+    t = mf_bf16_bias_act(t, _mm512_set1_ps(e->bias[row]), e->act, dy ? _mm512_set1_ps(e->dya[row]) : t,
+                         dy ? _mm512_set1_ps(e->dyb[row]) : t);
     if (res) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(mk, res));
     return t;
 }

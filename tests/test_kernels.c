@@ -91,6 +91,37 @@ static void report(const char *what, const mf_kernels *const *sets, int nsets)
     worst = 0;
 }
 
+/* Columns [c0, c1) of an n-column map through p, every group (outputs
+ * shuffled when p says so), with the epilogue act / bias / dynamic ReLU
+ * slopes (per output channel) and resmode's residual: 1 res, 2 y itself
+ * (in place). */
+static void pw_columns(const mf_pw *p, const float *x, int n, int c0, int c1, float *y, mf_act act,
+                       const float *b, const float *dya, const float *dyb, int resmode, const float *res,
+                       void *scr)
+{
+    const int G = p->groups, Mg = p->cout / G, Kg = p->cin / G;
+    float *ga = malloc((size_t)Mg * sizeof(float)), *gb = malloc((size_t)Mg * sizeof(float));
+    for (int g = 0; g < G; g++) {
+        const size_t off = p->shuffle_out ? (size_t)g * n : (size_t)g * Mg * n;
+        const size_t ld = p->shuffle_out ? (size_t)G * n : (size_t)n;
+        mf_epi e = {.act = act, .bias = b + (size_t)g * Mg};
+        if (act == MF_ACT_DYRELU) {
+            for (int j = 0; j < Mg; j++) {
+                size_t o = p->shuffle_out ? (size_t)j * G + g : (size_t)g * Mg + j;
+                ga[j] = dya[o];
+                gb[j] = dyb[o];
+            }
+            e.dya = ga;
+            e.dyb = gb;
+        }
+        if (resmode == 1) { e.res = res + off + c0; e.ldr = ld; }
+        if (resmode == 2) { e.res = y + off + c0; e.ldr = ld; }
+        p->k->pw(p, g, x + (size_t)g * Kg * n + c0, (size_t)n, c1 - c0, y + off + c0, ld, &e, scr);
+    }
+    free(ga);
+    free(gb);
+}
+
 /* Random 1x1 convolutions through sets[] against twin.  bf16: the weights
  * are rounded first, as model.c does for a bf16 set. */
 static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels *twin, int bf16)
@@ -120,7 +151,7 @@ static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels 
         }
         int shuffle = G > 1 && (trial & 1);
         mf_act act = (mf_act)(trial % 3);
-        int resmode = trial % 4; /* 0 none, 1 separate, 2 in place (act none) */
+        int resmode = trial % 4; /* 0 none, 1 separate, 2 in place (act none: internal.h) */
         if (resmode == 2 && act != MF_ACT_NONE) resmode = 1;
         if (resmode == 3) resmode = 0;
         float *w = rvec((size_t)M * (K / G)), *b = rvec((size_t)M), *x = rvec((size_t)K * n);
@@ -144,29 +175,8 @@ static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels 
             const mf_pw *ps[2] = {&pr, &pk};
             float *outs[2] = {want, got};
             for (int v = 0; v < 2; v++) {
-                const int Mg = M / G, Kg = K / G;
                 if (resmode == 2) memcpy(outs[v], res, (size_t)M * n * sizeof(float));
-                for (int g = 0; g < G; g++) {
-                    size_t off = shuffle ? (size_t)g * n : (size_t)g * Mg * n;
-                    size_t ld = shuffle ? (size_t)G * n : (size_t)n;
-                    float *ga = malloc((size_t)Mg * sizeof(float)), *gb = malloc((size_t)Mg * sizeof(float));
-                    mf_epi e = {.act = act, .bias = b + (size_t)g * Mg};
-                    if (act == MF_ACT_DYRELU) {
-                        for (int j = 0; j < Mg; j++) {
-                            size_t o = shuffle ? (size_t)j * G + g : (size_t)g * Mg + j;
-                            ga[j] = dya[o];
-                            gb[j] = dyb[o];
-                        }
-                        e.dya = ga;
-                        e.dyb = gb;
-                    }
-                    if (resmode == 1) { e.res = res + off; e.ldr = ld; }
-                    if (resmode == 2) { e.res = outs[v] + off; e.ldr = ld; }
-                    ps[v]->k->pw(ps[v], g, x + (size_t)g * Kg * n, (size_t)n, n, outs[v] + off, ld, &e,
-                                 v ? scr : NULL);
-                    free(ga);
-                    free(gb);
-                }
+                pw_columns(ps[v], x, n, 0, n, outs[v], act, b, dya, dyb, resmode, res, v ? scr : NULL);
             }
             char what[128];
             snprintf(what, sizeof what, "pw[%s] M=%d K=%d n=%d G=%d shuffle=%d act=%d res=%d", k->name, M, K, n, G,
@@ -175,14 +185,12 @@ static void pw_check(const mf_kernels *const *sets, int nsets, const mf_kernels 
             /* the columns in two calls give the same bits (the forward pass
              * runs a map's columns in bands): no sum of our own kernels
              * depends on the split (OpenBLAS's, the portable sets', may) */
-            if (k->pw_pack && G == 1 && resmode != 2 && n > 1) {
+            if (k->pw_pack && n > 1) {
                 float *part = mf_alloc((size_t)M * n * sizeof(float));
                 const int c0 = irand(1, n - 1);
-                mf_epi e = {.act = act, .bias = b, .dya = dya, .dyb = dyb, .res = resmode == 1 ? res : NULL,
-                            .ldr = (size_t)n};
-                k->pw(&pk, 0, x, (size_t)n, c0, part, (size_t)n, &e, scr);
-                if (e.res) e.res += c0;
-                k->pw(&pk, 0, x + c0, (size_t)n, n - c0, part + c0, (size_t)n, &e, scr);
+                if (resmode == 2) memcpy(part, res, (size_t)M * n * sizeof(float));
+                pw_columns(&pk, x, n, 0, c0, part, act, b, dya, dyb, resmode, res, scr);
+                pw_columns(&pk, x, n, c0, n, part, act, b, dya, dyb, resmode, res, scr);
                 ck_assert_msg(memcmp(part, got, (size_t)M * n * sizeof(float)) == 0, "%s: columns split at %d differ",
                               what, c0);
                 mf_free(part);
@@ -460,16 +468,22 @@ START_TEST(dw_pw_packed)
             for (int g = 0; g < G; g++) k->pw_pack(wt + (size_t)g * (M / G) * kg, M / G, kg, (char *)pw.wp + pw.wp_group * g);
             float *y1 = mf_alloc((size_t)M * n * sizeof(float)), *y2 = mf_alloc((size_t)M * n * sizeof(float));
             void *ps = mf_alloc(k->pw_scratch_bytes(kg));
+            float *pdya = rvec((size_t)M), *pdyb = rvec((size_t)M), *pres = rvec((size_t)M * n);
+            const mf_act pact = (mf_act)((trial / 2) % 3); /* every epilogue, with and without a residual */
             for (int g = 0; g < G; g++) {
-                mf_epi pe = {.act = MF_ACT_NONE, .bias = pbias + (size_t)g * (M / G)};
-                const size_t yo = (size_t)g * (M / G) * n;
+                const size_t ro = (size_t)g * (M / G), yo = ro * n;
+                mf_epi pe = {.act = pact, .bias = pbias + ro, .dya = pdya + ro, .dyb = pdyb + ro,
+                             .res = trial % 2 ? pres + yo : NULL, .ldr = (size_t)n};
                 k->pw(&pw, g, yf + (size_t)g * kg * n, (size_t)n, n, y1 + yo, (size_t)n, &pe, ps);
                 const uint16_t *xg = yp + pb / 2 / G * g;
                 const int c16 = n > 16 ? 16 * ((n / 16) / 2) : 0; /* two column ranges */
                 if (c16) k->pw_packed(&pw, g, xg, n, 0, c16, y2 + yo, (size_t)n, &pe, ps);
+                if (pe.res) pe.res += c16;
                 k->pw_packed(&pw, g, xg, n, c16, n - c16, y2 + yo + c16, (size_t)n, &pe, ps);
             }
-            ck_assert_msg(memcmp(y1, y2, (size_t)M * n * sizeof(float)) == 0, "pw_packed[%s] differs from pw", k->name);
+            ck_assert_msg(memcmp(y1, y2, (size_t)M * n * sizeof(float)) == 0, "pw_packed[%s] differs from pw (act %d, res %d)",
+                          k->name, pact, trial % 2);
+            mf_free(pdya); mf_free(pdyb); mf_free(pres);
             mf_free(ps); mf_free(y1); mf_free(y2); mf_free(wt); mf_free(pbias); mf_free(pw.wp);
             free(src);
             mf_free(kw); mf_free(b); mf_free(x); mf_free(dya); mf_free(dyb); mf_free(yf); mf_free(yp); mf_free(scr);
