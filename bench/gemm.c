@@ -7,7 +7,7 @@
  *
  *   build/gemm-bench [ARCH] [SIZE] [IMAGES]     (default mobile_former_508m 224 1)
  *
- * MF_GEMM_LAYERS=1 also prints every 1x1 convolution's shape, time and rate.
+ * MF_GEMM_LAYERS=1 also prints every 1x1 convolution's and linear's shape, time and rate.
  * MF_GEMM_COLD=1 reads 64 MiB of other data before every timed call, so the
  * weights come from DRAM as they do at batch 1 in the network (the default
  * times warm calls: weights and inputs in cache).
@@ -75,6 +75,8 @@ static double time_lin(const mf_lin *l, const float *x, int rows, float *y, void
     return t[0];
 }
 
+static int verbose;
+
 typedef struct totals {
     double pw_s, pw_madds, lin_s, lin_madds, lin_bytes;
 } totals;
@@ -82,14 +84,17 @@ typedef struct totals {
 static void add_lin(totals *tt, const mf_lin *l, int rows, float *x, float *y, void *scr, size_t wbytes)
 {
     if (!l->k) return;
-    tt->lin_s += time_lin(l, x, rows, y, scr);
+    const double s = time_lin(l, x, rows, y, scr);
+    tt->lin_s += s;
     tt->lin_madds += (double)rows * l->in * l->out;
     tt->lin_bytes += (double)l->in * l->out * wbytes;
+    if (verbose)
+        printf("    linear %4d <- %4d x %2d rows%s: %8.1f us %6.1f GB/s of weights\n", l->out, l->in, rows,
+               l->stream ? " (streamed)" : "", s * 1e6, (double)l->in * l->out * wbytes / s / 1e9);
 }
 
 static int conv_out(int n, int s) { return (n - 1) / s + 1; }
 
-static int verbose;
 
 static void add_pw(totals *tt, const mf_pw *p, int n, const float *x, float *y, void *scr)
 {
