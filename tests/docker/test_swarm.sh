@@ -49,6 +49,8 @@ cleanup() {
       echo "---- services and tasks"
       $DOCKER stack services "$STACK" 2>/dev/null || true
       $DOCKER service ps --no-trunc --format '{{.Name}} {{.Image}} {{.DesiredState}} {{.CurrentState}} {{.Error}}' "$SVC" 2>/dev/null | head -n 20 || true
+      echo "---- the service's last warnings and errors (request lines left out)"
+      $DOCKER service logs --raw --tail 400 "$SVC" 2>&1 | grep -v '"status"' | tail -n 25 || true
     fi
     remove_stack
   fi
