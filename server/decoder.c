@@ -220,7 +220,7 @@ int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
 void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
 {
     t->enq_ns = mf_now_ns();
-    const uint64_t cost = mf_decode_cost_ns(t->data, t->len, &t->limits, t->pre);
+    const uint64_t cost = t->cost_ns ? t->cost_ns : mf_decode_cost_ns(t->data, t->len, &t->limits, t->pre);
     t->key = t->enq_ns + cost;
     t->large = cost >= LARGE_NS;
     t->status = MF_IMG_OK;

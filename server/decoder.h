@@ -43,6 +43,7 @@ struct mf_decode_task {
     mf_decode_done_fn done;   /* completion */
     void *user;               /* for done */
     int priority;             /* 0 first (as the batcher's); higher ones wait while it has tasks */
+    uint64_t cost_ns;         /* mf_decode_cost_ns of it if the submitter has it, else 0 (the pool asks) */
     /* set before done */
     mf_img_status status;     /* decode status; MF_IMG_CANCELLED if cancelled before it started */
     int preprocess_rc;        /* mf_preprocess_image's result when status is OK */

@@ -175,6 +175,7 @@ int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len, int 
                                     .done = on_decoded,
                                     .user = sl,
                                     .priority = priority,
+                                    .cost_ns = cost,
                                     .slot = -1};
         mf_request_jobs_add(r, 1);
         mf_decoder_submit(s->decoder, &sl->task);
