@@ -12,19 +12,12 @@ Below 1.0 means B is faster.  The CPU model comes first.
 import argparse
 import re
 import statistics
+import os
 import subprocess
 import sys
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchutil import cpu_model  # noqa: E402
 
 
 def run(binary, a):
