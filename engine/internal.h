@@ -29,6 +29,14 @@
 void *mf_alloc(size_t bytes);
 void mf_free(void *p);
 
+/* A model's weight memory (alloc.c): 64-byte aligned pieces from 2 MiB
+ * aligned huge-page chunks, read-only once sealed, all freed together. */
+typedef struct mf_arena mf_arena;
+mf_arena *mf_arena_new(void);                   /* NULL when out of memory */
+void *mf_arena_alloc(mf_arena *a, size_t bytes); /* NULL when out of memory */
+void mf_arena_seal(mf_arena *a);                /* no more writes (NULL is fine) */
+void mf_arena_free(mf_arena *a);                /* NULL is fine */
+
 /* ---- folded weights ------------------------------------------------------ */
 
 /* Epilogue applied to a convolution's output, element by element:
@@ -147,7 +155,7 @@ struct mf_model {
     mf_lin fc;               /* fc.0 with BatchNorm1d folded, hswish */
     mf_lin head;             /* classifier.1 */
     size_t bytes;            /* weight memory */
-    void *arena;             /* one allocation holding all weights */
+    mf_arena *arena;         /* every weight array (sealed read-only after the build) */
 };
 
 /* ---- kernels --------------------------------------------------------------

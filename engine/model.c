@@ -26,23 +26,13 @@ typedef struct build_ctx {
     size_t errlen;
     int failed;      /* set with status on the first error */
     mf_status status;
-    void **allocs;  /* every weight allocation, freed with the model */
-    int nallocs, capallocs;
 } build_ctx;
 
 static void *walloc_bytes(build_ctx *c, size_t bytes)
 {
     if (c->failed) return NULL;
-    if (c->nallocs == c->capallocs) {
-        int cap = c->capallocs ? c->capallocs * 2 : 512;
-        void **a = realloc(c->allocs, (size_t)cap * sizeof *a);
-        if (!a) { c->failed = 1; mf_set_err(c->err, c->errlen, "out of memory"); return NULL; }
-        c->allocs = a;
-        c->capallocs = cap;
-    }
-    void *p = mf_alloc(bytes);
+    void *p = mf_arena_alloc(c->m->arena, bytes);
     if (!p) { c->failed = 1; mf_set_err(c->err, c->errlen, "out of memory"); return NULL; }
-    c->allocs[c->nallocs++] = p;
     c->m->bytes += bytes;
     return p;
 }
@@ -370,11 +360,7 @@ void mf_preprocess_default(mf_preprocess *p)
 void mf_model_free(mf_model *m)
 {
     if (!m) return;
-    void **allocs = m->arena;
-    if (allocs) {
-        for (int i = 0; allocs[i]; i++) mf_free(allocs[i]);
-        free(allocs);
-    }
+    mf_arena_free(m->arena);
     if (m->labels) {
         for (int i = 0; i < m->num_classes; i++) free(m->labels[i]);
         free(m->labels);
@@ -428,7 +414,10 @@ mf_status mf_model_build_opts(const mf_arch *a, int num_classes, mf_tensor_looku
         return MF_ERR_ARG;
     }
     mf_model *m = calloc(1, sizeof *m);
-    if (!m) return MF_ERR_NOMEM;
+    if (!m || !(m->arena = mf_arena_new())) {
+        free(m);
+        return MF_ERR_NOMEM;
+    }
     m->arch = *a;
     m->num_classes = num_classes;
     m->precision = o->precision;
@@ -439,20 +428,15 @@ mf_status mf_model_build_opts(const mf_arch *a, int num_classes, mf_tensor_looku
 
     build_ctx c = {.m = m, .lookup = lookup, .lctx = ctx, .err = err, .errlen = errlen};
     c.nspecs = mf_arch_tensor_specs(a, num_classes, &c.specs);
-    if (c.nspecs < 0) { free(m); return MF_ERR_NOMEM; }
+    if (c.nspecs < 0) {
+        mf_arena_free(m->arena);
+        free(m);
+        return MF_ERR_NOMEM;
+    }
     build_all(&c, num_classes);
     free(c.specs);
 
-    /* the allocation list, NULL-terminated, is kept to free the weights */
-    void **list = realloc(c.allocs, (size_t)(c.nallocs + 1) * sizeof *list);
-    if (!list) {
-        for (int i = 0; i < c.nallocs; i++) mf_free(c.allocs[i]);
-        free(c.allocs);
-        c.failed = 1;
-    } else {
-        list[c.nallocs] = NULL;
-    }
-    m->arena = list;
+    mf_arena_seal(m->arena); /* the weights are written; read-only from here */
 
     m->labels = calloc((size_t)num_classes, sizeof *m->labels);
     for (int i = 0; m->labels && i < num_classes && !c.failed; i++) {
