@@ -9,7 +9,9 @@
  * with munmap, never through malloc: an unload returns all of it, and the
  * huge-page advice never reaches memory that malloc later hands to someone
  * else (a malloc'd arena with the advice made RSS grow over load/unload
- * cycles).  Chunks start at 2 MiB and double up to 16 MiB, so a small model
+ * cycles).  Their bookkeeping lives in the arena struct, allocated before
+ * the build, so an untouched chunk stays unfaulted and no small live block
+ * lands among the load's temporaries.  Chunks start at 2 MiB and double up to 16 MiB, so a small model
  * costs one 2 MiB page, and a piece goes to the first chunk with room for
  * it, so the huge pages are nearly all weights (at most the last, partly
  * used 2 MiB page of each chunk is not).  After the build the chunks are made read-only
@@ -46,24 +48,33 @@ void mf_free(void *p) { free(p); }
 #define HUGE_PAGE ((size_t)2 << 20)
 #define CHUNK_MAX ((size_t)16 << 20)
 
-typedef struct chunk { /* malloc'd: the chunk's own pages stay untouched until used */
-    struct chunk *next;
+#define MAX_CHUNKS 48
+
+typedef struct chunk {
     uint8_t *base; /* the mapping, HUGE_PAGE aligned */
     size_t len;    /* its bytes (a multiple of HUGE_PAGE) */
     size_t used;   /* handed out from base */
 } chunk;
 
+/* One allocation, made before the build's temporaries (the chunks' books
+ * inside it, never in the heap between them: a small live block above the
+ * freed temporaries of a load kept glibc from trimming them). */
 struct mf_arena {
-    chunk *head;     /* the newest chunk, then the older ones */
+    chunk chunks[MAX_CHUNKS];
+    int n;           /* chunks mapped */
     size_t next_len; /* the next chunk's size */
+    int huge;        /* chunks advised MADV_HUGEPAGE */
     void **plain;    /* MF_ARENA_PLAIN: every allocation */
     size_t n_plain, cap_plain;
 };
 
-mf_arena *mf_arena_new(void)
+mf_arena *mf_arena_new(int huge)
 {
     mf_arena *a = calloc(1, sizeof *a);
-    if (a) a->next_len = HUGE_PAGE;
+    if (a) {
+        a->next_len = HUGE_PAGE;
+        a->huge = huge;
+    }
     return a;
 }
 
@@ -83,7 +94,7 @@ void *mf_arena_alloc(mf_arena *a, size_t bytes)
 }
 #else
 /* len bytes (a multiple of HUGE_PAGE) at a HUGE_PAGE boundary, or NULL */
-static void *map_aligned(size_t len)
+static void *map_aligned(size_t len, int huge)
 {
     if (len > SIZE_MAX - HUGE_PAGE) return NULL;
     uint8_t *m = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -91,7 +102,7 @@ static void *map_aligned(size_t len)
     const size_t head = (HUGE_PAGE - (uintptr_t)m % HUGE_PAGE) % HUGE_PAGE;
     if (head) munmap(m, head);
     if (HUGE_PAGE - head) munmap(m + head + len, HUGE_PAGE - head);
-    madvise(m + head, len, MADV_HUGEPAGE); /* advice: fine to fail (THP off, old kernel) */
+    if (huge) madvise(m + head, len, MADV_HUGEPAGE); /* advice: fine to fail (THP off, old kernel) */
     return m + head;
 }
 
@@ -100,21 +111,19 @@ void *mf_arena_alloc(mf_arena *a, size_t bytes)
     if (bytes == 0) bytes = 64;
     if (bytes > SIZE_MAX / 2) return NULL;
     bytes = (bytes + 63) & ~(size_t)63;
-    chunk *c = a->head;
-    while (c && c->len - c->used < bytes) c = c->next; /* first fit: the older chunks' ends fill too */
+    chunk *c = NULL;
+    for (int i = 0; i < a->n && !c; i++) /* first fit: the older chunks' ends fill too */
+        if (a->chunks[i].len - a->chunks[i].used >= bytes) c = &a->chunks[i];
     if (!c) {
+        if (a->n == MAX_CHUNKS) return NULL;
         size_t len = a->next_len;
         if (len < bytes) len = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-        c = malloc(sizeof *c);
-        if (!c || !(c->base = map_aligned(len))) {
-            free(c);
-            return NULL;
-        }
-        c->len = len;
-        c->used = 0;
-        c->next = a->head;
-        a->head = c;
-        if (a->next_len < CHUNK_MAX) a->next_len *= 2;
+        uint8_t *base = map_aligned(len, a->huge);
+        if (!base) return NULL;
+        c = &a->chunks[a->n++];
+        *c = (chunk){base, len, 0};
+        /* 2, 4, 8, then 16 MiB; past 16 chunks doubling again (48 reach far beyond any model) */
+        if (a->next_len < CHUNK_MAX || a->n >= 16) a->next_len *= 2;
     }
     void *p = c->base + c->used;
     c->used += bytes;
@@ -125,7 +134,7 @@ void *mf_arena_alloc(mf_arena *a, size_t bytes)
 void mf_arena_seal(mf_arena *a)
 {
     if (!a) return;
-    for (chunk *c = a->head; c; c = c->next) mprotect(c->base, c->len, PROT_READ); /* best effort */
+    for (int i = 0; i < a->n; i++) mprotect(a->chunks[i].base, a->chunks[i].len, PROT_READ); /* best effort */
 }
 
 void mf_arena_free(mf_arena *a)
@@ -133,10 +142,6 @@ void mf_arena_free(mf_arena *a)
     if (!a) return;
     for (size_t i = 0; i < a->n_plain; i++) mf_free(a->plain[i]);
     free(a->plain);
-    for (chunk *c = a->head, *n; c; c = n) {
-        n = c->next;
-        munmap(c->base, c->len);
-        free(c);
-    }
+    for (int i = 0; i < a->n; i++) munmap(a->chunks[i].base, a->chunks[i].len);
     free(a);
 }

@@ -97,7 +97,8 @@ struct mf_workspace {
     int cap_b, cap_h, cap_w; /* largest batch/size planned for */
     size_t bytes;            /* scratch bytes */
     scratch *sc;             /* [threads] */
-    void *mem;               /* one allocation for all scratch */
+    void *mem;               /* all scratch, in one piece of mem_arena */
+    mf_arena *mem_arena;     /* its own mapping, 4 KiB pages: freed, it is back with the system at once */
     mf_trace_fn trace;       /* intermediate outputs, or NULL */
     void *trace_user;        /* its argument */
     job cur;                 /* the batch of the pass running */
@@ -353,9 +354,16 @@ mf_status mf_workspace_reserve(mf_workspace *ws, int b, int h, int w)
     int per_thread_b = (b + ws->threads - 1) / ws->threads;
     if (per_thread_b < b && per_thread_b < ws->threads - 1) per_thread_b = b < ws->threads - 1 ? b : ws->threads - 1;
     size_t per = carve(ws->m, &s, per_thread_b, NULL, NULL);
-    float *mem = mf_alloc(per * (size_t)ws->threads * sizeof(float));
-    if (!mem) return MF_ERR_NOMEM;
-    mf_free(ws->mem);
+    /* not malloc: glibc would put a workspace freed by a worker (a model
+     * unloaded) back on its own arena's free list, resident until a trim */
+    mf_arena *arena = mf_arena_new(0);
+    float *mem = arena ? mf_arena_alloc(arena, per * (size_t)ws->threads * sizeof(float)) : NULL;
+    if (!mem) {
+        mf_arena_free(arena);
+        return MF_ERR_NOMEM;
+    }
+    mf_arena_free(ws->mem_arena);
+    ws->mem_arena = arena;
     ws->mem = mem;
     ws->bytes = per * (size_t)ws->threads * sizeof(float);
     for (int t = 0; t < ws->threads; t++) carve(ws->m, &s, per_thread_b, mem + per * (size_t)t, &ws->sc[t]);
@@ -916,7 +924,7 @@ void mf_workspace_free(mf_workspace *ws)
 {
     if (!ws) return;
     mf_team_destroy(&ws->team);
-    mf_free(ws->mem);
+    mf_arena_free(ws->mem_arena);
     free(ws->sc);
     free(ws);
 }

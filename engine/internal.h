@@ -30,9 +30,10 @@ void *mf_alloc(size_t bytes);
 void mf_free(void *p);
 
 /* A model's weight memory (alloc.c): 64-byte aligned pieces from 2 MiB
- * aligned huge-page chunks, read-only once sealed, all freed together. */
+ * aligned chunks of their own mappings (huge pages when `huge`), read-only
+ * once sealed, all freed together (unmapped: back to the system at once). */
 typedef struct mf_arena mf_arena;
-mf_arena *mf_arena_new(void);                   /* NULL when out of memory */
+mf_arena *mf_arena_new(int huge);               /* NULL when out of memory */
 void *mf_arena_alloc(mf_arena *a, size_t bytes); /* NULL when out of memory */
 void mf_arena_seal(mf_arena *a);                /* no more writes (NULL is fine) */
 void mf_arena_free(mf_arena *a);                /* NULL is fine */

@@ -414,7 +414,7 @@ mf_status mf_model_build_opts(const mf_arch *a, int num_classes, mf_tensor_looku
         return MF_ERR_ARG;
     }
     mf_model *m = calloc(1, sizeof *m);
-    if (!m || !(m->arena = mf_arena_new())) {
+    if (!m || !(m->arena = mf_arena_new(1))) {
         free(m);
         return MF_ERR_NOMEM;
     }

@@ -368,7 +368,7 @@ START_TEST(weights_arena)
 {
     static const size_t sizes[] = {1, 63, 64, 65, 1000, 3u << 20, 1, 20u << 20, 5000, 2u << 20, 64};
     enum { N = sizeof sizes / sizeof sizes[0] };
-    mf_arena *a = mf_arena_new();
+    mf_arena *a = mf_arena_new(1);
     ck_assert_ptr_nonnull(a);
     unsigned char *p[N];
     for (int i = 0; i < N; i++) {
