@@ -160,13 +160,18 @@ $(BUILD)/tests/libfailmalloc.so: tests/support/failmalloc.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 $(WARN) -shared -fPIC -o $@ $<
 
+# LD_PRELOAD shim of the connection-reset race test: each epoll_wait sleeps first
+$(BUILD)/tests/libepolldelay.so: tests/support/epolldelay.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 $(WARN) -shared -fPIC -o $@ $<
+
 # writer of the decode bombs the black-box tests send (plain C, libjpeg)
 $(BUILD)/tests/make_bombs: tests/support/make_bombs.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 $(WARN) -o $@ $< -ljpeg
 
 # the fuzz targets are sanitized already: a SANITIZE run does not rebuild them
-test-bins: all $(TEST_BIN) $(BUILD)/tests/libfailmalloc.so $(BUILD)/tests/make_bombs $(if $(SANITIZE),,$(FUZZ_BIN))
+test-bins: all $(TEST_BIN) $(BUILD)/tests/libfailmalloc.so $(BUILD)/tests/libepolldelay.so $(BUILD)/tests/make_bombs $(if $(SANITIZE),,$(FUZZ_BIN))
 
 # Every test: C suites (Check), then the Python/black-box suites.
 test: deps

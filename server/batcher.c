@@ -131,7 +131,8 @@ typedef struct worker {
     mf_batcher *b;      /* owner */
     int idx;            /* its slot in every queue */
     pthread_t tid;      /* thread */
-    mf_job **jobs;      /* [largest max_batch] jobs of the current batch */
+    mf_job **jobs;      /* [MF_MAX_BATCH_LIMIT] jobs of the current batch: fixed, since the
+                           worker uses it outside b->mu while a new queue may be added */
     int cap;            /* entries in jobs */
 } worker;
 
@@ -152,7 +153,6 @@ struct mf_batcher {
     int drained;             /* mf_batcher_drain has run */
     worker *workers;         /* [cfg.workers] */
     int n_started;           /* worker threads started */
-    int max_batch;           /* largest max_batch of any queue so far (worker job arrays) */
     pthread_t reaper;        /* timeout reaper */
     int reaper_started;      /* reaper thread exists */
 };
@@ -499,6 +499,11 @@ mf_batcher_status mf_batcher_new(const mf_batcher_config *cfg, mf_metrics *metri
     for (int i = 0; i < cfg->workers; i++) {
         b->workers[i].b = b;
         b->workers[i].idx = i;
+        b->workers[i].jobs = malloc(MF_MAX_BATCH_LIMIT * sizeof *b->workers[i].jobs); /* 8 KiB */
+        if (!b->workers[i].jobs) {
+            set_err(err, errlen, "batcher: out of memory", NULL);
+            goto err;
+        }
     }
     for (int i = 0; i < cfg->workers; i++) {
         if (pthread_create(&b->workers[i].tid, NULL, worker_main, &b->workers[i]) != 0) {
@@ -538,7 +543,8 @@ mf_batcher_status mf_queue_new(mf_batcher *b, const mf_model *m, const mf_queue_
                                char *err, size_t errlen)
 {
     *out = NULL;
-    if (!b || !m || !cfg || cfg->max_batch < 1 || cfg->max_queue < 1 || cfg->max_delay_us < 0 ||
+    if (!b || !m || !cfg || cfg->max_batch < 1 || cfg->max_batch > MF_MAX_BATCH_LIMIT || cfg->max_queue < 1 ||
+        cfg->max_delay_us < 0 ||
         cfg->request_timeout_ms < 0) {
         set_err(err, errlen, "queue: bad configuration", NULL);
         return MF_BATCHER_ARG;
@@ -585,20 +591,7 @@ mf_batcher_status mf_queue_new(mf_batcher *b, const mf_model *m, const mf_queue_
         q->bytes += mf_workspace_bytes(sl->ws) + batch_floats * sizeof(float) +
                     (size_t)cfg->max_batch * q->classes * sizeof(float);
     }
-    /* the workers' job arrays fit the largest batch of any queue */
     pthread_mutex_lock(&b->mu);
-    if (cfg->max_batch > b->max_batch) {
-        for (int i = 0; i < b->cfg.workers; i++) {
-            mf_job **nj = realloc(b->workers[i].jobs, (size_t)cfg->max_batch * sizeof *nj);
-            if (!nj) {
-                pthread_mutex_unlock(&b->mu);
-                set_err(err, errlen, "queue: out of memory", NULL);
-                goto err;
-            }
-            b->workers[i].jobs = nj;
-        }
-        b->max_batch = cfg->max_batch;
-    }
     q->next = b->queues;
     if (b->queues) b->queues->prev = q;
     b->queues = q;

@@ -74,8 +74,11 @@ typedef struct mf_batcher_config {
     int engine_threads; /* threads per worker's workspace (>= 1) */
 } mf_batcher_config;
 
+/* The largest max_batch a queue may have (the config's bound). */
+#define MF_MAX_BATCH_LIMIT 1024
+
 typedef struct mf_queue_config {
-    int max_batch;           /* most jobs per forward pass (>= 1) */
+    int max_batch;           /* most jobs per forward pass (1 .. MF_MAX_BATCH_LIMIT) */
     int max_queue;           /* most jobs waiting (>= 1) */
     long max_delay_us;       /* longest wait for a batch to fill after its first job */
     long request_timeout_ms; /* queued longer -> MF_BATCHER_TIMEOUT; 0 = never */

@@ -309,16 +309,23 @@ static void *loop_main(void *arg)
     struct epoll_event evs[MAX_EVENTS];
     while (!atomic_load(&s->stopping)) {
         int n = epoll_wait(lp->epfd, evs, MAX_EVENTS, (int)(SWEEP_NS / 1000000));
+        /* The ready list last: answering it can free a connection (its
+         * client reset it: the send fails, the reap frees) whose own event
+         * is further on in evs[].  A connection's event never frees another
+         * one, so only this order keeps every entry of evs[] alive while it
+         * is handled. */
+        int wake = 0;
         for (int i = 0; i < n; i++) {
             void *p = evs[i].data.ptr;
             if (p == &listen_marker) {
                 if (!atomic_load(&s->draining)) accept_ready(lp);
             } else if (p == lp) {
-                run_ready(lp);
+                wake = 1;
             } else {
                 mf_conn_event(p, evs[i].events);
             }
         }
+        if (wake) run_ready(lp);
         if (atomic_load(&s->draining) && !atomic_load(&lp->drain_acked)) drain_accept(lp);
         uint64_t now = mf_now_ns();
         if (now - lp->last_sweep_ns >= SWEEP_NS) {

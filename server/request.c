@@ -119,11 +119,16 @@ void mf_request_job_done(mf_request *r)
 {
     pthread_mutex_lock(&r->mu);
     int last = --r->pending == 0 && r->waiting;
-    mf_conn *c = r->conn;
-    pthread_mutex_unlock(&r->mu);
     /* r->conn is fixed while waiting (the loop only changes it when it
-     * orphans the request, and then it keeps the connection struct) */
-    if (last) push_ready(c);
+     * orphans the request, and then it keeps the connection struct).  The
+     * push happens under r->mu: once pending is 0 the loop's reap may free
+     * the connection unless it is on the ready list, and it reads pending
+     * under r->mu, so it sees either a pending job (and orphans it) or the
+     * connection on the list (and leaves it to run_ready).  request_free
+     * takes r->mu once before freeing r, so the unlock below never touches
+     * a freed request. */
+    if (last) push_ready(r->conn);
+    pthread_mutex_unlock(&r->mu);
 }
 
 
@@ -152,6 +157,11 @@ static void request_free(mf_request *r)
         atomic_fetch_sub(&s->body_bytes, (long long)r->budget);
         mf_metrics_gauge_add(s->metrics, MF_GAUGE_BODY_BYTES, -(long)r->budget);
     }
+    /* the last job's mf_request_job_done wakes the loop while it holds
+     * r->mu (so the loop cannot free the connection under it); the answer
+     * may end the request before that thread has let go: wait for it */
+    pthread_mutex_lock(&r->mu);
+    pthread_mutex_unlock(&r->mu);
     pthread_mutex_destroy(&r->mu);
     mf_predict_free(r);
     mf_oip_free(r);

@@ -671,6 +671,36 @@ START_TEST(queue_free_while_leader_waits)
 }
 END_TEST
 
+/* A model loaded with a larger max_batch while a worker is inside a batch:
+ * the worker goes on using its job array outside the pool's lock, so that
+ * array must not move (it was realloc'd to the largest max_batch: under
+ * ASan a heap-use-after-free in run_batch).  Job 0's callback holds the
+ * worker mid-batch while the new queue is made. */
+START_TEST(queue_added_during_a_batch)
+{
+    reset_flags();
+    tb tb_ = batcher_new(1, 2, 100, 20000, 0, NULL, NULL);
+    tjob *t = tjobs_new(2, 53);
+    t[0].block = 1;
+    mf_job *js[2] = {&t[0].job, &t[1].job};
+    ck_assert_int_eq(mf_batcher_submit(tb_.q, js, 2), MF_BATCHER_OK);
+    wait_blocked();
+    mf_queue *big = queue_new(tb_.b, model, 64, 100, 0, 0, NULL);
+    release_worker();
+    wait_count(2);
+    ck_assert_int_eq(t[0].job.batch_size, 2);
+    ck_assert_int_eq(t[1].job.status, MF_BATCHER_OK);
+    mf_queue_config over = {MF_MAX_BATCH_LIMIT + 1, 4, 0, 0, NULL};
+    mf_queue *q3 = (mf_queue *)1;
+    char err[256];
+    ck_assert_int_eq(mf_queue_new(tb_.b, model, &over, &q3, err, sizeof err), MF_BATCHER_ARG);
+    ck_assert_ptr_null(q3);
+    mf_queue_free(big);
+    mf_batcher_free(tb_.b);
+    tjobs_free(t, 2);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("batcher");
@@ -693,6 +723,7 @@ static Suite *suite(void)
     tcase_add_test(tc, job_deadline_overrides_queue_timeout);
     tcase_add_test(tc, odd_size_job_runs_at_its_size);
     tcase_add_test(tc, queue_free_while_leader_waits);
+    tcase_add_test(tc, queue_added_during_a_batch);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -17,6 +17,11 @@ Uses the servers, models and images of test_server.py (same tiny model).
   build/tests/libfailmalloc.so, or under ASan allocator_may_return_null with
   max_allocation_size_mb): an image whose pixels need 12 MB and a 9 MiB body
   get 503 out_of_memory, and the server carries on.
+- A reset in the batch of its answer's wake-up: 24 connections reset just after
+  their job finished, the HTTP loop made to sleep before each epoll_wait (LD_PRELOAD
+  shim build/tests/libepolldelay.so) so the two events come back together; the
+  server must stay up (it aborted on a double free before server/http.c handled
+  the ready list last).
 REPORT lines give the figures.
 """
 import fcntl
@@ -25,6 +30,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -358,6 +364,76 @@ class OutOfMemoryTest(unittest.TestCase):
                      ">" if san else ">=", self.LIMIT >> 20))
         finally:
             self.assertEqual(srv.stop(), 0)
+
+
+# ---- a reset that arrives with the answer's wake-up ------------------------------
+
+def preload_after_sanitizer(binary, shim):
+    """LD_PRELOAD for shim: after the sanitizer runtime the binary links, if
+    any (that runtime must come first in the process)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and ("libasan" in parts[0] or "libtsan" in parts[0]):
+            return parts[2] + " " + shim
+    return shim
+
+
+class ResetRaceTest(unittest.TestCase):
+    """A client resets its connection while the answer to its request is
+    being made.  When the job's wake-up and the reset reach the HTTP loop
+    in one epoll batch, wake-up first, the loop used to answer (the send
+    fails, the connection is freed) and then handle the reset's event of
+    the freed connection: a double free, and glibc's abort (a Swarm task
+    exited 139 under load this way).  The shim libepolldelay.so makes each
+    epoll_wait sleep DELAY_MS first, so most iterations put the two in one
+    batch in that order; the server must stay up, keep answering and exit
+    0 on SIGTERM (under ASan: with no report)."""
+    DELAY_MS = 40
+    ROUNDS = 24
+
+    def test_reset_in_the_answers_wakeup_batch(self):
+        shim = os.path.join(ts.BUILD, "tests", "libepolldelay.so")
+        if not os.path.exists(shim):
+            raise AssertionError("%s is not built (make test-bins)" % shim)
+        env = dict(os.environ)
+        env["LD_PRELOAD"] = preload_after_sanitizer(ts.SERVER, shim)
+        env["MF_EPOLL_DELAY_US"] = str(self.DELAY_MS * 1000)
+        srv = Server("--workers", "1", "--http_threads", "1", "--max_delay_us", "0", defaults=False, env=env)
+        try:
+            data = png(7700)
+            body = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(data)) + data
+            t0 = time.time()
+            for i in range(self.ROUNDS):
+                c = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+                c.sendall(body)
+                # the loop reads it at the end of its current sleep (0-40 ms
+                # from now), the job is done a millisecond or two later, and
+                # the reset lands during the loop's next sleep
+                time.sleep((self.DELAY_MS + 1 + (i % 3) * 5) / 1000.0)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+                self.assertIsNone(srv.proc.poll(), "the server died after reset %d:\n%s"
+                                  % (i + 1, srv.log_text()[-3000:]))
+            time.sleep(3 * self.DELAY_MS / 1000.0)
+            self.assertIsNone(srv.proc.poll(), "the server died:\n" + srv.log_text()[-3000:])
+            self.assertEqual(srv.predict(png(7701)).status, 200)
+            # a reset that found its request still unanswered (job done or
+            # nearly, answer not sent) is counted at stage "waiting": those
+            # are the iterations that took the path; most must have
+            fams = ts.parse_prometheus(srv.metrics())
+            hit = ts.sample(fams, "mobileformer_client_aborts_total", stage="waiting") or 0
+            self.assertGreaterEqual(hit, self.ROUNDS // 3, "only %d of %d resets reached a waiting request"
+                                    % (hit, self.ROUNDS))
+            print("\nREPORT reset race: %d connections reset %d-%d ms after their request, the loop "
+                  "sleeping %d ms before each epoll_wait; %d resets reached a waiting request; the server "
+                  "stayed up (%.1f s)" % (self.ROUNDS, self.DELAY_MS + 1, self.DELAY_MS + 11, self.DELAY_MS,
+                                          hit, time.time() - t0))
+        finally:
+            rc = srv.stop()
+        self.assertEqual(rc, 0, srv.log_text()[-3000:])
+        self.assertNotIn("AddressSanitizer", srv.log_text())
 
 
 if __name__ == "__main__":
