@@ -140,6 +140,7 @@ static void control_done(void *user, int ok, const char *message)
 static int control_answer(mf_request *r)
 {
     control_wait *w = r->control;
+    if (w->ok < 0) return mf_reply_error(r, MF_E_SHUTTING_DOWN, "%s", w->msg); /* never ran */
     if (!w->ok) return mf_reply_error(r, MF_E_LOAD_FAILED, "%s", w->msg[0] ? w->msg : "the load failed");
     return mf_reply(r, 200, MF_JSON_TYPE, (char *)"{}", 2, 0, NULL);
 }
@@ -170,7 +171,9 @@ static int control(mf_request *r, int load)
                   : mf_repo_unload(r->srv->repo, name, control_done, r, err, sizeof err);
     if (rc != 0) {
         mf_request_jobs_cancel(r);
-        mf_err e = !mf_repo_api_enabled(r->srv->repo) ? MF_E_BAD_REQUEST : MF_E_MODEL_NOT_FOUND;
+        mf_err e = !mf_repo_api_enabled(r->srv->repo) ? MF_E_BAD_REQUEST
+                   : mf_repo_stopped(r->srv->repo)    ? MF_E_SHUTTING_DOWN
+                                                      : MF_E_MODEL_NOT_FOUND;
         return mf_reply_error(r, e, "%s", err);
     }
     return mf_request_wait(r, control_answer);

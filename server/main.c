@@ -211,6 +211,9 @@ int main(int argc, char **argv)
     }
     uint64_t now = now_ms();
     int cancelled = mf_batcher_drain(batcher, forced || now >= deadline ? 0 : (long)(deadline - now));
+    /* a load or unload still queued is answered 503 now, and one in progress
+     * finishes first: none may call back into a request the loops free */
+    mf_repo_stop(repo);
     /* answers of requests the drain cancelled (503) still need to go out */
     uint64_t flush = now_ms() + 1000;
     while (mf_http_inflight(http) > 0 && now_ms() < flush) wait_signal(10);
@@ -226,6 +229,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     mf_decoder_free(decoder);
+    mf_repo_stop(repo);
     mf_http_stop(http);
     mf_batcher_drain(batcher, 0);
     mf_repo_close(repo);

@@ -770,6 +770,7 @@ static void *loader_main(void *arg)
     return NULL;
 }
 
+/* 0 queued; -1 out of memory; -2 the loader has stopped (mf_repo_stop). */
 static int post(mf_repo *r, task_kind kind, const char *name, mf_repo_done_fn done, void *user)
 {
     task *t = calloc(1, sizeof *t);
@@ -779,6 +780,11 @@ static int post(mf_repo *r, task_kind kind, const char *name, mf_repo_done_fn do
     t->done = done;
     t->user = user;
     pthread_mutex_lock(&r->tmu);
+    if (r->stop) {
+        pthread_mutex_unlock(&r->tmu);
+        free(t);
+        return -2;
+    }
     *r->tasks_tail = t;
     r->tasks_tail = &t->next;
     pthread_cond_signal(&r->tcv);
@@ -871,22 +877,41 @@ int mf_repo_open(const mf_config *cfg, mf_batcher *b, mf_metrics *m, mf_repo **o
     return 0;
 }
 
+int mf_repo_stopped(mf_repo *r)
+{
+    if (!r) return 0;
+    pthread_mutex_lock(&r->tmu);
+    int st = r->stop;
+    pthread_mutex_unlock(&r->tmu);
+    return st;
+}
+
+void mf_repo_stop(mf_repo *r)
+{
+    if (!r) return;
+    pthread_mutex_lock(&r->tmu);
+    r->stop = 1; /* post refuses from here on */
+    pthread_cond_signal(&r->tcv);
+    pthread_mutex_unlock(&r->tmu);
+    if (r->started) pthread_join(r->tid, NULL); /* after its task in progress */
+    r->started = 0;
+    pthread_mutex_lock(&r->tmu);
+    task *left = r->tasks;
+    r->tasks = NULL;
+    r->tasks_tail = &r->tasks;
+    pthread_mutex_unlock(&r->tmu);
+    while (left) {
+        task *t = left;
+        left = t->next;
+        if (t->done) t->done(t->user, -1, "the server is shutting down");
+        free(t);
+    }
+}
+
 void mf_repo_close(mf_repo *r)
 {
     if (!r) return;
-    if (r->started) {
-        pthread_mutex_lock(&r->tmu);
-        r->stop = 1;
-        pthread_cond_signal(&r->tcv);
-        pthread_mutex_unlock(&r->tmu);
-        pthread_join(r->tid, NULL);
-    }
-    while (r->tasks) {
-        task *t = r->tasks;
-        r->tasks = t->next;
-        if (t->done) t->done(t->user, 0, "the server is shutting down");
-        free(t);
-    }
+    mf_repo_stop(r);
     while (r->models) {
         model_entry *m = r->models;
         r->models = m->next;
@@ -1101,8 +1126,9 @@ int mf_repo_load(mf_repo *r, const char *name, mf_repo_done_fn done, void *user,
         mf_set_err(err, errlen, "no model '%s' (this server has '%s')", name, r->cfg->model_name);
         return -1;
     }
-    if (post(r, T_LOAD, name, done, user) != 0) {
-        mf_set_err(err, errlen, "out of memory");
+    int posted = post(r, T_LOAD, name, done, user);
+    if (posted != 0) {
+        mf_set_err(err, errlen, "%s", posted == -2 ? "the server is shutting down" : "out of memory");
         return -1;
     }
     return 0;
@@ -1122,8 +1148,9 @@ int mf_repo_unload(mf_repo *r, const char *name, mf_repo_done_fn done, void *use
         mf_set_err(err, errlen, "no model named '%.64s'", name);
         return -1;
     }
-    if (post(r, T_UNLOAD, name, done, user) != 0) {
-        mf_set_err(err, errlen, "out of memory");
+    int posted = post(r, T_UNLOAD, name, done, user);
+    if (posted != 0) {
+        mf_set_err(err, errlen, "%s", posted == -2 ? "the server is shutting down" : "out of memory");
         return -1;
     }
     return 0;

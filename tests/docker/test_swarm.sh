@@ -50,7 +50,7 @@ cleanup() {
       $DOCKER stack services "$STACK" 2>/dev/null || true
       $DOCKER service ps --no-trunc --format '{{.Name}} {{.Image}} {{.DesiredState}} {{.CurrentState}} {{.Error}}' "$SVC" 2>/dev/null | head -n 20 || true
       echo "---- the service's last warnings and errors (request lines left out)"
-      $DOCKER service logs --raw --tail 400 "$SVC" 2>&1 | grep -v '"status"' | tail -n 25 || true
+      timeout 30 $DOCKER service logs --raw --tail 400 "$SVC" 2>&1 | grep -v '"status"' | tail -n 25 || true
     fi
     remove_stack
   fi
@@ -140,7 +140,7 @@ v=$(model_versions "$url" fashion_mnist_mobileformer)
 [ "$v" = 1 ] || fail "through nginx fashion_mnist_mobileformer lists versions '$v', not 1 (the tree's models/repository)"
 echo "10 predictions through nginx (its config a Swarm config): 200; fashion_mnist_mobileformer version 1 from the repository in the mounted models/"
 
-nginx_logs() { $DOCKER service logs --raw "${STACK}_nginx" 2>/dev/null > "$tmp/access.log" || true; }
+nginx_logs() { timeout 60 $DOCKER service logs --raw "${STACK}_nginx" 2>/dev/null > "$tmp/access.log" || true; }
 # run_wrk NAME SECONDS fast|slow: wrk through nginx in the background, posting
 # photo.jpg (8 connections) or the slow multipart body (SLOW_CONNS connections);
 # sets t0, conns and wrk_pid

@@ -580,6 +580,52 @@ class ReloadUnderLoadTest(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+class ShutdownTest(unittest.TestCase):
+    """SIGTERM while loads are queued on the loader: 40 loads of a 151m model
+    (about 80 ms each here) posted at once, SIGTERM 0.3 s later with
+    drain_timeout_ms 0.  The load in progress finishes, the queued ones are
+    answered 503 shutting_down, and the server exits 0.  (Before mf_repo_stop
+    the loops stopped after the drain's 1 s flush, with loads still queued,
+    and freed their waiting requests, which the loader then called back
+    into: no answer for those clients, and a use-after-free.)"""
+    N = 40
+
+    def test_sigterm_with_loads_queued(self):
+        repo = new_repo("stop")
+        for i in range(self.N):  # hard links: one file on disk
+            os.makedirs(os.path.join(repo, "big%d" % i, "1"))
+            os.link(PRESETS["151m"], os.path.join(repo, "big%d" % i, "1", "model.safetensors"))
+        srv = RepoServer(repo, "--model_control", "explicit", "--drain_timeout_ms", "0", "--workers", "1",
+                         "--http_threads", "2", defaults=False)
+        results = [None] * self.N
+
+        def load(i):
+            try:
+                r = srv.control("big%d" % i, "load")
+                results[i] = (r.status, r.json()["code"] if r.status != 200 else None)
+            except Exception as e:  # asserted on below
+                results[i] = (type(e).__name__, None)
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(self.N)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(ts.TIMEOUT)
+        rc = srv.proc.wait(ts.TIMEOUT)
+        log = srv.log_text()
+        self.assertEqual(rc, 0, log[-3000:])
+        self.assertNotIn("AddressSanitizer", log)
+        got = sorted(results, key=repr)
+        self.assertTrue(all(x in ((200, None), (503, "shutting_down")) for x in got),
+                        "answers: %r\n%s" % (got, log[-2000:]))
+        n503 = sum(1 for x in got if x[0] == 503)
+        self.assertGreater(n503, 0, "every load finished before the stop: the test did not test (%r)" % got)
+        print("\nREPORT SIGTERM with %d loads queued: %d loaded, %d answered 503 shutting_down, exit 0"
+              % (self.N, self.N - n503, n503))
+
+
 class MemoryTest(unittest.TestCase):
     """RSS of the process (/proc/PID/status) around a 151m model's load, first
     image and unload, then over 50 load/image/unload cycles.  After an unload
