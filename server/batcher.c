@@ -628,6 +628,8 @@ void mf_queue_free(mf_queue *q)
 
 size_t mf_queue_bytes(const mf_queue *q) { return q ? q->bytes : 0; }
 
+uint64_t mf_queue_timeout_ns(const mf_queue *q) { return q ? q->timeout_ns : 0; }
+
 void mf_batcher_expect(mf_queue *q, int delta)
 {
     if (!q) return;

@@ -102,6 +102,9 @@ void mf_queue_free(mf_queue *q);
 /* Bytes of the queue's workspaces and batch buffers. */
 size_t mf_queue_bytes(const mf_queue *q);
 
+/* The queue's request_timeout_ms in ns (0: none; NULL: 0). */
+uint64_t mf_queue_timeout_ns(const mf_queue *q);
+
 /* Queue n jobs on q, all or none: MF_BATCHER_OK, MF_BATCHER_QUEUE_FULL or
  * MF_BATCHER_DRAINING.  On failure no callback will run for these jobs. */
 mf_batcher_status mf_batcher_submit(mf_queue *q, mf_job *const *jobs, int n);

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define LARGE_NS 4000000ull /* 4 ms expected: a 0.8 MP JPEG, a 1 MP PNG */
 
@@ -50,6 +51,9 @@ struct mf_decoder {
     int stopping;           /* threads must exit */
     pool_thread *threads;   /* [n_threads] */
     int n_threads;          /* started */
+    pthread_cond_t reap_cv; /* (monotonic) a task with a start-by time, or stopping */
+    pthread_t reaper;       /* completes queued tasks past their start_by_ns */
+    int reaper_started;
 };
 
 /* ---- the heaps (caller holds mu) ----------------------------------------- */
@@ -162,6 +166,73 @@ static void run_task(mf_decode_task *t)
     t->preprocess_s = (double)(mf_now_ns() - t1) * 1e-9;
 }
 
+/* Complete-to-be t as expired (not decoded): it waited past start_by_ns. */
+static void expire(mf_decode_task *t, uint64_t now)
+{
+    t->expired = 1;
+    t->status = MF_IMG_CANCELLED;
+    snprintf(t->err, sizeof t->err, "waited %.0f ms for a decode thread",
+             (double)(now - t->enq_ns) * 1e-6);
+    t->wait_s = (double)(now - t->enq_ns) * 1e-9;
+    t->decode_s = t->preprocess_s = 0;
+}
+
+/* Queued tasks past their start-by time, out of the heaps into a list (via
+ * reap_next); *next the earliest start-by time still ahead (0: none).
+ * Caller holds mu. */
+static mf_decode_task *take_expired(mf_decoder *d, uint64_t now, uint64_t *next)
+{
+    mf_decode_task *out = NULL;
+    *next = 0;
+    for (int k = 0; k < 2; k++) {
+        lane *l = &d->lanes[k];
+        for (int i = 0; i < l->n;) {
+            mf_decode_task *t = l->heap[i];
+            if (t->start_by_ns && t->start_by_ns <= now) {
+                heap_remove(l, i); /* moves another task to i (or above): scan again from 0 */
+                t->reap_next = out;
+                out = t;
+                i = 0;
+                continue;
+            }
+            if (t->start_by_ns && (!*next || t->start_by_ns < *next)) *next = t->start_by_ns;
+            i++;
+        }
+    }
+    return out;
+}
+
+/* The reaper: a task past its start-by time gets its answer then, not when
+ * a thread frees up (a lane can be busy for seconds with large images). */
+static void *reaper_main(void *arg)
+{
+    mf_decoder *d = arg;
+    pthread_mutex_lock(&d->mu);
+    while (!d->stopping) {
+        uint64_t now = mf_now_ns(), next;
+        mf_decode_task *gone = take_expired(d, now, &next);
+        if (gone) {
+            pthread_mutex_unlock(&d->mu);
+            while (gone) {
+                mf_decode_task *t = gone;
+                gone = t->reap_next;
+                expire(t, now);
+                t->done(t); /* may free the task */
+            }
+            pthread_mutex_lock(&d->mu);
+            continue;
+        }
+        if (!next) {
+            pthread_cond_wait(&d->reap_cv, &d->mu);
+        } else {
+            struct timespec ts = {(time_t)(next / 1000000000u), (long)(next % 1000000000u)};
+            pthread_cond_timedwait(&d->reap_cv, &d->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
 static void *thread_main(void *arg)
 {
     pool_thread *pt = arg;
@@ -176,7 +247,9 @@ static void *thread_main(void *arg)
         heap_remove(l, 0);
         d->running++;
         pthread_mutex_unlock(&d->mu);
-        run_task(t);
+        const uint64_t now = mf_now_ns();
+        if (t->start_by_ns && now > t->start_by_ns) expire(t, now); /* before the reaper saw it */
+        else run_task(t);
         t->done(t); /* may free the task */
         pthread_mutex_lock(&d->mu);
         d->running--;
@@ -202,6 +275,17 @@ int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cv[0], NULL);
     pthread_cond_init(&d->cv[1], NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* start_by_ns is mf_now_ns() */
+    pthread_cond_init(&d->reap_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&d->reaper, NULL, reaper_main, d) != 0) {
+        mf_set_err(err, errlen, "decode pool: cannot start its reaper: %s", strerror(errno));
+        mf_decoder_free(d);
+        return -1;
+    }
+    d->reaper_started = 1;
     for (int i = 0; i < total; i++) {
         pool_thread *pt = &d->threads[i];
         pt->d = d;
@@ -224,6 +308,7 @@ void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
     t->key = t->enq_ns + cost;
     t->large = cost >= LARGE_NS;
     t->status = MF_IMG_OK;
+    t->expired = 0;
     pthread_mutex_lock(&d->mu);
     lane *l = &d->lanes[t->large];
     if (l->n == l->cap) {
@@ -242,6 +327,7 @@ void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
     heap_set(l, l->n++, t);
     sift_up(l, l->n - 1);
     pthread_cond_signal(&d->cv[t->large]);
+    if (t->start_by_ns) pthread_cond_signal(&d->reap_cv); /* it may be the earliest */
     pthread_mutex_unlock(&d->mu);
 }
 
@@ -286,8 +372,10 @@ void mf_decoder_free(mf_decoder *d)
     d->stopping = 1;
     pthread_cond_broadcast(&d->cv[0]);
     pthread_cond_broadcast(&d->cv[1]);
+    pthread_cond_broadcast(&d->reap_cv);
     pthread_mutex_unlock(&d->mu);
     for (int i = 0; i < d->n_threads; i++) pthread_join(d->threads[i].tid, NULL);
+    if (d->reaper_started) pthread_join(d->reaper, NULL);
     /* what no thread took: cancelled */
     for (int k = 0; k < 2; k++) {
         lane *l = &d->lanes[k];
@@ -303,6 +391,7 @@ void mf_decoder_free(mf_decoder *d)
     free(d->threads);
     pthread_cond_destroy(&d->cv[0]);
     pthread_cond_destroy(&d->cv[1]);
+    pthread_cond_destroy(&d->reap_cv);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }

@@ -15,9 +15,15 @@
  * before its own, so it waits at most about its own cost longer than it
  * would first-come-first-served.
  *
+ * A task still queued at its start_by_ns (a request's deadline) is not
+ * decoded: the pool's reaper thread takes it out then and completes it as
+ * expired (done runs on the reaper), so its request is answered at its
+ * deadline, not when a thread frees up.
+ *
  * Ownership: the submitter owns the task and everything it points to until
- * `done` has run, exactly once, on a pool thread (or on the thread calling
- * mf_decoder_cancel / mf_decoder_free), never inside mf_decoder_submit.
+ * `done` has run, exactly once, on a pool thread or the reaper (or on the
+ * thread calling mf_decoder_cancel / mf_decoder_free), never inside
+ * mf_decoder_submit.
  */
 #ifndef MF_DECODER_H
 #define MF_DECODER_H
@@ -44,8 +50,11 @@ struct mf_decode_task {
     void *user;               /* for done */
     int priority;             /* 0 first (as the batcher's); higher ones wait while it has tasks */
     uint64_t cost_ns;         /* mf_decode_cost_ns of it if the submitter has it, else 0 (the pool asks) */
+    uint64_t start_by_ns;     /* mf_now_ns() by which a thread must take it, 0 = no limit: taken later,
+                                 it is not decoded (expired) */
     /* set before done */
-    mf_img_status status;     /* decode status; MF_IMG_CANCELLED if cancelled before it started */
+    mf_img_status status;     /* decode status; MF_IMG_CANCELLED if cancelled or expired before it started */
+    int expired;              /* it waited past start_by_ns (status MF_IMG_CANCELLED) */
     int preprocess_rc;        /* mf_preprocess_image's result when status is OK */
     char err[256];            /* the decoder's message */
     double wait_s;            /* queued before a thread took it */
@@ -56,6 +65,7 @@ struct mf_decode_task {
     uint64_t enq_ns;          /* mf_now_ns() at submit */
     int slot;                 /* index in its lane's heap, -1 when not queued */
     int large;                /* in the large lane */
+    mf_decode_task *reap_next;/* in the reaper's list of expired tasks */
 };
 
 /* Expected decode + preprocess cost of an image, in ns, from its header

@@ -618,8 +618,10 @@ int mf_oip_body(mf_request *r)
     s->deadline_ns = q->timeout_us ? mf_now_ns() + q->timeout_us * 1000u : 0;
     if (q->image) {
         for (int i = 0; i < q->n; i++) {
-            if (q->binary) mf_images_decode(r, i, q->binary + s->off[i] + 4, s->off[i + 1] - s->off[i] - 4, s->prio);
-            else mf_images_decode(r, i, s->images[i], lens[i], s->prio);
+            if (q->binary)
+                mf_images_decode(r, i, q->binary + s->off[i] + 4, s->off[i + 1] - s->off[i] - 4, s->prio,
+                                 s->deadline_ns);
+            else mf_images_decode(r, i, s->images[i], lens[i], s->prio, s->deadline_ns);
         }
         free(lens);
         return mf_images_decoded(r, oip_submit);

@@ -146,17 +146,27 @@ static int image_outcome(mf_request *r, int i, mf_img_status st, int prep_rc, co
     return 0;
 }
 
+/* When a pooled decode must have started: the request's own deadline, else
+ * its model's request_timeout_ms from now (as the inference queue counts it
+ * from the submit); 0: no limit. */
+static uint64_t decode_start_by(mf_request *r, uint64_t deadline_ns)
+{
+    if (deadline_ns) return deadline_ns;
+    const uint64_t t = mf_queue_timeout_ns(r->mv->queue);
+    return t ? mf_now_ns() + t : 0;
+}
+
 /* A pool thread: image decoded (or cancelled).  The last one hands the
  * request back to its HTTP thread. */
 static void on_decoded(mf_decode_task *t)
 {
     image_slot *sl = t->user;
-    if (t->status == MF_IMG_CANCELLED && !atomic_exchange(&sl->dropped, 1))
+    if (t->status == MF_IMG_CANCELLED && !t->expired && !atomic_exchange(&sl->dropped, 1))
         mf_metrics_count(sl->req->srv->metrics, MF_COUNTER_CANCEL_DECODE, 1);
     mf_request_job_done(sl->req);
 }
 
-int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len, int priority)
+int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len, int priority, uint64_t deadline_ns)
 {
     struct mf_http *s = r->srv;
     mf_predict *p = r->predict;
@@ -176,6 +186,7 @@ int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len, int 
                                     .user = sl,
                                     .priority = priority,
                                     .cost_ns = cost,
+                                    .start_by_ns = decode_start_by(r, deadline_ns),
                                     .slot = -1};
         mf_request_jobs_add(r, 1);
         mf_decoder_submit(s->decoder, &sl->task);
@@ -210,6 +221,14 @@ static int after_decode(mf_request *r)
         sl->decode_s = sl->task.decode_s;
         sl->preprocess_s = sl->task.preprocess_s;
         sl->decode_wait_s = sl->task.wait_s;
+        if (sl->pooled && sl->task.expired) {
+            char which[32] = "";
+            if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+            mf_reply_error(r, MF_E_TIMEOUT, "%snot started within its time (request_timeout_ms of '%s', or the "
+                                            "request's own timeout): %s",
+                           which, r->mv->name, sl->task.err);
+            return 0;
+        }
         if (image_outcome(r, i, sl->task.status, sl->task.preprocess_rc, sl->task.err) != 0) return 0;
     }
     return p->next(r);
@@ -427,6 +446,6 @@ int mf_predict_body(mf_request *r)
     }
     if (mf_images_alloc(r, n, 0, 0) != 0) return 0;
     for (int i = 0; i < n; i++)
-        if (mf_images_decode(r, i, parts[i].data, parts[i].len, MF_PRIORITY_DEFAULT) != 0) return 0;
+        if (mf_images_decode(r, i, parts[i].data, parts[i].len, MF_PRIORITY_DEFAULT, 0) != 0) return 0;
     return mf_images_decoded(r, predict_submit);
 }

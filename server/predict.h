@@ -37,9 +37,11 @@ int mf_images_alloc(mf_request *r, int n, int h, int w);
 /* Image i from encoded bytes (which must stay valid until the decodes are
  * done): decoded (the server's limits) and preprocessed -- at once on this
  * thread while the request's images together are expected to be cheap,
- * else on the decode pool, at the batcher priority given (0 first).  Its
- * outcome is looked at by mf_images_decoded.  Returns 0. */
-int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len, int priority);
+ * else on the decode pool, at the batcher priority given (0 first).  A
+ * pooled image not taken by a thread by deadline_ns (0: the model's
+ * request_timeout_ms from now) is not decoded, and the request gets 504
+ * timeout.  Its outcome is looked at by mf_images_decoded.  Returns 0. */
+int mf_images_decode(mf_request *r, int i, const uint8_t *data, size_t len, int priority, uint64_t deadline_ns);
 
 /* After the last mf_images_decode (every image of the request must have had
  * one): next(r) runs on this HTTP thread once every image is decoded (at

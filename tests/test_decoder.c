@@ -191,6 +191,37 @@ START_TEST(priority_first)
 }
 END_TEST
 
+/* A task still queued at its start-by time is completed then, expired and
+ * not decoded, by the pool's reaper: here while the only small-image thread
+ * is still held. */
+START_TEST(expired_at_its_deadline)
+{
+    ttask t[4];
+    mf_decoder *d = held_pool(&t[0]);
+    const uint64_t t0 = mf_now_ns();
+    task_init(&t[1], 1, claim_png(1, 50, 50), 33);
+    t[1].t.start_by_ns = t0 + 30000000ull; /* 30 ms */
+    task_init(&t[2], 2, claim_png(2, 40, 40), 33);
+    task_init(&t[3], 3, claim_png(3, 60, 60), 33);
+    t[3].t.start_by_ns = t0 + 60000000000ull; /* 60 s */
+    for (int i = 1; i < 4; i++) mf_decoder_submit(d, &t[i].t);
+    wait_done(2);
+    const double waited = (double)(mf_now_ns() - t0) * 1e-9;
+    ck_assert_msg(waited >= 0.029 && waited < 2.0, "answered after %.3f s", waited);
+    ck_assert_int_eq(order[1], 1);
+    ck_assert_int_eq(t[1].t.expired, 1);
+    ck_assert_int_eq(t[1].t.status, MF_IMG_CANCELLED);
+    ck_assert_int_eq(mf_decoder_queued(d), 2);
+    release();
+    wait_done(4);
+    for (int i = 2; i < 4; i++) {
+        ck_assert_int_eq(t[i].t.expired, 0);
+        ck_assert_int_eq(t[i].t.status, MF_IMG_CORRUPT); /* decoded (its data is cut) */
+    }
+    mf_decoder_free(d);
+}
+END_TEST
+
 /* Large images held up: one at a time on the one large-image thread of a
  * one-thread pool; small ones meanwhile run on theirs. */
 START_TEST(large_ones_leave_a_thread)
@@ -286,6 +317,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, cost_from_the_header);
     tcase_add_test(tc, priority_first);
+    tcase_add_test(tc, expired_at_its_deadline);
     tcase_add_test(tc, lanes_have_their_own_threads);
     tcase_add_test(tc, large_ones_leave_a_thread);
     tcase_add_test(tc, cancel_and_free);

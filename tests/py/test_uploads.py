@@ -235,6 +235,48 @@ class DecodePoolTest(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+    def test_deadline_applies_while_waiting_for_a_decode_thread(self):
+        """A low-priority upload with parameters.timeout 300 ms waits behind a
+        flood of 6 MP PNGs on the one large-image decode thread (priority
+        first: it would not be taken while the flood lasts).  It gets 504
+        timeout at its deadline, from the pool's reaper, not when the flood
+        ends (4 s later: how long it took before the reaper)."""
+        srv = ts.Server("--http_threads", "2", "--decode_threads", "1", "--workers", "1",
+                        "--max_pixels", str(30 << 20), "--max_body_bytes", str(32 << 20), defaults=False)
+        try:
+            big = encode(photo(3000, 2000, 7), "PNG")
+            stop_at = time.time() + 4.0
+            statuses = []
+
+            def flood():
+                conn = srv.connect()
+                while time.time() < stop_at:
+                    statuses.append(srv.predict(big, conn=conn).status)
+                conn.close()
+
+            threads = [threading.Thread(target=flood) for _ in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            el = to.bytes_elements([big])
+            body, hdr = to.binary_body({"parameters": {"priority": 5, "timeout": 300000},
+                                        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                                    "parameters": {"binary_data_size": len(el)}}]}, el)
+            t0 = time.time()
+            r = srv.request("POST", to.INFER, body=body, headers=hdr)
+            waited = time.time() - t0
+            for t in threads:
+                t.join()
+            self.assertEqual(r.status, 504, r.body[:300])
+            self.assertEqual(json.loads(r.body)["code"], "timeout")
+            self.assertIn("decode thread", json.loads(r.body)["error"])
+            self.assertTrue(statuses and all(s == 200 for s in statuses), statuses)
+            print("\nREPORT decode deadline: a low-priority 6 MP PNG with a 300 ms timeout behind %d flooding "
+                  "uploads on one decode thread: 504 after %.0f ms" % (len(statuses), waited * 1000))
+            self.assertLess(waited, 1.5, "the deadline was not applied while the image waited for a decode thread")
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
     def test_a_request_holds_its_http_thread_only_briefly(self):
         """A request's images are decoded on its HTTP thread only while their
         expected cost (decode and preprocess) stays small; the rest go to the
