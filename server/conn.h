@@ -7,7 +7,9 @@
  *   request.c  the request object and what handlers call (request.h)
  *
  * Everything here is touched by the connection's own loop thread only,
- * except lp->ready (under lp->mu) and a request's job count (request.h).
+ * except lp->ready and a connection's in_ready and ready_next (under
+ * lp->mu: a worker finishing a request's last job pushes it, holding the
+ * request's mu too) and a request's job count (request.h).
  */
 #ifndef MF_CONN_H
 #define MF_CONN_H

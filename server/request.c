@@ -119,9 +119,9 @@ void mf_request_job_done(mf_request *r)
 {
     pthread_mutex_lock(&r->mu);
     int last = --r->pending == 0 && r->waiting;
-    /* r->conn is fixed while waiting (the loop only changes it when it
-     * orphans the request, and then it keeps the connection struct).  The
-     * push happens under r->mu: once pending is 0 the loop's reap may free
+    /* r->conn is fixed for the request's life (an orphaned connection's
+     * struct stays until the ready list frees it).  The push happens under
+     * r->mu: once pending is 0 the loop's reap may free
      * the connection unless it is on the ready list, and it reads pending
      * under r->mu, so it sees either a pending job (and orphans it) or the
      * connection on the list (and leaves it to run_ready).  request_free
