@@ -51,7 +51,8 @@ struct mf_decoder {
     int stopping;           /* threads must exit */
     pool_thread *threads;   /* [n_threads] */
     int n_threads;          /* started */
-    pthread_cond_t reap_cv; /* (monotonic) a task with a start-by time, or stopping */
+    pthread_cond_t reap_cv; /* (monotonic) an earlier start-by time than reap_at, or stopping */
+    uint64_t reap_at;       /* when the reaper wakes next (0: only when signalled) */
     pthread_t reaper;       /* completes queued tasks past their start_by_ns */
     int reaper_started;
 };
@@ -222,6 +223,7 @@ static void *reaper_main(void *arg)
             pthread_mutex_lock(&d->mu);
             continue;
         }
+        d->reap_at = next; /* submit signals only for an earlier one */
         if (!next) {
             pthread_cond_wait(&d->reap_cv, &d->mu);
         } else {
@@ -280,8 +282,9 @@ int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* start_by_ns is mf_now_ns() */
     pthread_cond_init(&d->reap_cv, &ca);
     pthread_condattr_destroy(&ca);
-    if (pthread_create(&d->reaper, NULL, reaper_main, d) != 0) {
-        mf_set_err(err, errlen, "decode pool: cannot start its reaper: %s", strerror(errno));
+    int rc = pthread_create(&d->reaper, NULL, reaper_main, d);
+    if (rc != 0) {
+        mf_set_err(err, errlen, "decode pool: cannot start its reaper: %s", strerror(rc));
         mf_decoder_free(d);
         return -1;
     }
@@ -290,8 +293,9 @@ int mf_decoder_new(int threads, mf_decoder **out, char *err, size_t errlen)
         pool_thread *pt = &d->threads[i];
         pt->d = d;
         pt->lane = i >= threads;
-        if (pthread_create(&pt->tid, NULL, thread_main, pt) != 0) {
-            mf_set_err(err, errlen, "decode pool: cannot start a thread: %s", strerror(errno));
+        rc = pthread_create(&pt->tid, NULL, thread_main, pt);
+        if (rc != 0) {
+            mf_set_err(err, errlen, "decode pool: cannot start a thread: %s", strerror(rc));
             mf_decoder_free(d);
             return -1;
         }
@@ -327,7 +331,10 @@ void mf_decoder_submit(mf_decoder *d, mf_decode_task *t)
     heap_set(l, l->n++, t);
     sift_up(l, l->n - 1);
     pthread_cond_signal(&d->cv[t->large]);
-    if (t->start_by_ns) pthread_cond_signal(&d->reap_cv); /* it may be the earliest */
+    if (t->start_by_ns && (!d->reap_at || t->start_by_ns < d->reap_at)) {
+        d->reap_at = t->start_by_ns; /* one signal for a run of submits with later deadlines */
+        pthread_cond_signal(&d->reap_cv);
+    }
     pthread_mutex_unlock(&d->mu);
 }
 

@@ -146,22 +146,24 @@ static int image_outcome(mf_request *r, int i, mf_img_status st, int prep_rc, co
     return 0;
 }
 
-/* When a pooled decode must have started: the request's own deadline, else
- * its model's request_timeout_ms from now (as the inference queue counts it
- * from the submit); 0: no limit. */
+/* When a pooled decode must have started: its model's request_timeout_ms
+ * from now (as the inference queue counts it from the submit), or the
+ * request's own deadline if that is earlier (it only shortens, as in the
+ * batcher); 0: no limit. */
 static uint64_t decode_start_by(mf_request *r, uint64_t deadline_ns)
 {
-    if (deadline_ns) return deadline_ns;
     const uint64_t t = mf_queue_timeout_ns(r->mv->queue);
-    return t ? mf_now_ns() + t : 0;
+    const uint64_t own = t ? mf_now_ns() + t : 0;
+    return deadline_ns && (!own || deadline_ns < own) ? deadline_ns : own;
 }
 
-/* A pool thread: image decoded (or cancelled).  The last one hands the
- * request back to its HTTP thread. */
+/* A pool thread or the pool's reaper: image decoded, cancelled or expired.
+ * The last one hands the request back to its HTTP thread. */
 static void on_decoded(mf_decode_task *t)
 {
     image_slot *sl = t->user;
-    if (t->status == MF_IMG_CANCELLED && !t->expired && !atomic_exchange(&sl->dropped, 1))
+    if (t->expired) atomic_store(&sl->dropped, 1); /* a timeout, not a client cancel: not counted as one */
+    else if (t->status == MF_IMG_CANCELLED && !atomic_exchange(&sl->dropped, 1))
         mf_metrics_count(sl->req->srv->metrics, MF_COUNTER_CANCEL_DECODE, 1);
     mf_request_job_done(sl->req);
 }
