@@ -133,7 +133,6 @@ typedef struct worker {
     pthread_t tid;      /* thread */
     mf_job **jobs;      /* [MF_MAX_BATCH_LIMIT] jobs of the current batch: fixed, since the
                            worker uses it outside b->mu while a new queue may be added */
-    int cap;            /* entries in jobs */
 } worker;
 
 struct mf_batcher {

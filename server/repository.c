@@ -149,7 +149,9 @@ int mf_model_config_parse(const char *text, size_t len, const char *origin, cons
     json_object_foreach(root, key, v) {
 #define BAD(...) do { mf_set_err(err, errlen, __VA_ARGS__); goto out; } while (0)
         if (!strcmp(key, "max_batch")) {
-            if (int_in(v, 1, 1024, &out->max_batch)) BAD("%s: max_batch must be an integer in 1..1024", origin);
+            /* config.c's max_batch setting has the same bound (1..1024) */
+            if (int_in(v, 1, MF_MAX_BATCH_LIMIT, &out->max_batch))
+                BAD("%s: max_batch must be an integer in 1..%d", origin, MF_MAX_BATCH_LIMIT);
         } else if (!strcmp(key, "max_delay_us")) {
             if (int_in(v, 0, 10000000, &out->max_delay_us))
                 BAD("%s: max_delay_us must be an integer in 0..10000000", origin);
