@@ -171,9 +171,9 @@ static int control(mf_request *r, int load)
                   : mf_repo_unload(r->srv->repo, name, control_done, r, err, sizeof err);
     if (rc != 0) {
         mf_request_jobs_cancel(r);
-        mf_err e = !mf_repo_api_enabled(r->srv->repo) ? MF_E_BAD_REQUEST
-                   : mf_repo_stopped(r->srv->repo)    ? MF_E_SHUTTING_DOWN
-                                                      : MF_E_MODEL_NOT_FOUND;
+        mf_err e = rc == -2 ? MF_E_SHUTTING_DOWN
+                   : !mf_repo_api_enabled(r->srv->repo) ? MF_E_BAD_REQUEST
+                                                        : MF_E_MODEL_NOT_FOUND;
         return mf_reply_error(r, e, "%s", err);
     }
     return mf_request_wait(r, control_answer);

@@ -120,14 +120,32 @@ static mf_image_limits image_limits(mf_request *r)
                              .min_side = cfg->jpeg_scaled_decode && r->mv->pre->resize > 0 ? r->mv->pre->resize : 0};
 }
 
+/* "image i: " before an error of image i of several, "" for a lone one. */
+static const char *image_which(const mf_predict *p, int i, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    if (p->n_images > 1) snprintf(buf, n, "image %d: ", i + 1);
+    return buf;
+}
+
+/* 504: image i did not start in time (for a decode thread: detail says
+ * how long it waited; in the inference queue: detail ""). */
+static void reply_not_started(mf_request *r, int i, const char *detail)
+{
+    char which[32];
+    mf_reply_error(r, MF_E_TIMEOUT, "%snot started within its time (request_timeout_ms of '%s', or the request's own "
+                                    "timeout)%s%s",
+                   image_which(r->predict, i, which, sizeof which), r->mv->name, detail[0] ? ": " : "", detail);
+}
+
 /* The outcome of image i's decode and preprocess: 0, or -1 with the error
  * answered. */
 static int image_outcome(mf_request *r, int i, mf_img_status st, int prep_rc, const char *err)
 {
     mf_predict *p = r->predict;
     image_slot *sl = &p->slots[i];
-    char which[32] = "";
-    if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
+    char which[32];
+    image_which(p, i, which, sizeof which);
     if (st != MF_IMG_OK) {
         mf_reply_error(r, mf_err_of_image(st), "%s%s", which, err[0] ? err : mf_img_status_code(st));
         return -1;
@@ -224,11 +242,7 @@ static int after_decode(mf_request *r)
         sl->preprocess_s = sl->task.preprocess_s;
         sl->decode_wait_s = sl->task.wait_s;
         if (sl->pooled && sl->task.expired) {
-            char which[32] = "";
-            if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
-            mf_reply_error(r, MF_E_TIMEOUT, "%snot started within its time (request_timeout_ms of '%s', or the "
-                                            "request's own timeout): %s",
-                           which, r->mv->name, sl->task.err);
+            reply_not_started(r, i, sl->task.err);
             return 0;
         }
         if (image_outcome(r, i, sl->task.status, sl->task.preprocess_rc, sl->task.err) != 0) return 0;
@@ -315,14 +329,10 @@ int mf_images_check(mf_request *r)
     for (int i = 0; i < p->n_images; i++) {
         mf_job *j = &p->slots[i].job;
         if (j->batch_size > r->batch_size) r->batch_size = j->batch_size;
-        char which[32] = "";
-        if (p->n_images > 1) snprintf(which, sizeof which, "image %d: ", i + 1);
         switch (j->status) {
         case MF_BATCHER_OK: break;
         case MF_BATCHER_TIMEOUT:
-            mf_reply_error(r, MF_E_TIMEOUT, "%snot started within its time (request_timeout_ms of '%s', or the "
-                                            "request's own timeout)",
-                           which, r->mv->name);
+            reply_not_started(r, i, "");
             return -1;
         case MF_BATCHER_DRAINING:
         case MF_BATCHER_CANCELLED:

@@ -879,15 +879,6 @@ int mf_repo_open(const mf_config *cfg, mf_batcher *b, mf_metrics *m, mf_repo **o
     return 0;
 }
 
-int mf_repo_stopped(mf_repo *r)
-{
-    if (!r) return 0;
-    pthread_mutex_lock(&r->tmu);
-    int st = r->stop;
-    pthread_mutex_unlock(&r->tmu);
-    return st;
-}
-
 void mf_repo_stop(mf_repo *r)
 {
     if (!r) return;
@@ -1131,7 +1122,7 @@ int mf_repo_load(mf_repo *r, const char *name, mf_repo_done_fn done, void *user,
     int posted = post(r, T_LOAD, name, done, user);
     if (posted != 0) {
         mf_set_err(err, errlen, "%s", posted == -2 ? "the server is shutting down" : "out of memory");
-        return -1;
+        return posted;
     }
     return 0;
 }
@@ -1153,7 +1144,7 @@ int mf_repo_unload(mf_repo *r, const char *name, mf_repo_done_fn done, void *use
     int posted = post(r, T_UNLOAD, name, done, user);
     if (posted != 0) {
         mf_set_err(err, errlen, "%s", posted == -2 ? "the server is shutting down" : "out of memory");
-        return -1;
+        return posted;
     }
     return 0;
 }

@@ -89,7 +89,6 @@ int mf_repo_open(const mf_config *cfg, mf_batcher *b, mf_metrics *m, mf_repo **o
  * stop, since a control request waits for its task's callback.  NULL is fine;
  * idempotent. */
 void mf_repo_stop(mf_repo *r);
-int mf_repo_stopped(mf_repo *r); /* mf_repo_stop has begun */
 
 /* Stop the loader (if not yet) and free every version (after the batcher has
  * drained). */
@@ -125,9 +124,10 @@ void mf_repo_names(mf_repo *r, char *buf, size_t n);
 
 /* Load (or reload) / unload a model, on the loader thread; done(user, ok,
  * message) runs there when it is finished (ok 1 done, 0 failed), or in
- * mf_repo_stop for a task that never ran (ok -1).  Returns 0 if queued, -1
+ * mf_repo_stop for a task that never ran (ok -1).  Returns 0 if queued; -1
  * (message in err) if the request is refused at once (model_control none,
- * unknown model, bad name, the loader stopped). */
+ * unknown model, bad name, out of memory); -2 (message in err) once
+ * mf_repo_stop has begun. */
 typedef void (*mf_repo_done_fn)(void *user, int ok, const char *message);
 int mf_repo_load(mf_repo *r, const char *name, mf_repo_done_fn done, void *user, char *err, size_t errlen);
 int mf_repo_unload(mf_repo *r, const char *name, mf_repo_done_fn done, void *user, char *err, size_t errlen);
