@@ -28,6 +28,7 @@ WARN      = -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wm
 FINAL_CFLAGS  = -std=c11 -D_GNU_SOURCE -pthread -g -fno-strict-aliasing -MMD -MP $(OPT) $(WARN) \
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Iengine -Ivision -Iserver $(CFLAGS)
 FINAL_LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(LIBS_NOPC) -lm -pthread $(LDLIBS)
+AVX2_FLAGS    = -mavx2 -mfma
 AVX512_FLAGS  = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2
 BF16_FLAGS    = $(AVX512_FLAGS) -mavx512bf16
 AMX_FLAGS     = $(BF16_FLAGS) -mamx-tile -mamx-bf16
@@ -69,7 +70,7 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(FINAL_CFLAGS) -c $< -o $@
 
-# Kernels with AVX-512, AVX512-BF16 or AMX are compiled for it, only those
+# Kernels with AVX2, AVX-512, AVX512-BF16 or AMX are compiled for it, only those
 # files, and only called after a CPU check (engine/kernels.c).
 $(BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
 	@mkdir -p $(dir $@)
@@ -78,6 +79,10 @@ $(BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
 $(BUILD)/obj/engine/kernels_avx512bf16.o: engine/kernels_avx512bf16.c
 	@mkdir -p $(dir $@)
 	$(CC) $(FINAL_CFLAGS) $(BF16_FLAGS) -O3 -c $< -o $@
+
+$(BUILD)/obj/engine/kernels_avx2.o: engine/kernels_avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(FINAL_CFLAGS) $(AVX2_FLAGS) -O3 -c $< -o $@
 
 $(BUILD)/obj/engine/kernels_amx.o: engine/kernels_amx.c
 	@mkdir -p $(dir $@)
@@ -141,6 +146,10 @@ $(FUZZ_BUILD)/obj/engine/%_avx512.o: engine/%_avx512.c
 $(FUZZ_BUILD)/obj/engine/kernels_avx512bf16.o: engine/kernels_avx512bf16.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_KERNEL_CFLAGS) $(BF16_FLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/obj/engine/kernels_avx2.o: engine/kernels_avx2.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_KERNEL_CFLAGS) $(AVX2_FLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/obj/engine/kernels_amx.o: engine/kernels_amx.c
 	@mkdir -p $(dir $@)

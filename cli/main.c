@@ -49,7 +49,7 @@ static void usage(void)
             "  info    (--model M | --arch A)\n"
             "Every command takes --precision fp32|bf16 (default fp32): the arithmetic of the 1x1\n"
             "convolutions and linear layers.\n"
-            "Kernels: %s for fp32; MF_KERNELS=auto|reference|portable|avx512|avx512bf16|amx forces a path\n",
+            "Kernels: %s for fp32; MF_KERNELS=auto|reference|portable|avx2|avx512|avx512bf16|amx forces a path\n",
             mf_kernels_name());
 }
 

@@ -254,8 +254,10 @@ static inline size_t mf_dw_packed_scratch(size_t n)
 extern const mf_kernels mf_kernels_ref;    /* plain scalar twins */
 extern const mf_kernels mf_kernels_blas;   /* portable: OpenBLAS GEMM + plain loops */
 extern const mf_kernels mf_kernels_avx512; /* only when mf_cpu_has_avx512() */
+extern const mf_kernels mf_kernels_avx2;   /* AVX2 + FMA: only when mf_cpu_has_avx2() */
 extern const mf_kernels mf_kernels_ref_bf16;     /* bf16 scalar twins */
 extern const mf_kernels mf_kernels_blas_bf16;    /* bf16 portable: round, then fp32 OpenBLAS */
+extern const mf_kernels mf_kernels_avx2_bf16;    /* round, then the avx2 fp32 GEMMs: only when mf_cpu_has_avx2() */
 extern const mf_kernels mf_kernels_avx512_bf16;  /* vdpbf16ps: only when mf_cpu_has_avx512bf16() */
 extern const mf_kernels mf_kernels_amx_bf16;     /* AMX tiles: only when mf_cpu_has_amx_bf16() */
 
@@ -265,6 +267,7 @@ void mf_dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y,
 
 /* kernels.c: CPU features, and the set MF_KERNELS or the CPU selects. */
 int mf_cpu_has_avx512(void);
+int mf_cpu_has_avx2(void);         /* AVX2 and FMA (with the OS saving the ymm state) */
 int mf_cpu_has_avx512bf16(void);   /* AVX-512 (as above) and AVX512-BF16 */
 int mf_cpu_has_amx_bf16(void);     /* the above, AMX-TILE/AMX-BF16, and the OS's permission (requested once) */
 /* Whether linears read once per run (the classifier head at batch 1) are

@@ -31,6 +31,16 @@ int mf_cpu_has_avx512(void)
 #endif
 }
 
+int mf_cpu_has_avx2(void)
+{
+#ifdef MF_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
 int mf_cpu_stream_nt(void)
 {
 #ifdef MF_X86
@@ -100,6 +110,7 @@ typedef struct kernel_choice {
 static const kernel_choice choices[] = {
     {"reference", &mf_kernels_ref, &mf_kernels_ref_bf16},
     {"portable", &mf_kernels_blas, &mf_kernels_blas_bf16},
+    {"avx2", &mf_kernels_avx2, &mf_kernels_avx2_bf16},
     {"avx512", &mf_kernels_avx512, &mf_kernels_avx512_bf16},
     {"avx512bf16", &mf_kernels_avx512, &mf_kernels_avx512_bf16},
     {"amx", &mf_kernels_avx512, &mf_kernels_amx_bf16},
@@ -112,6 +123,7 @@ static const char *missing(const mf_kernels *k)
         return "AMX-BF16 (or the operating system's permission to use AMX tiles)";
     if ((k == &mf_kernels_avx512_bf16 || k == &mf_kernels_amx_bf16) && !mf_cpu_has_avx512bf16()) return "AVX512-BF16";
     if (k == &mf_kernels_avx512 && !mf_cpu_has_avx512()) return "AVX-512";
+    if ((k == &mf_kernels_avx2 || k == &mf_kernels_avx2_bf16) && !mf_cpu_has_avx2()) return "AVX2 and FMA";
     return NULL;
 }
 
@@ -119,12 +131,15 @@ mf_status mf_kernels_choose(mf_precision p, const char *force, const mf_kernels 
                             char *err, size_t errlen)
 {
     if (!force) force = getenv("MF_KERNELS");
-    const mf_kernels *best32 = mf_cpu_has_avx512() ? &mf_kernels_avx512 : &mf_kernels_blas;
+    const mf_kernels *best32 = mf_cpu_has_avx512() ? &mf_kernels_avx512
+                               : mf_cpu_has_avx2()  ? &mf_kernels_avx2
+                                                    : &mf_kernels_blas;
     if (!force || !*force || strcmp(force, "auto") == 0) {
         *f32 = best32;
         if (p == MF_PRECISION_FP32) *gemm = best32;
         else if (mf_cpu_has_amx_bf16()) *gemm = &mf_kernels_amx_bf16;
         else if (mf_cpu_has_avx512bf16()) *gemm = &mf_kernels_avx512_bf16;
+        else if (mf_cpu_has_avx2()) *gemm = &mf_kernels_avx2_bf16;
         else *gemm = &mf_kernels_blas_bf16;
         return MF_OK;
     }
@@ -141,7 +156,7 @@ mf_status mf_kernels_choose(mf_precision p, const char *force, const mf_kernels 
         *f32 = c->fp32;
         return MF_OK;
     }
-    mf_set_err(err, errlen, "MF_KERNELS='%s' is not one of auto, reference, portable, avx512, avx512bf16, amx", force);
+    mf_set_err(err, errlen, "MF_KERNELS='%s' is not one of auto, reference, portable, avx2, avx512, avx512bf16, amx", force);
     return MF_ERR_ARG;
 }
 

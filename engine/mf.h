@@ -231,13 +231,14 @@ void mf_workspace_set_trace(mf_workspace *ws, mf_trace_fn fn, void *user);
 mf_status mf_forward(const mf_model *m, mf_workspace *ws, const float *input, int b, int h, int w,
                      float *logits);
 
-/* The fp32 kernel set a model built now gets ("avx512" or "portable", or
+/* The fp32 kernel set a model built now gets ("avx512", "avx2" or "portable", or
  * "reference"; "?" when $MF_KERNELS is invalid or asks for what the CPU
  * lacks).  $MF_KERNELS (or mf_model_options.kernels) forces a path:
- *   auto (or unset)  the fastest this CPU has: fp32 avx512 > portable;
- *                    bf16 amx-bf16 > avx512-bf16 > portable-bf16
+ *   auto (or unset)  the fastest this CPU has: fp32 avx512 > avx2 > portable;
+ *                    bf16 amx-bf16 > avx512-bf16 > avx2-bf16 > portable-bf16
  *   reference        the plain scalar twins (fp32: reference; bf16: reference-bf16)
  *   portable         OpenBLAS + plain loops (fp32: portable; bf16: portable-bf16)
+ *   avx2             fp32: avx2 (AVX2 + FMA); bf16: avx2-bf16 (rounded inputs, fp32 FMAs)
  *   avx512           fp32: avx512; bf16: avx512-bf16 (vdpbf16ps)
  *   avx512bf16       bf16: avx512-bf16 (fp32: avx512)
  *   amx              bf16: amx-bf16 (fp32: avx512)

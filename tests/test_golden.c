@@ -261,13 +261,15 @@ START_TEST(golden_case)
         return;
     }
     run_case(variants[_i], "portable", MF_PRECISION_FP32);
+    if (mf_cpu_has_avx2()) run_case(variants[_i], "avx2", MF_PRECISION_FP32);
+    else printf("SKIP golden %s [avx2]: this CPU lacks AVX2 or FMA\n", variants[_i]);
     unsetenv("MF_KERNELS");
     if (strcmp(mf_kernels_name(), "avx512") == 0 && !getenv("MF_TEST_NO_AVX512"))
         run_case(variants[_i], "avx512", MF_PRECISION_FP32);
 }
 END_TEST
 
-/* bf16 on every bf16 path: portable everywhere, vdpbf16ps and AMX where the
+/* bf16 on every bf16 path: portable everywhere, avx2-bf16, vdpbf16ps and AMX where the
  * CPU has them. */
 START_TEST(golden_case_bf16)
 {
@@ -276,6 +278,8 @@ START_TEST(golden_case_bf16)
         return;
     }
     run_case(variants[_i], "portable", MF_PRECISION_BF16);
+    if (mf_cpu_has_avx2()) run_case(variants[_i], "avx2", MF_PRECISION_BF16);
+    else printf("SKIP golden bf16 %s [avx2-bf16]: this CPU lacks AVX2 or FMA\n", variants[_i]);
     if (mf_cpu_has_avx512bf16()) run_case(variants[_i], "avx512bf16", MF_PRECISION_BF16);
     else printf("SKIP golden bf16 %s [avx512-bf16]: this CPU lacks AVX512-BF16\n", variants[_i]);
     if (mf_cpu_has_amx_bf16()) run_case(variants[_i], "amx", MF_PRECISION_BF16);

@@ -35,16 +35,20 @@ static float *rvec(size_t n)
     return v;
 }
 
-static const mf_kernels *kernel_sets[3], *bf16_sets[3];
+static const mf_kernels *kernel_sets[4], *bf16_sets[4];
 static int n_sets, n_bf16;
 
 static void setup(void)
 {
     n_sets = n_bf16 = 0;
     kernel_sets[n_sets++] = &mf_kernels_blas;
+    if (mf_cpu_has_avx2()) kernel_sets[n_sets++] = &mf_kernels_avx2;
+    else printf("SKIP avx2 kernels: this CPU lacks AVX2 or FMA\n");
     if (mf_cpu_has_avx512()) kernel_sets[n_sets++] = &mf_kernels_avx512;
     else printf("SKIP avx512 kernels: this CPU lacks AVX-512\n");
     bf16_sets[n_bf16++] = &mf_kernels_blas_bf16;
+    if (mf_cpu_has_avx2()) bf16_sets[n_bf16++] = &mf_kernels_avx2_bf16;
+    else printf("SKIP avx2-bf16 kernels: this CPU lacks AVX2 or FMA\n");
     if (mf_cpu_has_avx512bf16()) bf16_sets[n_bf16++] = &mf_kernels_avx512_bf16;
     else printf("SKIP avx512-bf16 kernels: this CPU lacks AVX512-BF16\n");
     if (mf_cpu_has_amx_bf16()) bf16_sets[n_bf16++] = &mf_kernels_amx_bf16;
@@ -316,7 +320,7 @@ static float *dw_window(const float *x, int cin, int h, int w, int lo, int hi, s
  * ranges, against the reference on the whole map. */
 START_TEST(dw_random)
 {
-    const mf_kernels *sets[4] = {&mf_kernels_ref};
+    const mf_kernels *sets[5] = {&mf_kernels_ref};
     const int nsets = 1 + n_sets;
     for (int i = 0; i < n_sets; i++) sets[1 + i] = kernel_sets[i];
     for (int trial = 0; trial < 80; trial++) {
@@ -661,39 +665,46 @@ START_TEST(gelu_random)
 }
 END_TEST
 
-/* The direct stem kernel against a plain 3x3 stride-2 convolution. */
+/* The direct stem kernels (each set that has one) against a plain 3x3
+ * stride-2 convolution. */
 START_TEST(stem_random)
 {
-    if (!mf_cpu_has_avx512()) {
-        printf("SKIP stem[avx512]: this CPU lacks AVX-512\n");
-        return;
+    if (!mf_cpu_has_avx512()) printf("SKIP stem[avx512]: this CPU lacks AVX-512\n");
+    if (!mf_cpu_has_avx2()) printf("SKIP stem[avx2]: this CPU lacks AVX2 or FMA\n");
+    const mf_kernels *ran[4];
+    int nran = 0;
+    for (int s = 0; s < n_sets; s++) {
+        const mf_kernels *ks = kernel_sets[s];
+        if (!ks->stem) continue;
+        ran[nran++] = ks;
+        for (int trial = 0; trial < 30; trial++) {
+            int c = irand(1, 27), h = irand(1, 70), w = irand(1, 90);
+            int oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
+            float *x = rvec((size_t)3 * h * w), *k = rvec((size_t)c * 27), *b = rvec((size_t)c);
+            float *want = mf_alloc((size_t)c * oh * ow * sizeof(float)), *got = mf_alloc((size_t)c * oh * ow * sizeof(float));
+            for (int o = 0; o < c; o++)
+                for (int oy = 0; oy < oh; oy++)
+                    for (int ox = 0; ox < ow; ox++) {
+                        double acc = b[o];
+                        for (int ch = 0; ch < 3; ch++)
+                            for (int ky = 0; ky < 3; ky++)
+                                for (int kx = 0; kx < 3; kx++) {
+                                    int iy = 2 * oy + ky - 1, ix = 2 * ox + kx - 1;
+                                    if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                                        acc += (double)k[o * 27 + ch * 9 + ky * 3 + kx] * x[((size_t)ch * h + iy) * w + ix];
+                                }
+                        want[((size_t)o * oh + oy) * ow + ox] = acc < 0 ? 0.f : acc > 6 ? 6.f : (float)acc;
+                    }
+            /* in two row ranges, as a team would */
+            ks->stem(x, h, w, k, b, c, got, oh, ow, 0, oh / 2);
+            ks->stem(x, h, w, k, b, c, got, oh, ow, oh / 2, oh);
+            char what[96];
+            snprintf(what, sizeof what, "stem[%s] c=%d %dx%d", ks->name, c, h, w);
+            assert_close(got, want, (size_t)c * oh * ow, 1e-5, what);
+            mf_free(x); mf_free(k); mf_free(b); mf_free(want); mf_free(got);
+        }
     }
-    for (int trial = 0; trial < 30; trial++) {
-        int c = irand(1, 27), h = irand(1, 70), w = irand(1, 90);
-        int oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
-        float *x = rvec((size_t)3 * h * w), *k = rvec((size_t)c * 27), *b = rvec((size_t)c);
-        float *want = mf_alloc((size_t)c * oh * ow * sizeof(float)), *got = mf_alloc((size_t)c * oh * ow * sizeof(float));
-        for (int o = 0; o < c; o++)
-            for (int oy = 0; oy < oh; oy++)
-                for (int ox = 0; ox < ow; ox++) {
-                    double acc = b[o];
-                    for (int ch = 0; ch < 3; ch++)
-                        for (int ky = 0; ky < 3; ky++)
-                            for (int kx = 0; kx < 3; kx++) {
-                                int iy = 2 * oy + ky - 1, ix = 2 * ox + kx - 1;
-                                if (iy >= 0 && iy < h && ix >= 0 && ix < w)
-                                    acc += (double)k[o * 27 + ch * 9 + ky * 3 + kx] * x[((size_t)ch * h + iy) * w + ix];
-                            }
-                    want[((size_t)o * oh + oy) * ow + ox] = acc < 0 ? 0.f : acc > 6 ? 6.f : (float)acc;
-                }
-        /* in two row ranges, as a team would */
-        mf_kernels_avx512.stem(x, h, w, k, b, c, got, oh, ow, 0, oh / 2);
-        mf_kernels_avx512.stem(x, h, w, k, b, c, got, oh, ow, oh / 2, oh);
-        char what[96];
-        snprintf(what, sizeof what, "stem[avx512] c=%d %dx%d", c, h, w);
-        assert_close(got, want, (size_t)c * oh * ow, 1e-5, what);
-        mf_free(x); mf_free(k); mf_free(b); mf_free(want); mf_free(got);
-    }
+    report("stem", ran, nran);
 }
 END_TEST
 

@@ -113,10 +113,10 @@ class Cli(unittest.TestCase):
         r = cli("info", "--arch", "mobile_former_26m", "--precision", "bf16")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("precision: bf16", r.stdout)
-        self.assertRegex(r.stdout, r"(?m)^kernels: (amx|avx512|portable)-bf16 \(fp32 layers: (avx512|portable)\)$")
+        self.assertRegex(r.stdout, r"(?m)^kernels: (amx|avx512|avx2|portable)-bf16 \(fp32 layers: (avx512|avx2|portable)\)$")
         r = cli("info", "--model", MODEL)
         self.assertIn("precision: fp32", r.stdout)
-        self.assertRegex(r.stdout, r"(?m)^kernels: (avx512|portable) \(fp32 layers: (avx512|portable)\)$")
+        self.assertRegex(r.stdout, r"(?m)^kernels: (avx512|avx2|portable) \(fp32 layers: (avx512|avx2|portable)\)$")
         r = cli("bench", "--arch", "mobile_former_26m", "--size", "64", "--iters", "2", "--warmup", "0",
                 "--precision", "bf16")
         self.assertEqual(r.returncode, 0, r.stderr)

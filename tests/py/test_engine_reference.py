@@ -9,7 +9,7 @@ README: 2e-4 * max(1, max|reference|) per element, and the same top-5 order
 wherever the reference's top-5 logits are further apart than that.
 
 In bf16 (--precision bf16, on every bf16 path this CPU has: portable always,
-avx512bf16 and amx where present, a missing one reported as SKIP with the
+avx2, avx512bf16 and amx where present, a missing one reported as SKIP with the
 feature it lacks) the bar is the bf16 one: every logit within
 3e-2 * max|reference| (the fp32 reference) and the same top-1 on every image.
 """
@@ -51,12 +51,15 @@ CASES = [
 
 
 def kernel_sets():
+    """The MF_KERNELS values of the fp32 paths this CPU can run."""
     sets = ["portable"]
-    out = subprocess.run([CLI, "info", "--arch", "26m"], capture_output=True, text=True)
-    if "kernels: avx512" in out.stdout:
-        sets.append("avx512")
-    else:
-        print("SKIP avx512 kernels: not available on this CPU")
+    for ks in ("avx2", "avx512"):
+        r = subprocess.run([CLI, "info", "--arch", "26m"], capture_output=True, text=True,
+                           env=dict(os.environ, MF_KERNELS=ks))
+        if r.returncode == 0:
+            sets.append(ks)
+        else:
+            print(f"SKIP {ks} kernels: {r.stderr.strip()}")
     return sets
 
 
@@ -66,7 +69,7 @@ BF16_TOL = 3e-2
 def bf16_kernel_sets():
     """The MF_KERNELS values of the bf16 paths this CPU can run."""
     sets = []
-    for ks in ("portable", "avx512bf16", "amx"):
+    for ks in ("portable", "avx2", "avx512bf16", "amx"):
         r = subprocess.run([CLI, "info", "--arch", "26m", "--precision", "bf16"], capture_output=True, text=True,
                            env=dict(os.environ, MF_KERNELS=ks))
         if r.returncode == 0:
