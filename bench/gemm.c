@@ -110,9 +110,9 @@ int main(int argc, char **argv)
 {
     const char *arch = argc > 1 ? argv[1] : "mobile_former_508m";
     const int size = argc > 2 ? atoi(argv[2]) : 224, imgs = argc > 3 ? atoi(argv[3]) : 1;
-    const char *sets[] = {"avx512", "portable", "avx512bf16", "amx", "portable"};
-    const mf_precision precs[] = {MF_PRECISION_FP32, MF_PRECISION_FP32, MF_PRECISION_BF16, MF_PRECISION_BF16,
-                                  MF_PRECISION_BF16};
+    const char *sets[] = {"avx512", "avx2", "portable", "avx512bf16", "amx", "avx2", "portable"};
+    const mf_precision precs[] = {MF_PRECISION_FP32, MF_PRECISION_FP32, MF_PRECISION_FP32, MF_PRECISION_BF16,
+                                  MF_PRECISION_BF16, MF_PRECISION_BF16, MF_PRECISION_BF16};
     mf_arch a;
     char err[256];
     if (size < 32 || imgs < 1 || mf_arch_parse(arch, &a, err, sizeof err) != MF_OK) {

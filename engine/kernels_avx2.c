@@ -61,7 +61,9 @@ static inline __m256 relu6(__m256 t)
  * registers.  Every output is one FMA chain over k in order, whatever tile
  * computed it, so a map's columns split anywhere give the same bits. */
 #define MR 6
-#define KC 128 /* depth of one pass: an x panel (KC x 16, 8 KiB) stays in L1 across the row blocks */
+#ifndef KC
+#define KC 128
+#endif /* depth of one pass: an x panel (KC x 16, 8 KiB) stays in L1 across the row blocks */
 
 static size_t pw_packed_bytes(int m, int k) { return (size_t)((m + MR - 1) / MR) * MR * (size_t)k * sizeof(float); }
 
@@ -93,6 +95,20 @@ static inline __m256 epi_apply(__m256 t, int row, const mf_epi *e)
         else _mm256_storeu_ps((p), (t));                                                                              \
     } while (0)
 
+/* One k step of a tile: two x vectors, R broadcast weights, R*NV FMAs. */
+#define PW_STEP(kk)                                                                                                   \
+    do {                                                                                                              \
+        __m256 xv[2];                                                                                                 \
+        _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) xv[v] =                                                  \
+            LDV(PART, v, NV, x + (size_t)(kk) * ldx + 8 * v, lm);                                                     \
+        const float *wk = wp + (size_t)(kk) * MR;                                                                     \
+        _Pragma("GCC unroll 6") for (int r = 0; r < R; r++)                                                           \
+        {                                                                                                             \
+            const __m256 wv = _mm256_broadcast_ss(wk + r);                                                            \
+            _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(wv, xv[v], acc[r][v]);   \
+        }                                                                                                             \
+    } while (0)
+
 /* One R x (8*NV) tile over k in [0, kc): acc (+)= W x.  first: start from
  * zero (or from the residual, which is how a residual is added when there is
  * no activation: it may then alias y), else from y; last: apply the epilogue.
@@ -113,19 +129,15 @@ static inline __attribute__((always_inline)) void pw_tile(int R, int NV, int PAR
             else if (res_first) acc[r][v] = LDV(PART, v, NV, res + (size_t)r * e->ldr + 8 * v, lm);
             else acc[r][v] = _mm256_setzero_ps();
         }
-    for (int k = 0; k < kc; k++) {
-        __m256 xv[2];
+    /* k two at a time (one prefetch per pair, half the loop overhead),
+     * then the odd one; the order of each output's FMA chain is unchanged */
+    int k = 0;
+    for (; k + 1 < kc; k += 2) {
+        _mm_prefetch((const char *)(pf + (size_t)k * MR), _MM_HINT_T0);
 #pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) xv[v] = LDV(PART, v, NV, x + (size_t)k * ldx + 8 * v, lm);
-        const float *wk = wp + (size_t)k * MR;
-        if ((k & 1) == 0) _mm_prefetch((const char *)(pf + (size_t)k * MR), _MM_HINT_T0);
-#pragma GCC unroll 6
-        for (int r = 0; r < R; r++) {
-            const __m256 wv = _mm256_broadcast_ss(wk + r);
-#pragma GCC unroll 2
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(wv, xv[v], acc[r][v]);
-        }
+        for (int u = 0; u < 2; u++) PW_STEP(k + u);
     }
+    if (k < kc) PW_STEP(k);
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
