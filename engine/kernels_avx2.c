@@ -262,9 +262,20 @@ static inline __attribute__((always_inline)) void dws1_row(int EDGE, const float
     }
 }
 
-/* One plane, stride 1, the 8 outputs at column ox of rows [oy0, oy1): two
- * rows at a time, their four input rows loaded once; rows outside the map
- * are zero taps.  xr(iy) is input row iy. */
+/* The three taps of one kernel row kr: kv[3kr] t0, then + kv[3kr+1] t1,
+ * then + kv[3kr+2] t2 (dw_sum9's a0, a1, a2). */
+static inline __m256 dw_row3(const __m256 *t, const __m256 *kv, int kr)
+{
+    __m256 a = _mm256_mul_ps(kv[3 * kr], t[0]);
+    a = _mm256_fmadd_ps(kv[3 * kr + 1], t[1], a);
+    return _mm256_fmadd_ps(kv[3 * kr + 2], t[2], a);
+}
+
+/* One plane, stride 1, the 8 outputs at column ox of rows [oy0, oy1),
+ * streaming down the input rows: input row iy is loaded once and gives
+ * kernel row 2 of output iy-1 (which it completes), row 1 of output iy and
+ * row 0 of output iy+1.  Each output is (a0 + a1) + a2, as dw_sum9 sums it;
+ * rows outside the map are zero taps.  xr(iy) is input row iy. */
 static inline __attribute__((always_inline)) void dws1_col(int EDGE, const float *xi, int xr0, int h, int w,
                                                            const __m256 *kv, const dw_ep *ep, float *yo, int ow,
                                                            int oy0, int oy1, int ox)
@@ -273,23 +284,18 @@ static inline __attribute__((always_inline)) void dws1_col(int EDGE, const float
     const __m256i ml = mask_range(ox - 1, w), mc = mask_range(ox, w), mr = mask_range(ox + 1, w),
                   mo = mask_n(ow - ox);
     const int full = ox + 8 <= ow;
-    __m256 t[12]; /* input rows oy-1 .. oy+2, three taps each */
-    for (int oy = oy0; oy < oy1; oy += 2) {
-        const int two = oy + 1 < oy1;
-        for (int r = 0; r < 3 + two; r++) {
-            const int iy = oy - 1 + r;
-            if (iy < 0 || iy >= h) t[3 * r] = t[3 * r + 1] = t[3 * r + 2] = _mm256_setzero_ps();
-            else dws1_row(EDGE, XR(iy), ox, ml, mc, mr, t + 3 * r);
+    __m256 t[3], a0 = _mm256_setzero_ps(), s01 = _mm256_setzero_ps(); /* a0 of output iy, a0 + a1 of iy-1 */
+    for (int iy = oy0 - 1; iy <= oy1; iy++) {
+        if (iy < 0 || iy >= h) t[0] = t[1] = t[2] = _mm256_setzero_ps();
+        else dws1_row(EDGE, XR(iy), ox, ml, mc, mr, t);
+        if (iy > oy0) { /* output iy-1 is complete */
+            const __m256 s = dw_ep_apply(_mm256_add_ps(s01, dw_row3(t, kv, 2)), ep);
+            float *yr = yo + (size_t)(iy - 1 - oy0) * ow + ox;
+            if (full) _mm256_storeu_ps(yr, s);
+            else _mm256_maskstore_ps(yr, mo, s);
         }
-        float *yr = yo + (size_t)(oy - oy0) * ow + ox;
-        const __m256 s0 = dw_ep_apply(dw_sum9(t, kv), ep);
-        if (full) _mm256_storeu_ps(yr, s0);
-        else _mm256_maskstore_ps(yr, mo, s0);
-        if (two) {
-            const __m256 s1 = dw_ep_apply(dw_sum9(t + 3, kv), ep);
-            if (full) _mm256_storeu_ps(yr + ow, s1);
-            else _mm256_maskstore_ps(yr + ow, mo, s1);
-        }
+        if (iy >= oy0 && iy < oy1) s01 = _mm256_add_ps(a0, dw_row3(t, kv, 1));
+        if (iy + 1 < oy1) a0 = dw_row3(t, kv, 0);
     }
 #undef XR
 }
