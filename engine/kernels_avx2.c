@@ -102,9 +102,9 @@ static inline __m256 epi_apply(__m256 t, int row, const mf_epi *e)
         _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) xv[v] =                                                  \
             LDV(PART, v, NV, x + (size_t)(kk) * ldx + 8 * v, lm);                                                     \
         const float *wk = wp + (size_t)(kk) * MR;                                                                     \
-        _Pragma("GCC unroll 6") for (int r = 0; r < R; r++)                                                           \
+        _Pragma("GCC unroll 12") for (int r = 0; r < R; r++)                                                          \
         {                                                                                                             \
-            const __m256 wv = _mm256_broadcast_ss(wk + r);                                                            \
+            const __m256 wv = _mm256_broadcast_ss(wk + (r / MR) * wbs + r % MR);                                      \
             _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(wv, xv[v], acc[r][v]);   \
         }                                                                                                             \
     } while (0)
@@ -114,14 +114,14 @@ static inline __m256 epi_apply(__m256 t, int row, const mf_epi *e)
  * no activation: it may then alias y), else from y; last: apply the epilogue.
  * PART: the last vector holds the columns of lm only; res: the tile's
  * residual (row stride e->ldr) or NULL; pf: the next tile's weights. */
-static inline __attribute__((always_inline)) void pw_tile(int R, int NV, int PART, const float *wp, const float *pf,
-                                                          const float *x, size_t ldx, int kc, float *y, size_t ldy,
-                                                          __m256i lm, int first, int last, int row0, const mf_epi *e,
-                                                          const float *res)
+static inline __attribute__((always_inline)) void pw_tile(int R, int NV, int PART, const float *wp, size_t wbs,
+                                                          const float *pf, const float *x, size_t ldx, int kc,
+                                                          float *y, size_t ldy, __m256i lm, int first, int last,
+                                                          int row0, const mf_epi *e, const float *res)
 {
     const int res_first = res && e->act == MF_ACT_NONE;
-    __m256 acc[MR][2];
-#pragma GCC unroll 6
+    __m256 acc[2 * MR][2];
+#pragma GCC unroll 12
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
         for (int v = 0; v < NV; v++) {
@@ -138,7 +138,7 @@ static inline __attribute__((always_inline)) void pw_tile(int R, int NV, int PAR
         for (int u = 0; u < 2; u++) PW_STEP(k + u);
     }
     if (k < kc) PW_STEP(k);
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
         for (int v = 0; v < NV; v++) {
@@ -151,7 +151,7 @@ static inline __attribute__((always_inline)) void pw_tile(int R, int NV, int PAR
         }
 }
 
-#define PW_TILE_ARGS wp, pf, x, ldx, kc, y, ldy, lm, first, last, row0, e, res
+#define PW_TILE_ARGS wp, wbs, pf, x, ldx, kc, y, ldy, lm, first, last, row0, e, res
 #define PW_TILE_R(R)                                                                                                  \
     do {                                                                                                              \
         if (nv == 2) {                                                                                                \
@@ -163,10 +163,17 @@ static inline __attribute__((always_inline)) void pw_tile(int R, int NV, int PAR
         }                                                                                                             \
     } while (0)
 
-static void pw_tile_dispatch(int rows, int nv, int part, const float *wp, const float *pf, const float *x, size_t ldx,
-                             int kc, float *y, size_t ldy, __m256i lm, int first, int last, int row0, const mf_epi *e,
-                             const float *res)
+/* rows: 1..6, or 12 (two row blocks wbs floats apart) for a tile of one
+ * vector, whose six accumulators alone would wait on the FMA latency */
+static void pw_tile_dispatch(int rows, int nv, int part, const float *wp, size_t wbs, const float *pf, const float *x,
+                             size_t ldx, int kc, float *y, size_t ldy, __m256i lm, int first, int last, int row0,
+                             const mf_epi *e, const float *res)
 {
+    if (rows == 2 * MR) {
+        if (part) pw_tile(2 * MR, 1, 1, PW_TILE_ARGS);
+        else pw_tile(2 * MR, 1, 0, PW_TILE_ARGS);
+        return;
+    }
     switch (rows) {
     case 1: PW_TILE_R(1); break;
     case 2: PW_TILE_R(2); break;
@@ -199,10 +206,14 @@ static void pw_avx2(const mf_pw *p, int g, const float *x, size_t ldx, int n, fl
                 const int cols = n - n0 < 16 ? n - n0 : 16, nv = cols > 8 ? 2 : 1, rest = cols - 8 * (nv - 1);
                 const int rows = M - mb * MR < MR ? M - mb * MR : MR;
                 const float *res = e->res ? e->res + (size_t)mb * MR * e->ldr + n0 : NULL;
+                /* a one-vector tile takes row blocks two at a time (mb
+                 * even, both whole); the odd one of a pair is skipped */
+                const int pair = nv == 1 && (mb % 2 == 0) && (mb + 2) * MR <= M;
+                if (nv == 1 && mb % 2 == 1 && (mb + 1) * MR <= M) continue;
                 const int pb = w_outer ? (i + 1 < inner || o + 1 == outer ? mb : mb + 1) : (i + 1 < inner ? mb + 1 : 0);
-                pw_tile_dispatch(rows, nv, rest < 8, wp + ((size_t)mb * K + k0) * MR, wp + ((size_t)pb * K + k0) * MR,
-                                 x + (size_t)k0 * ldx + n0, ldx, kc, y + (size_t)mb * MR * ldy + n0, ldy, mask_n(rest),
-                                 first, last, mb * MR, e, res);
+                pw_tile_dispatch(pair ? 2 * MR : rows, nv, rest < 8, wp + ((size_t)mb * K + k0) * MR, (size_t)K * MR,
+                                 wp + ((size_t)pb * K + k0) * MR, x + (size_t)k0 * ldx + n0, ldx, kc,
+                                 y + (size_t)mb * MR * ldy + n0, ldy, mask_n(rest), first, last, mb * MR, e, res);
             }
     }
 }
