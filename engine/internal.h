@@ -308,6 +308,19 @@ static inline float mf_bf16_float(uint16_t b)
 /* f rounded to the nearest bfloat16, as a float. */
 static inline float mf_bf16_round(float f) { return mf_bf16_float(mf_bf16_bits(f)); }
 
+/* bf16 by rounding (kernels_ref.c), for the sets with no bf16 arithmetic of
+ * their own (portable-bf16, avx2-bf16): the inputs are rounded into the
+ * scratch, a pass at a time, and the set's fp32 kernel runs on them. */
+typedef void (*mf_pw_fn)(const mf_pw *p, int group, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                         const mf_epi *e, void *scratch);
+typedef void (*mf_linear_fn)(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch);
+size_t mf_rounded_pw_scratch(int k);
+void mf_rounded_pw(mf_pw_fn f32, const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                   const mf_epi *e, void *scratch);
+size_t mf_rounded_lin_scratch(int rows_per_pass, int in);
+void mf_rounded_linear(mf_linear_fn f32, int rows_per_pass, const mf_lin *l, const float *x, int rows, float *y,
+                       int o0, int o1, void *scratch);
+
 /* Token-side helpers (tiny tensors, T x D); mf_linear_ref is the plain twin. */
 void mf_linear_ref(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch);
 void mf_layernorm(float *x, int rows, int d, const mf_norm *n); /* mathfn.c */

@@ -849,48 +849,21 @@ const mf_kernels mf_kernels_avx2 = {
  * order, which no split of the columns or rows changes (OpenBLAS's, in
  * portable-bf16, does: its bf16 outputs then move with the thread count by
  * the rounding of inputs that land near a bf16 boundary). */
-#define BF16_SCRATCH (256u << 10) /* bytes of rounded inputs per pass */
-#define LIN_ROWS 12               /* rows of a linear rounded per pass (two 6-row tiles) */
+#define LIN_ROWS 12 /* rows of a linear rounded per pass (two 6-row tiles) */
 
-/* Columns of x rounded per pass: a multiple of 16 that fits the budget. */
-static int bf16_cols(int k)
-{
-    int nc = (int)(BF16_SCRATCH / (sizeof(float) * (size_t)k)) / 16 * 16;
-    return nc < 16 ? 16 : nc > 1024 ? 1024 : nc;
-}
-
-static size_t pw_scratch_bf16(int k) { return (size_t)k * (size_t)bf16_cols(k) * sizeof(float); }
-
-static void round_rows(const float *x, size_t ldx, int rows, int cols, float *out)
-{
-    for (int k = 0; k < rows; k++)
-        for (int q = 0; q < cols; q++) out[(size_t)k * cols + q] = mf_bf16_round(x[(size_t)k * ldx + q]);
-}
+static size_t pw_scratch_bf16(int k) { return mf_rounded_pw_scratch(k); }
 
 static void pw_avx2_bf16(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
                          const mf_epi *e, void *scratch)
 {
-    const int K = p->cin / p->groups, nc = bf16_cols(K);
-    float *xr = scratch; /* [K][cols] */
-    for (int n0 = 0; n0 < n; n0 += nc) {
-        const int cols = n - n0 < nc ? n - n0 : nc;
-        round_rows(x + n0, ldx, K, cols, xr);
-        mf_epi e2 = *e;
-        if (e2.res) e2.res += n0;
-        pw_avx2(p, g, xr, (size_t)cols, cols, y + n0, ldy, &e2, NULL);
-    }
+    mf_rounded_pw(pw_avx2, p, g, x, ldx, n, y, ldy, e, scratch);
 }
 
-static size_t lin_scratch_bf16(int in) { return (size_t)LIN_ROWS * (size_t)in * sizeof(float); }
+static size_t lin_scratch_bf16(int in) { return mf_rounded_lin_scratch(LIN_ROWS, in); }
 
 static void linear_avx2_bf16(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
 {
-    float *xr = scratch; /* [LIN_ROWS][in] */
-    for (int r0 = 0; r0 < rows; r0 += LIN_ROWS) {
-        const int R = rows - r0 < LIN_ROWS ? rows - r0 : LIN_ROWS;
-        round_rows(x + (size_t)r0 * l->in, (size_t)l->in, R, l->in, xr);
-        linear_avx2(l, xr, R, y + (size_t)r0 * l->out, o0, o1, NULL);
-    }
+    mf_rounded_linear(linear_avx2, LIN_ROWS, l, x, rows, y, o0, o1, scratch);
 }
 
 const mf_kernels mf_kernels_avx2_bf16 = {

@@ -189,22 +189,22 @@ static void linear_blas(const mf_lin *l, const float *x, int rows, float *y, int
  * No direct stem: the forward pass uses im2col + pw. */
 /* ---- portable bf16: inputs rounded into the scratch, then the fp32 GEMM ---- */
 
-#define BLAS_BF16_SCRATCH (256u << 10) /* bytes of rounded inputs per pass */
+#define ROUNDED_SCRATCH (256u << 10) /* bytes of rounded inputs per pass */
 #define LIN_ROWS 16                   /* rows of a linear rounded per pass */
 
 /* Columns of x rounded per pass: a multiple of 16 that fits the budget. */
-static int blas_bf16_cols(int k)
+static int rounded_cols(int k)
 {
-    int nc = (int)(BLAS_BF16_SCRATCH / (sizeof(float) * (size_t)k)) / 16 * 16;
+    int nc = (int)(ROUNDED_SCRATCH / (sizeof(float) * (size_t)k)) / 16 * 16;
     return nc < 16 ? 16 : nc > 1024 ? 1024 : nc;
 }
 
-static size_t pw_scratch_blas_bf16(int k) { return (size_t)k * (size_t)blas_bf16_cols(k) * sizeof(float); }
+size_t mf_rounded_pw_scratch(int k) { return (size_t)k * (size_t)rounded_cols(k) * sizeof(float); }
 
-static void pw_blas_bf16(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
-                         const mf_epi *e, void *scratch)
+void mf_rounded_pw(mf_pw_fn f32, const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                   const mf_epi *e, void *scratch)
 {
-    const int K = p->cin / p->groups, nc = blas_bf16_cols(K);
+    const int K = p->cin / p->groups, nc = rounded_cols(K);
     float *xr = scratch; /* [K][cols] */
     for (int n0 = 0; n0 < n; n0 += nc) {
         const int cols = n - n0 < nc ? n - n0 : nc;
@@ -212,20 +212,36 @@ static void pw_blas_bf16(const mf_pw *p, int g, const float *x, size_t ldx, int 
             for (int q = 0; q < cols; q++) xr[(size_t)k * cols + q] = mf_bf16_round(x[(size_t)k * ldx + n0 + q]);
         mf_epi e2 = *e;
         if (e2.res) e2.res += n0;
-        pw_blas(p, g, xr, (size_t)cols, cols, y + n0, ldy, &e2, NULL);
+        f32(p, g, xr, (size_t)cols, cols, y + n0, ldy, &e2, NULL);
     }
 }
 
-static size_t lin_scratch_blas_bf16(int in) { return (size_t)LIN_ROWS * (size_t)in * sizeof(float); }
+size_t mf_rounded_lin_scratch(int rows_per_pass, int in) { return (size_t)rows_per_pass * (size_t)in * sizeof(float); }
+
+void mf_rounded_linear(mf_linear_fn f32, int rows_per_pass, const mf_lin *l, const float *x, int rows, float *y,
+                       int o0, int o1, void *scratch)
+{
+    float *xr = scratch; /* [rows_per_pass][in] */
+    for (int r0 = 0; r0 < rows; r0 += rows_per_pass) {
+        const int R = rows - r0 < rows_per_pass ? rows - r0 : rows_per_pass;
+        for (size_t i = 0; i < (size_t)R * l->in; i++) xr[i] = mf_bf16_round(x[(size_t)r0 * l->in + i]);
+        f32(l, xr, R, y + (size_t)r0 * l->out, o0, o1, NULL);
+    }
+}
+
+static size_t pw_scratch_blas_bf16(int k) { return mf_rounded_pw_scratch(k); }
+
+static void pw_blas_bf16(const mf_pw *p, int g, const float *x, size_t ldx, int n, float *y, size_t ldy,
+                         const mf_epi *e, void *scratch)
+{
+    mf_rounded_pw(pw_blas, p, g, x, ldx, n, y, ldy, e, scratch);
+}
+
+static size_t lin_scratch_blas_bf16(int in) { return mf_rounded_lin_scratch(LIN_ROWS, in); }
 
 static void linear_blas_bf16(const mf_lin *l, const float *x, int rows, float *y, int o0, int o1, void *scratch)
 {
-    float *xr = scratch; /* [LIN_ROWS][in] */
-    for (int r0 = 0; r0 < rows; r0 += LIN_ROWS) {
-        const int R = rows - r0 < LIN_ROWS ? rows - r0 : LIN_ROWS;
-        for (size_t i = 0; i < (size_t)R * l->in; i++) xr[i] = mf_bf16_round(x[(size_t)r0 * l->in + i]);
-        linear_blas(l, xr, R, y + (size_t)r0 * l->out, o0, o1, NULL);
-    }
+    mf_rounded_linear(linear_blas, LIN_ROWS, l, x, rows, y, o0, o1, scratch);
 }
 
 /* Both fp32 sets run the depthwise convolution and the attention bridges
