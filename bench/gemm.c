@@ -78,7 +78,7 @@ static double time_lin(const mf_lin *l, const float *x, int rows, float *y, void
 static int verbose;
 
 typedef struct totals {
-    double pw_s, pw_madds, lin_s, lin_madds, lin_bytes;
+    double pw_s, pw_madds, lin_s, lin_madds, lin_bytes, dw_s, dw_madds;
 } totals;
 
 static void add_lin(totals *tt, const mf_lin *l, int rows, float *x, float *y, void *scr, size_t wbytes)
@@ -106,6 +106,33 @@ static void add_pw(totals *tt, const mf_pw *p, int n, const float *x, float *y, 
                s * 1e6, 2 * madds / s / 1e9);
 }
 
+/* One depthwise over its whole map (rows 0 .. oh), with the dynamic ReLU of
+ * blocks B and B3; into the packed bf16 input of its 1x1 (kg channels per
+ * group of `to`) when the model's set has dw_packed, as forward.c runs it. */
+static void add_dw(totals *tt, const mf_model *m, const mf_dw *d, const mf_pw *to, int h, int w, const float *x,
+                   float *y, void *scr, const float *slopes)
+{
+    const int oh = conv_out(h, d->stride), ow = conv_out(w, d->stride);
+    const mf_dw_rows g = {.x = x, .ldx = (size_t)h * w, .xr0 = 0, .h = h, .w = w, .oh = oh, .ow = ow, .oy0 = 0, .oy1 = oh};
+    const mf_epi e = {.act = MF_ACT_DYRELU, .bias = d->bias, .dya = slopes, .dyb = slopes + d->cout};
+    const int packed = m->k->dw_packed && m->k32 == &mf_kernels_avx512, kg = to->cin / to->groups;
+    double t[REPS];
+    for (int r = 0; r <= REPS; r++) {
+        evict();
+        uint64_t t0 = mf_now_ns();
+        if (packed) m->k->dw_packed(d, 0, to->groups * ((kg + 1) / 2), &g, (uint16_t *)(void *)y, kg, &e, scr);
+        else m->k32->dw(d, 0, d->cout, &g, y, (size_t)oh * ow, &e);
+        if (r) t[r - 1] = (mf_now_ns() - t0) * 1e-9;
+    }
+    qsort(t, REPS, sizeof t[0], cmp);
+    const double madds = 9.0 * d->cout * oh * ow;
+    tt->dw_s += t[0];
+    tt->dw_madds += madds;
+    if (verbose)
+        printf("    dw  %4d <- %4d stride %d %3dx%-3d%s: %8.1f us %6.1f GFLOP/s\n", d->cout, d->cin, d->stride, h, w,
+               packed ? " (packed)" : "", t[0] * 1e6, 2 * madds / t[0] / 1e9);
+}
+
 int main(int argc, char **argv)
 {
     const char *arch = argc > 1 ? argv[1] : "mobile_former_508m";
@@ -123,6 +150,9 @@ int main(int argc, char **argv)
     float *x = mf_alloc(big * sizeof(float)), *y = mf_alloc(big * sizeof(float));
     if (!x || !y) return 1;
     mf_fill_uniform(x, big, 7, 0.0, 1.0);
+    float *slopes = mf_alloc(2 * 4096 * sizeof(float)); /* dynamic ReLU's a and b, per channel */
+    if (!slopes) return 1;
+    mf_fill_uniform(slopes, 2 * 4096, 5, -1.0, 1.0);
     const char *v = getenv("MF_GEMM_LAYERS");
     verbose = v && *v && strcmp(v, "0") != 0;
     const char *cold = getenv("MF_GEMM_COLD");
@@ -151,6 +181,9 @@ int main(int argc, char **argv)
             const int oh = conv_out(h, b->stride), ow = conv_out(w, b->stride);
             /* A and B3: both 1x1s after the strided depthwise; B: the first before it */
             const int n1 = b->type == MF_BLOCK_B ? h * w : oh * ow, n2 = oh * ow;
+            /* A: dw1 -> pw1; B3: dw1 -> pw1, dw2 -> pw2; B: dw1 -> pw2 */
+            add_dw(&tt, m, &b->dw1, b->type == MF_BLOCK_B ? &b->pw2 : &b->pw1, h, w, x, y, scr, slopes);
+            if (b->type == MF_BLOCK_B3) add_dw(&tt, m, &b->dw2, &b->pw2, oh, ow, x, y, scr, slopes);
             add_pw(&tt, &b->pw1, n1, x, y, scr);
             if (b->pw2.k) add_pw(&tt, &b->pw2, n2, x, y, scr);
             if (b->type != MF_BLOCK_A) {
@@ -170,14 +203,17 @@ int main(int argc, char **argv)
         for (int j = 0; j < 3; j++) add_lin(&tt, top[j], R, x, y, scr, wb);
         add_lin(&tt, &m->fc, imgs, x, y, scr, wb);
         add_lin(&tt, &m->head, imgs, x, y, scr, wb);
-        printf("  %-14s 1x1 convs %7.3f ms (%6.1f GFLOP/s)   linears %7.3f ms (%6.1f GFLOP/s, weights %5.1f GB/s)\n",
+        printf("  %-14s 1x1 convs %7.3f ms (%6.1f GFLOP/s)   linears %7.3f ms (%6.1f GFLOP/s, weights %5.1f GB/s)"
+               "   depthwise %7.3f ms (%5.1f GFLOP/s)\n",
                mf_model_kernels(m), tt.pw_s * 1e3, 2 * tt.pw_madds / tt.pw_s / 1e9, tt.lin_s * 1e3 / imgs,
-               2 * tt.lin_madds / tt.lin_s / 1e9, tt.lin_bytes / tt.lin_s / 1e9);
+               2 * tt.lin_madds / tt.lin_s / 1e9, tt.lin_bytes / tt.lin_s / 1e9, tt.dw_s * 1e3,
+               2 * tt.dw_madds / tt.dw_s / 1e9);
         mf_free(scr);
         mf_model_free(m);
     }
     mf_free(x);
     mf_free(y);
+    mf_free(slopes);
     mf_free(evict_buf);
     return 0;
 }
