@@ -218,6 +218,10 @@ struct mf_kernels {
     size_t (*packed_map_bytes)(int groups, int kg, int n);
     void (*dw_packed)(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg, const mf_epi *e,
                       float *scratch);
+    /* 1: dw_packed zeroes the pairs past ceil(kg / 2) up to the layout's
+     * 32-multiple of k, which the set's pw_packed reads (AMX tiles); 0: it
+     * leaves them as they were, and pw_packed never reads them. */
+    int dw_packed_pads;
     /* The 1x1 on such inputs: xp the group's packed map of n columns;
      * computes columns [c0, c0 + cols) (c0 a multiple of 16), y and e->res
      * offset to column c0 as for pw. */

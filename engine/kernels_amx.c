@@ -218,6 +218,13 @@ static void linear_amx(const mf_lin *l, const float *x, int rows, float *y, int 
 static size_t pw_scratch(int k) { return mf_bf16_pw_scratch(k); }
 static size_t lin_scratch(int in) { return mf_bf16_lin_scratch(in); }
 
+/* AMX's tiles read the padding pairs up to K's 32-multiple: zeroed here */
+static void dw_packed_amx(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg, const mf_epi *e,
+                          float *scratch)
+{
+    mf_bf16_dw_packed_t(1, d, s0, s1, g, y, kg, e, scratch);
+}
+
 const mf_kernels mf_kernels_amx_bf16 = {
     .name = "amx-bf16",
     .precision = MF_PRECISION_BF16,
@@ -230,6 +237,7 @@ const mf_kernels mf_kernels_amx_bf16 = {
     .pw_scratch_bytes = pw_scratch,
     .lin_scratch_bytes = lin_scratch,
     .packed_map_bytes = mf_bf16_packed_map_bytes,
-    .dw_packed = mf_bf16_dw_packed,
+    .dw_packed = dw_packed_amx,
+    .dw_packed_pads = 1,
     .pw_packed = pw_packed_amx,
 };

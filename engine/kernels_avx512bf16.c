@@ -368,6 +368,13 @@ static void pw_pack(const float *w, int m, int k, void *dst)
 static size_t pw_scratch(int k) { return mf_bf16_pw_scratch(k) + (size_t)TAIL_MAX * mf_bf16_kb(k) * 16 * 4; }
 static size_t lin_scratch(int in) { return mf_bf16_lin_scratch(in); }
 
+/* the padding pairs stay as they were: pw_tile and pw_tail stop at K's last pair */
+static void dw_packed_avx512bf16(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg,
+                                 const mf_epi *e, float *scratch)
+{
+    mf_bf16_dw_packed_t(0, d, s0, s1, g, y, kg, e, scratch);
+}
+
 const mf_kernels mf_kernels_avx512_bf16 = {
     .name = "avx512-bf16",
     .precision = MF_PRECISION_BF16,
@@ -380,6 +387,6 @@ const mf_kernels mf_kernels_avx512_bf16 = {
     .pw_scratch_bytes = pw_scratch,
     .lin_scratch_bytes = lin_scratch,
     .packed_map_bytes = mf_bf16_packed_map_bytes,
-    .dw_packed = mf_bf16_dw_packed,
+    .dw_packed = dw_packed_avx512bf16,
     .pw_packed = pw_packed_avx512bf16,
 };

@@ -134,11 +134,14 @@ static inline void mf_bf16_pack_x(const float *x, size_t ldx, int K, int cols, u
 /* The depthwise into the packed input of the next 1x1 (mf_kernels.dw_packed):
  * the planes of up to mf_dw_packed_planes(n) / 2 pair slots at once (rows
  * g->oy0 .. g->oy1, consecutive channels of one group) are computed into the
- * scratch by the fp32 kernel, then each slot's two planes are rounded and
- * interleaved into their pair row of every column block; the thread with a
- * group's last pair also zeroes the group's padding pairs. */
-static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const mf_dw_rows *g, uint16_t *y, int kg,
-                                     const mf_epi *e, float *scratch)
+ * scratch by the fp32 kernel, then rounded and interleaved a column block at
+ * a time, its pair rows one after the other (sequential stores: a slot at a
+ * time down the blocks would store KB KiB apart, into a few L1 sets).  With
+ * pad, the thread with a group's last pair also zeroes the group's padding
+ * pairs (AMX reads them; the avx512-bf16 1x1 stops at K's last pair). */
+static inline __attribute__((always_inline)) void mf_bf16_dw_packed_t(int pad, const mf_dw *d, int s0, int s1,
+                                                                      const mf_dw_rows *g, uint16_t *y, int kg,
+                                                                      const mf_epi *e, float *scratch)
 {
     const int n = (g->oy1 - g->oy0) * g->ow, NB = (n + 15) / 16, KP = mf_bf16_kb(kg) * 16, PG = (kg + 1) / 2;
     const size_t ld = mf_dw_packed_ld((size_t)n);
@@ -150,21 +153,20 @@ static inline void mf_bf16_dw_packed(const mf_dw *d, int s0, int s1, const mf_dw
         const int q0 = gi * kg + 2 * (sa % PG), q1e = gi * kg + 2 * ((sb - 1) % PG) + 2,
                   q1 = q1e < (gi + 1) * kg ? q1e : (gi + 1) * kg;
         mf_dw_avx512(d, q0, q1, g, scratch, ld, e);
+        const int kp0 = sa % PG, kp1 = kp0 + (sb - sa), odd_last = 2 * (kp1 - 1) + 1 >= kg;
+        const int zero = pad && kp1 == PG; /* this call has the group's last pair */
         uint16_t *base = y + (size_t)gi * NB * KP * 32;
-        for (int sl = sa; sl < sb; sl++) {
-            const int kp = sl % PG, two = 2 * kp + 1 < kg;
-            const float *pa = scratch + ld * (size_t)(gi * kg + 2 * kp - q0), *pb = pa + ld;
-            uint16_t *dst = base + (size_t)kp * 32;
-            for (int nb = 0; nb < NB; nb++) {
-                const __mmask16 mk = mf_bf16_mask(n - 16 * nb);
-                const __m512 a = _mm512_maskz_loadu_ps(mk, pa + 16 * nb);
-                const __m512 b = two ? _mm512_maskz_loadu_ps(mk, pb + 16 * nb) : _mm512_setzero_ps();
-                _mm512_store_si512((void *)(dst + (size_t)nb * KP * 32), mf_bf16_pair(a, b));
+        for (int nb = 0; nb < NB; nb++) {
+            const __mmask16 mk = mf_bf16_mask(n - 16 * nb);
+            uint16_t *dst = base + (size_t)nb * KP * 32;
+            const float *pa = scratch + 16 * nb;
+            for (int kp = kp0; kp < kp1; kp++, pa += 2 * ld) {
+                const __m512 a = _mm512_maskz_loadu_ps(mk, pa);
+                const __m512 b = kp == kp1 - 1 && odd_last ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk, pa + ld);
+                _mm512_store_si512((void *)(dst + (size_t)kp * 32), mf_bf16_pair(a, b));
             }
-            if (kp == PG - 1)
-                for (int nb = 0; nb < NB; nb++)
-                    for (int k2 = PG; k2 < KP; k2++)
-                        _mm512_store_si512((void *)(base + ((size_t)nb * KP + k2) * 32), _mm512_setzero_si512());
+            if (zero)
+                for (int k2 = PG; k2 < KP; k2++) _mm512_store_si512((void *)(dst + (size_t)k2 * 32), _mm512_setzero_si512());
         }
         sa = sb;
     }
