@@ -572,6 +572,34 @@ static void mobile_to_former(const fctx *c, const mf_m2f *b, const float *x, siz
     mf_layernorm(z, R, D, &b->ln);
 }
 
+/* out[j] = sum over e = 0 .. n-1, in order, of q[e] * z[j * ldz + e], for j
+ * < T: four dot products at a time, each its own chain (one chain after the
+ * other would wait on the adds' latency); the same sums, bit for bit. */
+static void dots_in_order(const float *q, const float *z, size_t ldz, int T, int n, float *out)
+{
+    int j = 0;
+    for (; j + 4 <= T; j += 4) {
+        const float *z0 = z + (size_t)j * ldz, *z1 = z0 + ldz, *z2 = z1 + ldz, *z3 = z2 + ldz;
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+        for (int e = 0; e < n; e++) {
+            a0 += q[e] * z0[e];
+            a1 += q[e] * z1[e];
+            a2 += q[e] * z2[e];
+            a3 += q[e] * z3[e];
+        }
+        out[j] = a0;
+        out[j + 1] = a1;
+        out[j + 2] = a2;
+        out[j + 3] = a3;
+    }
+    for (; j < T; j++) {
+        const float *zj = z + (size_t)j * ldz;
+        float a = 0.f;
+        for (int e = 0; e < n; e++) a += q[e] * zj[e];
+        out[j] = a;
+    }
+}
+
 /* Token self-attention (4 heads, keys = values = each image's tokens) and FFN. */
 static void former(const fctx *c, const mf_former *f, float *z, int n)
 {
@@ -585,17 +613,16 @@ static void former(const fctx *c, const mf_former *f, float *z, int n)
         float *oi = o + (size_t)img * T * D;
         for (int hd = 0; hd < 4; hd++)
             for (int i = 0; i < T; i++) {
-                for (int j = 0; j < T; j++) {
-                    float acc = 0.f;
-                    for (int e = 0; e < dh; e++) acc += qi[(size_t)i * D + hd * dh + e] * zi[(size_t)j * D + hd * dh + e];
-                    s[j] = acc * scale;
-                }
+                const float *qh = qi + (size_t)i * D + hd * dh, *zh = zi + hd * dh;
+                float *oh = oi + (size_t)i * D + hd * dh;
+                dots_in_order(qh, zh, D, T, dh, s);
+                for (int j = 0; j < T; j++) s[j] *= scale;
                 mf_softmax(s, T, s);
-                for (int e = 0; e < dh; e++) {
-                    float acc = 0.f;
-                    for (int j = 0; j < T; j++) acc += s[j] * zi[(size_t)j * D + hd * dh + e];
-                    oi[(size_t)i * D + hd * dh + e] = acc;
-                }
+                /* oh[e] = sum over j in order of s[j] * z[j][e]: j outer, so
+                 * the e are independent sums, not one chain */
+                for (int e = 0; e < dh; e++) oh[e] = 0.f;
+                for (int j = 0; j < T; j++)
+                    for (int e = 0; e < dh; e++) oh[e] += s[j] * zh[(size_t)j * D + e];
             }
     }
     linear(c, &f->mlp, o, R, t);
@@ -804,11 +831,29 @@ static void classifier_features(const fctx *c, const float *x, int hw, const flo
     }
     const mf_pw *cp = &c->m->cls_pw;
     pw_conv(c, cp, cin, hw, sc->U1, MF_ACT_RELU6, NULL, NULL, sc->gath);
-    for (int ch = 0; ch < cp->cout; ch++) {
+    /* the average pool: each channel's sum in order, four channels at a
+     * time (four chains in flight) */
+    int ch = 0;
+    for (; ch + 4 <= cp->cout; ch += 4) {
+        const float *r0 = sc->U1 + (size_t)ch * hw, *r1 = r0 + hw, *r2 = r1 + hw, *r3 = r2 + hw;
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+        for (int p = 0; p < hw; p++) {
+            s0 += r0[p];
+            s1 += r1[p];
+            s2 += r2[p];
+            s3 += r3[p];
+        }
+        const float sv[4] = {s0, s1, s2, s3};
+        for (int i = 0; i < 4; i++) {
+            const float v = sv[i] / (float)hw;
+            feat[ch + i] = v * mf_hsig(v);
+        }
+    }
+    for (; ch < cp->cout; ch++) {
         const float *r = sc->U1 + (size_t)ch * hw;
         float s = 0.f;
         for (int p = 0; p < hw; p++) s += r[p];
-        float v = s / (float)hw;
+        const float v = s / (float)hw;
         feat[ch] = v * mf_hsig(v);
     }
     memcpy(feat + cp->cout, z, (size_t)a->token_dim * sizeof(float));
