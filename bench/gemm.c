@@ -18,6 +18,7 @@
 #include "internal.h"
 #include "mf_synthetic.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,7 +79,7 @@ static double time_lin(const mf_lin *l, const float *x, int rows, float *y, void
 static int verbose;
 
 typedef struct totals {
-    double pw_s, pw_madds, lin_s, lin_madds, lin_bytes, dw_s, dw_madds;
+    double pw_s, pw_madds, lin_s, lin_madds, lin_bytes, dw_s, dw_madds, at_s, at_madds;
 } totals;
 
 static void add_lin(totals *tt, const mf_lin *l, int rows, float *x, float *y, void *scr, size_t wbytes)
@@ -94,6 +95,34 @@ static void add_lin(totals *tt, const mf_lin *l, int rows, float *x, float *y, v
 }
 
 static int conv_out(int n, int s) { return (n - 1) / s + 1; }
+
+/* One bridge's attention over both heads of a C-channel map of hw pixels:
+ * Mobile -> Former (m2f = 1, scores, softmax over pixels, outputs) or
+ * Former -> Mobile (scores, softmax over tokens, the map updated in place),
+ * as forward.c's attn_run calls them; q, k, v and o at z. */
+static void add_attn(totals *tt, const mf_model *m, int m2f, int C, int hw, float *map, float *z, void *scr)
+{
+    const int T = m->arch.tokens, ch = C / 2;
+    const float scale = 1.0f / sqrtf((float)ch);
+    double t[REPS];
+    for (int r = 0; r <= REPS; r++) {
+        evict();
+        uint64_t t0 = mf_now_ns();
+        for (int hd = 0; hd < 2; hd++) {
+            float *xm = map + (size_t)hd * ch * hw, *q = z + hd * ch;
+            if (m2f) m->k32->m2f_attn(xm, ch, hw, q, C, T, scale, z + (size_t)2 * T * C + hd * ch, C, scr);
+            else m->k32->f2m_attn(xm, ch, hw, q, q + (size_t)T * C, C, T, scale);
+        }
+        if (r) t[r - 1] = (mf_now_ns() - t0) * 1e-9;
+    }
+    qsort(t, REPS, sizeof t[0], cmp);
+    const double madds = 2.0 * T * C * hw;
+    tt->at_s += t[0];
+    tt->at_madds += madds;
+    if (verbose)
+        printf("    %s %4d channels x %5d pixels: %8.1f us %6.1f GFLOP/s\n", m2f ? "m2f" : "f2m", C, hw, t[0] * 1e6,
+               2 * madds / t[0] / 1e9);
+}
 
 
 static void add_pw(totals *tt, const mf_pw *p, int n, const float *x, float *y, void *scr)
@@ -153,6 +182,13 @@ int main(int argc, char **argv)
     float *slopes = mf_alloc(2 * 4096 * sizeof(float)); /* dynamic ReLU's a and b, per channel */
     if (!slopes) return 1;
     mf_fill_uniform(slopes, 2 * 4096, 5, -1.0, 1.0);
+    /* attention: a map and its tokens' q, k / v, o (values of the size a
+     * network's maps and queries have; f2m adds to its map in place) */
+    const size_t amap = (size_t)4 << 20, az_n = (size_t)3 * 64 * 4096;
+    float *am = mf_alloc(amap * sizeof(float)), *az = mf_alloc(az_n * sizeof(float));
+    if (!am || !az) return 1;
+    mf_fill_uniform(am, amap, 11, -1.0, 1.0);
+    mf_fill_uniform(az, az_n, 13, -0.2, 0.2);
     const char *v = getenv("MF_GEMM_LAYERS");
     verbose = v && *v && strcmp(v, "0") != 0;
     const char *cold = getenv("MF_GEMM_COLD");
@@ -187,6 +223,8 @@ int main(int argc, char **argv)
             add_pw(&tt, &b->pw1, n1, x, y, scr);
             if (b->pw2.k) add_pw(&tt, &b->pw2, n2, x, y, scr);
             if (b->type != MF_BLOCK_A) {
+                add_attn(&tt, m, 1, b->cin, h * w, am, az, scr);
+                add_attn(&tt, m, 0, b->cout, oh * ow, am, az, scr);
                 const mf_lin *ls[] = {&b->m2f.q, &b->m2f.alpha, &b->m2f.proj, &b->former.q, &b->former.mlp,
                                       &b->former.ffn1, &b->former.ffn2, &b->f2m.k, &b->f2m.v, &b->hy1.l1, &b->hy2.l1};
                 for (size_t j = 0; j < sizeof ls / sizeof ls[0]; j++) add_lin(&tt, ls[j], j < 9 ? R : imgs, x, y, scr, wb);
@@ -199,21 +237,24 @@ int main(int argc, char **argv)
             w = ow;
         }
         add_pw(&tt, &m->cls_pw, h * w, x, y, scr);
+        add_attn(&tt, m, 1, m->blocks[m->arch.n_blocks - 1].cout, h * w, am, az, scr);
         const mf_lin *top[] = {&m->final_m2f.q, &m->final_m2f.alpha, &m->final_m2f.proj};
         for (int j = 0; j < 3; j++) add_lin(&tt, top[j], R, x, y, scr, wb);
         add_lin(&tt, &m->fc, imgs, x, y, scr, wb);
         add_lin(&tt, &m->head, imgs, x, y, scr, wb);
         printf("  %-14s 1x1 convs %7.3f ms (%6.1f GFLOP/s)   linears %7.3f ms (%6.1f GFLOP/s, weights %5.1f GB/s)"
-               "   depthwise %7.3f ms (%5.1f GFLOP/s)\n",
+               "   depthwise %7.3f ms (%5.1f GFLOP/s)   attention %7.3f ms (%5.1f GFLOP/s)\n",
                mf_model_kernels(m), tt.pw_s * 1e3, 2 * tt.pw_madds / tt.pw_s / 1e9, tt.lin_s * 1e3 / imgs,
                2 * tt.lin_madds / tt.lin_s / 1e9, tt.lin_bytes / tt.lin_s / 1e9, tt.dw_s * 1e3,
-               2 * tt.dw_madds / tt.dw_s / 1e9);
+               2 * tt.dw_madds / tt.dw_s / 1e9, tt.at_s * 1e3, 2 * tt.at_madds / tt.at_s / 1e9);
         mf_free(scr);
         mf_model_free(m);
     }
     mf_free(x);
     mf_free(y);
     mf_free(slopes);
+    mf_free(am);
+    mf_free(az);
     mf_free(evict_buf);
     return 0;
 }

@@ -611,11 +611,13 @@ static void dw_avx512(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float
 
 /* ---- exp ----------------------------------------------------------------
  * exp(x) = 2^n * p(r), x = n ln2 + r, |r| <= ln2/2; degree-6 polynomial,
- * about 1 ulp; scalef handles the 2^n without integer tricks. */
+ * about 1 ulp; scalef handles the 2^n without integer tricks.  For x <= 0
+ * only, as every caller has it (a softmax's x - max, GELU's -z^2): x below
+ * -100, and NaN, are taken as -100 (max returns its second operand when
+ * the first is NaN), so no clamp above is needed. */
 static inline __m512 exp512(__m512 x)
 {
     x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
@@ -658,40 +660,125 @@ static void gelu_avx512(float *x, size_t n)
     }
 }
 
+/* ---- the bridges' attention ---------------------------------------------- */
+
+#define TMAX 16 /* F->M: tokens held in registers; more go to the reference kernel */
+
+/* acc[s][i] = sum_c q[i][c] x[c][p0 + 16 s + lane] for NT tokens (a
+ * constant where called, so the accumulators stay in registers) on NS (1 or
+ * 2) 16-pixel strips (masks mk): the scores of both bridges.  Two strips
+ * share each broadcast of q. */
+static inline __attribute__((always_inline)) void attn_scores(int NT, int NS, const float *x, int ch, int hw, int p0,
+                                                              const __mmask16 *mk, const float *q, int ldq,
+                                                              __m512 acc[2][TMAX])
+{
+#pragma GCC unroll 2
+    for (int s = 0; s < NS; s++)
+#pragma GCC unroll 16
+        for (int i = 0; i < TMAX; i++) acc[s][i] = _mm512_setzero_ps(); /* past NT: never read */
+    for (int c = 0; c < ch; c++) {
+        __m512 xv[2];
+#pragma GCC unroll 2
+        for (int s = 0; s < NS; s++) xv[s] = _mm512_maskz_loadu_ps(mk[s], x + (size_t)c * hw + p0 + 16 * s);
+#pragma GCC unroll 16
+        for (int i = 0; i < NT; i++) {
+            const __m512 qv = _mm512_set1_ps(q[(size_t)i * ldq + c]);
+#pragma GCC unroll 2
+            for (int s = 0; s < NS; s++) acc[s][i] = _mm512_fmadd_ps(qv, xv[s], acc[s][i]);
+        }
+    }
+}
+
 /* ---- Mobile -> Former --------------------------------------------------- */
 
 #define TB 6 /* tokens per pass (m2f_attn_avx512 switches on 1..TB) */
 _Static_assert(TB == 6, "m2f_attn_avx512 dispatches token counts 1..6");
+
+/* Scores of NT tokens on NS (1 or 2) 16-pixel strips from p0 (masks mk):
+ * S[i][p] = scale * sum_c q[i][c] x[c][p] into scratch, and the running
+ * maximum of each token's scores in mx (max is exact: the order it meets
+ * them in changes nothing).  Two strips share each broadcast of q. */
+static inline __attribute__((always_inline)) void m2f_scores(int NT, int NS, const float *x, int ch, int hw, int p0,
+                                                             const __mmask16 *mk, const float *q, int ldq,
+                                                             float scale, float *scratch, __m512 *mx)
+{
+    __m512 acc[2][TMAX];
+    attn_scores(NT, NS, x, ch, hw, p0, mk, q, ldq, acc);
+#pragma GCC unroll 2
+    for (int s = 0; s < NS; s++)
+#pragma GCC unroll 6
+        for (int i = 0; i < NT; i++) {
+            const __m512 sv = _mm512_mul_ps(acc[s][i], _mm512_set1_ps(scale));
+            _mm512_mask_storeu_ps(scratch + (size_t)i * hw + p0 + 16 * s, mk[s], sv);
+            mx[i] = _mm512_mask_max_ps(mx[i], mk[s], mx[i], sv);
+        }
+}
+
+/* acc[j][i] = sum over the pixels' strips of S[i][p] x[c + j][p] (per lane). */
+static inline __attribute__((always_inline)) void m2f_out4(int NT, const float *x, int c, int hw,
+                                                           const float *scratch, __m512 acc[4][TB])
+{
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 6
+        for (int i = 0; i < NT; i++) acc[j][i] = _mm512_setzero_ps();
+    for (int p0 = 0; p0 < hw; p0 += 16) {
+        __mmask16 mk = mask_n(hw - p0);
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) xv[j] = _mm512_maskz_loadu_ps(mk, x + (size_t)(c + j) * hw + p0);
+#pragma GCC unroll 6
+        for (int i = 0; i < NT; i++) {
+            __m512 sv = _mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) acc[j][i] = _mm512_fmadd_ps(sv, xv[j], acc[j][i]);
+        }
+    }
+}
+
+/* Lane k: _mm512_reduce_add_ps(a[k]) bit for bit -- the same tree (lanes j
+ * and j + 8, then j + 4, then j + 2, then j + 1), sixteen vectors at once:
+ * 15 shuffles and 15 adds rather than 16 x (3 extracts, a shuffle, 4 adds). */
+static inline __m512 m2f_reduce16(const __m512 *a)
+{
+    __m512 s[8], r[4], u[2];
+    for (int p = 0; p < 8; p++) /* [a[2p] lanes j + a[2p] lanes j+8 | the same of a[2p+1]], j < 8 */
+        s[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int q = 0; q < 4; q++) /* block b: a[4q + b]'s lanes j + (j + 4), j < 4 */
+        r[q] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * q], s[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(s[2 * q], s[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int m = 0; m < 2; m++) /* block b: (j + (j + 2), j < 2) of a[8m + b], then of a[8m + 4 + b] */
+        u[m] = _mm512_add_ps(_mm512_shuffle_ps(r[2 * m], r[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(r[2 * m], r[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane 4b + k: the sum of a[4k + b] */
+    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), f);
+}
 
 /* NT (a constant, so the accumulators stay in registers) tokens of one
  * head: scores, softmax over pixels, outputs. */
 static inline __attribute__((always_inline)) void m2f_tokens(int NT, const float *x, int ch, int hw, const float *q,
                                                              int ldq, float scale, float *o, int ldo, float *scratch)
 {
-    /* scores S[i][p] = scale * sum_c q[i][c] x[c][p] */
-    for (int p0 = 0; p0 < hw; p0 += 16) {
-        __mmask16 mk = mask_n(hw - p0);
-        __m512 acc[TB];
+    __m512 mx[TB];
 #pragma GCC unroll 6
-        for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();
-        for (int c = 0; c < ch; c++) {
-            __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)c * hw + p0);
-#pragma GCC unroll 6
-            for (int i = 0; i < NT; i++)
-                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)i * ldq + c]), xv, acc[i]);
-        }
-#pragma GCC unroll 6
-        for (int i = 0; i < NT; i++)
-            _mm512_mask_storeu_ps(scratch + (size_t)i * hw + p0, mk, _mm512_mul_ps(acc[i], _mm512_set1_ps(scale)));
+    for (int i = 0; i < NT; i++) mx[i] = _mm512_set1_ps(-INFINITY);
+    int pe = 0; /* strips two at a time, then the odd one */
+    for (; pe + 16 < hw; pe += 32) {
+        const __mmask16 mk[2] = {0xFFFF, mask_n(hw - pe - 16)};
+        m2f_scores(NT, 2, x, ch, hw, pe, mk, q, ldq, scale, scratch, mx);
+    }
+    if (pe < hw) {
+        const __mmask16 mk[2] = {mask_n(hw - pe), 0};
+        m2f_scores(NT, 1, x, ch, hw, pe, mk, q, ldq, scale, scratch, mx);
     }
     /* softmax over pixels; 1/sum is applied to the outputs */
     float inv[TB];
     for (int i = 0; i < NT; i++) {
         float *s = scratch + (size_t)i * hw;
-        __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (int p0 = 0; p0 < hw; p0 += 16)
-            mx = _mm512_mask_max_ps(mx, mask_n(hw - p0), mx, _mm512_maskz_loadu_ps(mask_n(hw - p0), s + p0));
-        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx[i])), sum = _mm512_setzero_ps();
         for (int p0 = 0; p0 < hw; p0 += 16) {
             __mmask16 mk = mask_n(hw - p0);
             __m512 ev = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + p0), m)));
@@ -700,26 +787,26 @@ static inline __attribute__((always_inline)) void m2f_tokens(int NT, const float
         }
         inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
     }
-    /* o[i][c] = sum_p S[i][p] x[c][p], four channels at a time */
+    /* o[i][c] = sum_p S[i][p] x[c][p]: sixteen channels at a time, their
+     * sums reduced together (m2f_reduce16), then four, then one */
     int c = 0;
+    for (; c + 16 <= ch; c += 16) {
+        __m512 r[TB][16];
+#pragma GCC unroll 1
+        for (int g = 0; g < 4; g++) {
+            __m512 acc[4][TB];
+            m2f_out4(NT, x, c + 4 * g, hw, scratch, acc);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+#pragma GCC unroll 6
+                for (int i = 0; i < NT; i++) r[i][4 * g + j] = acc[j][i];
+        }
+        for (int i = 0; i < NT; i++)
+            _mm512_storeu_ps(o + (size_t)i * ldo + c, _mm512_mul_ps(m2f_reduce16(r[i]), _mm512_set1_ps(inv[i])));
+    }
     for (; c + 4 <= ch; c += 4) {
         __m512 acc[4][TB];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++)
-#pragma GCC unroll 6
-            for (int i = 0; i < NT; i++) acc[j][i] = _mm512_setzero_ps();
-        for (int p0 = 0; p0 < hw; p0 += 16) {
-            __mmask16 mk = mask_n(hw - p0);
-            __m512 xv[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) xv[j] = _mm512_maskz_loadu_ps(mk, x + (size_t)(c + j) * hw + p0);
-#pragma GCC unroll 6
-            for (int i = 0; i < NT; i++) {
-                __m512 sv = _mm512_maskz_loadu_ps(mk, scratch + (size_t)i * hw + p0);
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) acc[j][i] = _mm512_fmadd_ps(sv, xv[j], acc[j][i]);
-            }
-        }
+        m2f_out4(NT, x, c, hw, scratch, acc);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++)
 #pragma GCC unroll 6
@@ -761,63 +848,80 @@ static void m2f_attn_avx512(const float *x, int ch, int hw, const float *q, int 
 
 /* ---- Former -> Mobile --------------------------------------------------- */
 
-#define TMAX 16 /* tokens held in registers; more go to the reference kernel */
-
-/* All t tokens of one head on each 16-pixel strip; t a constant where it
- * is dispatched (f2m_attn_avx512), so the scores stay in registers. */
-static inline __attribute__((always_inline)) void f2m_tokens(int t, float *y, int ch, int hw, const float *k,
-                                                             const float *v, int ldk, float scale)
+/* All t tokens of one head on NS (1 or 2) 16-pixel strips from p0 (masks
+ * mk); t a constant where it is dispatched (f2m_attn_avx512), so the scores
+ * stay in registers, and two strips share each broadcast of k and v. */
+static inline __attribute__((always_inline)) void f2m_strips(int t, int NS, float *y, int ch, int hw, int p0,
+                                                             const __mmask16 *mk, const float *k, const float *v,
+                                                             int ldk, float scale)
 {
-    for (int p0 = 0; p0 < hw; p0 += 16) {
-        __mmask16 mk = mask_n(hw - p0);
-        __m512 s[TMAX];
-#pragma GCC unroll 16
-        for (int i = 0; i < TMAX; i++) s[i] = _mm512_setzero_ps(); /* past t: never read */
-        for (int c = 0; c < ch; c++) {
-            __m512 yv = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
-#pragma GCC unroll 16
-            for (int i = 0; i < t; i++) s[i] = _mm512_fmadd_ps(_mm512_set1_ps(k[(size_t)i * ldk + c]), yv, s[i]);
-        }
+    __m512 s[2][TMAX];
+    attn_scores(t, NS, y, ch, hw, p0, mk, k, ldk, s);
+#pragma GCC unroll 2
+    for (int j = 0; j < NS; j++) {
         __m512 mx = _mm512_set1_ps(-INFINITY);
 #pragma GCC unroll 16
         for (int i = 0; i < t; i++) {
-            s[i] = _mm512_mul_ps(s[i], _mm512_set1_ps(scale));
-            mx = _mm512_max_ps(mx, s[i]);
+            s[j][i] = _mm512_mul_ps(s[j][i], _mm512_set1_ps(scale));
+            mx = _mm512_max_ps(mx, s[j][i]);
         }
         __m512 sum = _mm512_setzero_ps();
 #pragma GCC unroll 16
         for (int i = 0; i < t; i++) {
-            s[i] = exp512(_mm512_sub_ps(s[i], mx));
-            sum = _mm512_add_ps(sum, s[i]);
+            s[j][i] = exp512(_mm512_sub_ps(s[j][i], mx));
+            sum = _mm512_add_ps(sum, s[j][i]);
         }
         __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), sum);
 #pragma GCC unroll 16
-        for (int i = 0; i < t; i++) s[i] = _mm512_mul_ps(s[i], inv);
-        int c = 0;
-        for (; c + 4 <= ch; c += 4) {
-            __m512 a0 = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
-            __m512 a1 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 1) * hw + p0);
-            __m512 a2 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 2) * hw + p0);
-            __m512 a3 = _mm512_maskz_loadu_ps(mk, y + (size_t)(c + 3) * hw + p0);
+        for (int i = 0; i < t; i++) s[j][i] = _mm512_mul_ps(s[j][i], inv);
+    }
+    int c = 0;
+    for (; c + 4 <= ch; c += 4) {
+        __m512 a[2][4];
+#pragma GCC unroll 2
+        for (int j = 0; j < NS; j++)
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) a[j][r] = _mm512_maskz_loadu_ps(mk[j], y + (size_t)(c + r) * hw + p0 + 16 * j);
 #pragma GCC unroll 16
-            for (int i = 0; i < t; i++) {
-                const float *vr = v + (size_t)i * ldk + c;
-                a0 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[0]), a0);
-                a1 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[1]), a1);
-                a2 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[2]), a2);
-                a3 = _mm512_fmadd_ps(s[i], _mm512_set1_ps(vr[3]), a3);
+        for (int i = 0; i < t; i++) {
+            const float *vr = v + (size_t)i * ldk + c;
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                const __m512 vv = _mm512_set1_ps(vr[r]);
+#pragma GCC unroll 2
+                for (int j = 0; j < NS; j++) a[j][r] = _mm512_fmadd_ps(s[j][i], vv, a[j][r]);
             }
-            _mm512_mask_storeu_ps(y + (size_t)c * hw + p0, mk, a0);
-            _mm512_mask_storeu_ps(y + (size_t)(c + 1) * hw + p0, mk, a1);
-            _mm512_mask_storeu_ps(y + (size_t)(c + 2) * hw + p0, mk, a2);
-            _mm512_mask_storeu_ps(y + (size_t)(c + 3) * hw + p0, mk, a3);
         }
-        for (; c < ch; c++) {
-            __m512 a = _mm512_maskz_loadu_ps(mk, y + (size_t)c * hw + p0);
+#pragma GCC unroll 2
+        for (int j = 0; j < NS; j++)
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) _mm512_mask_storeu_ps(y + (size_t)(c + r) * hw + p0 + 16 * j, mk[j], a[j][r]);
+    }
+    for (; c < ch; c++) {
+#pragma GCC unroll 2
+        for (int j = 0; j < NS; j++) {
+            __m512 a = _mm512_maskz_loadu_ps(mk[j], y + (size_t)c * hw + p0 + 16 * j);
 #pragma GCC unroll 16
-            for (int i = 0; i < t; i++) a = _mm512_fmadd_ps(s[i], _mm512_set1_ps(v[(size_t)i * ldk + c]), a);
-            _mm512_mask_storeu_ps(y + (size_t)c * hw + p0, mk, a);
+            for (int i = 0; i < t; i++) a = _mm512_fmadd_ps(s[j][i], _mm512_set1_ps(v[(size_t)i * ldk + c]), a);
+            _mm512_mask_storeu_ps(y + (size_t)c * hw + p0 + 16 * j, mk[j], a);
         }
+    }
+}
+
+/* Two strips at a time while t leaves the registers for both (t <= 8), then
+ * one. */
+static inline __attribute__((always_inline)) void f2m_tokens(int t, float *y, int ch, int hw, const float *k,
+                                                             const float *v, int ldk, float scale)
+{
+    int p0 = 0;
+    if (t <= 8)
+        for (; p0 + 16 < hw; p0 += 32) {
+            const __mmask16 mk[2] = {0xFFFF, mask_n(hw - p0 - 16)};
+            f2m_strips(t, 2, y, ch, hw, p0, mk, k, v, ldk, scale);
+        }
+    for (; p0 < hw; p0 += 16) {
+        const __mmask16 mk[2] = {mask_n(hw - p0), 0};
+        f2m_strips(t, 1, y, ch, hw, p0, mk, k, v, ldk, scale);
     }
 }
 
