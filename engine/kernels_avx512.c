@@ -540,6 +540,20 @@ static inline __attribute__((always_inline)) void dws2_row(const float *row, int
     t[2] = o;
 }
 
+/* Output channel q's R (1 or 2) rows at yq (ow apart) from the taps t of
+ * input rows 2oy - 1 .. 2oy + 2R - 1, its weights broadcast once for both. */
+static inline __attribute__((always_inline)) void dws2_out(int R, const mf_dw *d, int q, const mf_epi *e,
+                                                           const __m512 *t, float *yq, int ow, __mmask16 mo)
+{
+    const float *k = d->w + (size_t)q * 9;
+    __m512 kv[9];
+#pragma GCC unroll 9
+    for (int u = 0; u < 9; u++) kv[u] = _mm512_set1_ps(k[u]);
+    const dw_ep ep = dw_ep_make(q, e);
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(yq + (size_t)r * ow, mo, dw_ep_apply(dw_sum9(t + 6 * r, kv), &ep));
+}
+
 static void dws2(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, size_t ldy, const mf_epi *e)
 {
     const int w = g->w, h = g->h, ow = g->ow;
@@ -555,27 +569,31 @@ static void dws2(const mf_dw *d, int c0, int c1, const mf_dw_rows *g, float *y, 
             for (int ox = 0; ox < ow; ox += 16) {
                 const __mmask16 mo = mask_n(ow - ox), ma = mask_range(2 * ox, w), mb = mask_range(2 * ox + 16, w);
                 const __mmask16 mp = ox > 0 ? (__mmask16)0x8000 : 0;
-                __m512 t9[9];
-                if (2 * g->oy0 - 1 >= 0) dws2_row(xc + (ptrdiff_t)(2 * g->oy0 - 1 - g->xr0) * w, ox, ma, mb, mp, t9);
-                else t9[0] = t9[1] = t9[2] = _mm512_setzero_ps();
-                for (int oy = g->oy0; oy < g->oy1; oy++) {
-                    const int iy = 2 * oy;
-                    dws2_row(xc + (ptrdiff_t)(iy - g->xr0) * w, ox, ma, mb, mp, t9 + 3);
-                    if (iy + 1 < h) dws2_row(xc + (ptrdiff_t)(iy + 1 - g->xr0) * w, ox, ma, mb, mp, t9 + 6);
-                    else t9[6] = t9[7] = t9[8] = _mm512_setzero_ps();
-                    for (int j = i0; j < i1; j++) {
-                        const int q = ord[j];
-                        const float *k = d->w + (size_t)q * 9;
-                        __m512 kv[9];
-#pragma GCC unroll 9
-                        for (int t = 0; t < 9; t++) kv[t] = _mm512_set1_ps(k[t]);
-                        const dw_ep ep = dw_ep_make(q, e);
-                        _mm512_mask_storeu_ps(y + (size_t)(q - c0) * ldy + (size_t)(oy - g->oy0) * ow + ox, mo,
-                                              dw_ep_apply(dw_sum9(t9, kv), &ep));
+                /* t[3r .. 3r + 2]: input row 2oy - 1 + r; two output rows
+                 * (five input rows) per step share each weight broadcast */
+                __m512 t[15];
+                if (2 * g->oy0 - 1 >= 0) dws2_row(xc + (ptrdiff_t)(2 * g->oy0 - 1 - g->xr0) * w, ox, ma, mb, mp, t);
+                else t[0] = t[1] = t[2] = _mm512_setzero_ps();
+                int oy = g->oy0;
+                for (; oy + 1 < g->oy1; oy += 2) {
+                    for (int r = 1; r < 5; r++) {
+                        const int iy = 2 * oy - 1 + r;
+                        if (iy < h) dws2_row(xc + (ptrdiff_t)(iy - g->xr0) * w, ox, ma, mb, mp, t + 3 * r);
+                        else t[3 * r] = t[3 * r + 1] = t[3 * r + 2] = _mm512_setzero_ps();
                     }
-                    t9[0] = t9[6];
-                    t9[1] = t9[7];
-                    t9[2] = t9[8];
+                    float *yo = y + (size_t)(oy - g->oy0) * ow + ox;
+                    for (int j = i0; j < i1; j++) dws2_out(2, d, ord[j], e, t, yo + (size_t)(ord[j] - c0) * ldy, ow, mo);
+                    t[0] = t[12];
+                    t[1] = t[13];
+                    t[2] = t[14];
+                }
+                if (oy < g->oy1) { /* the last row of an odd count */
+                    const int iy = 2 * oy;
+                    dws2_row(xc + (ptrdiff_t)(iy - g->xr0) * w, ox, ma, mb, mp, t + 3);
+                    if (iy + 1 < h) dws2_row(xc + (ptrdiff_t)(iy + 1 - g->xr0) * w, ox, ma, mb, mp, t + 6);
+                    else t[6] = t[7] = t[8] = _mm512_setzero_ps();
+                    float *yo = y + (size_t)(oy - g->oy0) * ow + ox;
+                    for (int j = i0; j < i1; j++) dws2_out(1, d, ord[j], e, t, yo + (size_t)(ord[j] - c0) * ldy, ow, mo);
                 }
             }
             i0 = i1;
