@@ -237,6 +237,19 @@ int main(int argc, char **argv)
             w = ow;
         }
         add_pw(&tt, &m->cls_pw, h * w, x, y, scr);
+        if (verbose && m->k32->stem) { /* the stem: once per kernel set's fp32 layers */
+            double ts[REPS];
+            const int so = conv_out(size, 2);
+            for (int r = 0; r <= REPS; r++) {
+                evict();
+                uint64_t t0 = mf_now_ns();
+                m->k32->stem(am, size, size, m->stem_w, m->stem_b, m->arch.stem, y, so, so, 0, so);
+                if (r) ts[r - 1] = (mf_now_ns() - t0) * 1e-9;
+            }
+            qsort(ts, REPS, sizeof ts[0], cmp);
+            printf("    stem %d <- 3 at %dx%d: %8.1f us %6.1f GFLOP/s\n", m->arch.stem, size, size, ts[0] * 1e6,
+                   2.0 * 27 * m->arch.stem * so * so / ts[0] / 1e9);
+        }
         add_attn(&tt, m, 1, m->blocks[m->arch.n_blocks - 1].cout, h * w, am, az, scr);
         const mf_lin *top[] = {&m->final_m2f.q, &m->final_m2f.alpha, &m->final_m2f.proj};
         for (int j = 0; j < 3; j++) add_lin(&tt, top[j], R, x, y, scr, wb);
