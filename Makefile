@@ -6,7 +6,7 @@
 #   make run          install missing packages, build, serve the bundled model on :8080
 #   make bench        engine benchmarks (bench/engine.sh), not part of the tests
 #   make roofline     this CPU's fp32/bf16/AMX peaks and L2/L3/DRAM bandwidth, the batch-1 floors they imply
-#   make gemm-bench   the 1x1 and linear kernels alone on one network's shapes (GEMM_ARGS="ARCH SIZE IMAGES")
+#   make gemm-bench   the 1x1, linear, depthwise and attention kernels alone on one network's shapes (GEMM_ARGS="ARCH SIZE IMAGES")
 #   make loadtest     HTTP load test: wrk at 1/8/64 connections vs the engine alone (bench/loadtest.sh)
 #   make bench-protocol  /v1 vs Open Inference Protocol JSON and binary, 1 and 16 connections (bench/protocol.py)
 #   make bench-uploads   12 MP photos: decode costs exact vs scaled, small uploads' p99 beside them (bench/uploads.py)

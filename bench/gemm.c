@@ -1,13 +1,15 @@
-/* gemm.c -- the GEMM kernels alone, on the shapes of one network: every 1x1
- * convolution at its map size and every linear layer at the rows it gets
- * at a given batch, timed with each kernel set this CPU has.  Prints, per
- * set, the total time of one image's 1x1 convolutions and of its linears,
- * and their throughput, so a kernel change can be judged without the rest
- * of the network around it (make bench measures the whole).
+/* gemm.c -- the kernels alone, on the shapes of one network: every 1x1
+ * convolution at its map size, every linear layer at the rows it gets at a
+ * given batch, every depthwise, and both bridges' attention at every
+ * block's map, timed with each kernel set this CPU has.  Prints, per set,
+ * the total time of one image's 1x1 convolutions, linears, depthwise and
+ * attention, and their throughput, so a kernel change can be judged
+ * without the rest of the network around it (make bench measures the
+ * whole).
  *
  *   build/gemm-bench [ARCH] [SIZE] [IMAGES]     (default mobile_former_508m 224 1)
  *
- * MF_GEMM_LAYERS=1 also prints every 1x1 convolution's and linear's shape, time and rate.
+ * MF_GEMM_LAYERS=1 also prints every layer's shape, time and rate, and the stem's.
  * MF_GEMM_COLD=1 reads 64 MiB of other data before every timed call, so the
  * weights come from DRAM as they do at batch 1 in the network (the default
  * times warm calls: weights and inputs in cache).
